@@ -1,0 +1,309 @@
+"""The ``enclip`` command: each subcommand maps flags onto a config and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+from enclip.errors import EnclipError
+
+log = logging.getLogger("enclip")
+
+SHARED_CATALOGUE = Path(__file__).resolve().parents[3].parent / "shared/data/fashion-product-images-small"
+
+
+def default_data() -> str | None:
+    return str(SHARED_CATALOGUE) if SHARED_CATALOGUE.exists() else None
+
+
+def _columns(spec: str | None):
+    from enclip.data.catalogue import ColumnMap
+
+    if not spec:
+        return None
+    fields = {}
+    for part in spec.split(","):
+        key, _, value = part.partition("=")
+        if not value or key not in ("id", "title", "image", "attributes"):
+            raise EnclipError(f"--columns takes id=COL,title=COL,image=COL[,attributes=A|B]; got {part!r}")
+        fields[key] = tuple(value.split("|")) if key == "attributes" else value
+    return ColumnMap(**fields)
+
+
+def load_data(args, out_dir: Path | None = None):
+    """Load --data (or the shared catalogue), write the skip report beside the outputs, log one summary line."""
+    from enclip.data.catalogue import load_catalogue
+
+    source = args.data or default_data()
+    if source is None:
+        raise EnclipError(f"no catalogue given and none at {SHARED_CATALOGUE}; pass --data PATH")
+    catalogue, report = load_catalogue(source, _columns(args.columns), limit=args.limit)
+    log.info(report.summary_line())
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report.write(out_dir / "skip_report.json")
+    return catalogue, report
+
+
+def _data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="catalogue: parquet folder, Kaggle folder, csv/jsonl/parquet file or hub id "
+                        "(default: the shared Fashion Product Images copy when present)")
+    parser.add_argument("--columns", help="column mapping for generic tables: id=COL,title=COL,image=COL")
+    parser.add_argument("--limit", type=int, help="read only the first N rows (quick trials)")
+
+
+def _trainable(value: str) -> int:
+    return -1 if value == "all" else int(value)
+
+
+def _train_args(parser: argparse.ArgumentParser) -> None:
+    from enclip.models.ensemble import HeadCfg
+    from enclip.models.registry import BackboneCfg
+    from enclip.train.run import EnsembleCfg
+    from enclip.train.trainer import TrainCfg
+
+    b, t, h, e = BackboneCfg(), TrainCfg(), HeadCfg(), EnsembleCfg()
+    parser.add_argument("--backbone", default=b.name, help="offline, an open_clip arch, hf-hub:ID, local-dir:DIR, hf-clip:DIR")
+    parser.add_argument("--pretrained", default=b.pretrained, help="open_clip pretrained tag or weights file")
+    parser.add_argument("--embed-dim", type=int, default=b.embed_dim)
+    parser.add_argument("--image-size", type=int, default=b.image_size)
+    parser.add_argument("--members", type=int, default=e.members, help="ensemble size K (1 = single model)")
+    parser.add_argument("--strategy", default=e.strategy, choices=["seeds", "bagging", "cluster"])
+    parser.add_argument("--mix", type=float, default=e.mix, help="cluster strategy: share of out-of-cluster items")
+    parser.add_argument("--fusion", default=e.fusion, choices=["mean", "routed", "item-routed", "rrf"])
+    parser.add_argument("--data-fraction", type=float, default=e.data_fraction)
+    parser.add_argument("--epochs", type=int, default=t.epochs)
+    parser.add_argument("--batch-size", type=int, default=t.batch_size)
+    parser.add_argument("--lr", type=float, default=t.lr)
+    parser.add_argument("--trainable-image", type=_trainable, default=h.trainable_image,
+                        help="image blocks trained from the top: 0 = projection only, N, or 'all'")
+    parser.add_argument("--trainable-text", type=_trainable, default=h.trainable_text,
+                        help="text layers trained from the top: 0 = projection only, N, or 'all'")
+    parser.add_argument("--views", type=int, default=t.views, help="degraded views cached per training image")
+    parser.add_argument("--attribute-captions", action="store_true", help="also train on attribute sentences")
+    parser.add_argument("--seed", type=int, default=t.seed)
+    parser.add_argument("--device", default=t.device)
+    parser.add_argument("--keep-cache", action="store_true", help="keep cached trunk features after training")
+
+
+def run_cfg(args):
+    from enclip.data.captions import CaptionCfg
+    from enclip.models.ensemble import HeadCfg
+    from enclip.models.registry import BackboneCfg
+    from enclip.train.run import EnsembleCfg, RunCfg
+    from enclip.train.trainer import TrainCfg
+
+    backbone = BackboneCfg(name=args.backbone, pretrained=args.pretrained, embed_dim=args.embed_dim,
+                           image_size=args.image_size)
+    train = TrainCfg(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, views=args.views, seed=args.seed,
+                     heads=HeadCfg(args.trainable_image, args.trainable_text), device=args.device,
+                     captions=CaptionCfg(use_attributes=args.attribute_captions))
+    ensemble = EnsembleCfg(members=args.members, strategy=args.strategy, mix=args.mix, fusion=args.fusion,
+                           data_fraction=args.data_fraction)
+    return RunCfg(backbone=backbone, train=train, ensemble=ensemble, keep_cache=args.keep_cache)
+
+
+def cmd_train(args) -> int:
+    from enclip.train.run import train_system
+
+    out = Path(args.out)
+    catalogue, _ = load_data(args, out)
+    train_system(catalogue, out, run_cfg(args), resume=args.resume)
+    print(f"model written to {out}; next: enclip index --model {out} --out {out}/index")
+    return 0
+
+
+def cmd_index(args) -> int:
+    from enclip.index import IndexCfg
+    from enclip.indexing import IndexBuildCfg, build_index
+
+    out = Path(args.out)
+    catalogue, report = load_data(args)
+    cfg = IndexBuildCfg(index=IndexCfg(kind=args.kind, dtype=args.dtype), device=args.device)
+    build_index(args.model, catalogue, out, cfg, resume=args.resume, skip_report=report)
+    print(f"index written to {out}; next: enclip search --index {out} --text \"navy check shirt\"")
+    return 0
+
+
+def cmd_cluster(args) -> int:
+    from enclip.clustering_cli import cluster_catalogue
+
+    catalogue, _ = load_data(args, Path(args.out))
+    cluster_catalogue(catalogue, Path(args.out), k=args.k, k_range=tuple(args.k_range), model=args.model)
+    print(f"clusters written to {args.out} (summary.md, contact_sheets.png)")
+    return 0
+
+
+def _filters(pairs: Sequence[str] | None) -> dict[str, list[str]]:
+    filters: dict[str, list[str]] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise EnclipError(f"--filter takes KEY=VALUE, e.g. --filter gender=Men; got {pair!r}")
+        filters.setdefault(key, []).append(value)
+    return filters
+
+
+def _print_result(result, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        return
+    if result.low_confidence:
+        print("(low confidence: the ensemble members disagree on this query)")
+    for rank, hit in enumerate(result.hits, 1):
+        attrs = ", ".join(f"{k}={v}" for k, v in hit.attributes.items() if v and k in (
+            "gender", "articleType", "baseColour", "usage"))
+        print(f"{rank:>3}. {hit.score:.3f}  {hit.id:>8}  {hit.title}  [{attrs}]")
+
+
+def cmd_search(args) -> int:
+    from enclip.search import load_searcher
+
+    searcher = load_searcher(args.index)
+    options = dict(k=args.k, filters=_filters(args.filter), weight=args.weight, fusion=args.fusion,
+                   clusters=args.clusters)
+    if args.queries:
+        return _batch_search(searcher, Path(args.queries), options)
+    result = searcher.search(text=args.text, image=args.image, **options)
+    _print_result(result, args.json)
+    return 0
+
+
+def _batch_search(searcher, path: Path, options: dict) -> int:
+    """One JSON result per input line; a bad line gets an error line and the rest still answer."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise EnclipError(f"cannot read --queries file {path}: {error}") from error
+    failures = 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            query = json.loads(line)
+            if not isinstance(query, dict):
+                raise EnclipError('each line must be a JSON object like {"text": ..., "image": ...}')
+            merged = {**options, **{k: query[k] for k in ("k", "weight", "fusion", "filters") if k in query}}
+            result = searcher.search(text=query.get("text"), image=query.get("image"), **merged)
+            print(json.dumps({"line": number, **result.to_dict()}, ensure_ascii=False))
+        except (EnclipError, json.JSONDecodeError) as error:
+            failures += 1
+            print(json.dumps({"line": number, "error": str(error)}, ensure_ascii=False))
+    return 1 if failures else 0
+
+
+def cmd_eval(args) -> int:
+    from enclip.eval.evaluate import EvalCfg, evaluate_index
+
+    cfg = EvalCfg(tasks=tuple(args.tasks), max_queries=args.max_queries, queries_file=args.queries,
+                  fusion=args.fusion)
+    evaluate_index(args.index, cfg, out=Path(args.out) if args.out else None)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from enclip.search import load_searcher
+    from enclip.serve.app import ServeCfg, resolve_admin_token, serve
+
+    searcher = load_searcher(args.index)
+    cfg = ServeCfg(host=args.host, port=args.port, admin_token=resolve_admin_token(),
+                   changelog_path=Path(args.changelog) if args.changelog else Path(args.index) / "changes.jsonl")
+    serve(searcher, cfg)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from enclip.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="enclip", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune a model or an ensemble on a catalogue")
+    _data_args(p)
+    _train_args(p)
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("index", help="embed a catalogue with a trained model and build a search index")
+    _data_args(p)
+    p.add_argument("--model", required=True, help="model directory from enclip train")
+    p.add_argument("--out", required=True, help="index directory to write (replaced atomically)")
+    p.add_argument("--kind", default="flat", choices=["flat", "hnsw", "ivf", "exact"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--resume", action="store_true", help="reuse embedding shards of an interrupted run")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("cluster", help="cluster catalogue images and write readable summaries")
+    _data_args(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--k", type=int, help="number of clusters (default: chosen by silhouette)")
+    p.add_argument("--k-range", type=int, nargs=2, default=(2, 12))
+    p.add_argument("--model", help="cluster a fine-tuned model's image embeddings instead of the base features")
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("search", help="search an index by text, image or both")
+    p.add_argument("--index", required=True)
+    p.add_argument("--text")
+    p.add_argument("--image", help="path of a query photo")
+    p.add_argument("--weight", type=float, default=0.5, help="text share of the score when both are given")
+    p.add_argument("--filter", action="append", help="KEY=VALUE; repeat for more (same key: any of the values)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--fusion", choices=["mean", "routed", "item-routed", "rrf"])
+    p.add_argument("--clusters", type=int, help="score only the items of the query's nearest C clusters")
+    p.add_argument("--queries", help="JSONL file, one {\"text\": ..., \"image\": ...} per line")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("eval", help="evaluate an index on the protocol's tasks or on your own queries")
+    p.add_argument("--index", required=True)
+    p.add_argument("--tasks", nargs="+", default=["title2img", "title2img_dup", "attr2img", "img2img_lq", "both2img"])
+    p.add_argument("--queries", help="JSONL of {text, image, relevant: [ids]} to evaluate instead")
+    p.add_argument("--max-queries", type=int, help="evaluate only the first N test queries")
+    p.add_argument("--fusion", choices=["mean", "routed", "item-routed", "rrf"])
+    p.add_argument("--out", help="where to write metrics.json (default: the index directory)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("serve", help="serve an index over HTTP with a web page")
+    p.add_argument("--index", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--changelog", help="durable admin change log (default: INDEX/changes.jsonl)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("demo", help="train the default system on the catalogue, index it and show searches")
+    _data_args(p)
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a smaller run for a first look")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except EnclipError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Build a search index directory from a trained model and a catalogue.
+
+The directory is self-describing and self-contained (STYLE 7): ``index.json`` (manifest: model, members, data
+fingerprint, versions, build times), ``model/`` (a copy of the trained model), ``items.parquet`` (ids, titles,
+attributes, image bytes), ``vectors/`` (the vector index over each item's concatenated member embeddings) and
+``routing.npz`` (cluster centroids in the joint space, and each item's cluster). It is written atomically:
+a crash leaves the previous index in place, and ``--resume`` reuses the embedding shards already written.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from enclip.artifacts import atomic_dir, manifest, read_json, recover_dir, write_json
+from enclip.data.catalogue import Catalogue, SkipReport
+from enclip.errors import EnclipError
+from enclip.index import IndexCfg, create_index
+from enclip.models.ensemble import Ensemble, EnsembleInfo, load_model
+from enclip.pipeline import StageTimes, run_sharded
+from enclip.train.trainer import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexBuildCfg:
+    index: IndexCfg = field(default_factory=IndexCfg)  # vector index kind and storage precision
+    batch_size: int = 256  # images encoded per batch
+    shard_size: int = 4096  # images per resumable shard
+    device: str = "auto"  # "auto", "cpu", "cuda"
+
+
+def encode_catalogue(ensemble: Ensemble, catalogue: Catalogue, work_dir: Path, cfg: IndexBuildCfg,
+                     times: StageTimes | None = None) -> np.ndarray:
+    """(n, K*d) concatenated, per-member normalised image embeddings of every catalogue item."""
+    dtype = np.float16 if cfg.index.dtype == "float16" else np.float32
+
+    def read(rows: np.ndarray) -> torch.Tensor:
+        return ensemble.pixels([catalogue.image(int(r)) for r in rows])
+
+    def encode(pixels: torch.Tensor) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            members = ensemble.encode_image_features(ensemble.image_trunk(pixels))  # (K, B, d)
+        return {"vectors": members.permute(1, 0, 2).reshape(len(pixels), -1).cpu().numpy().astype(dtype)}
+
+    return run_sharded(len(catalogue), read, encode, work_dir, batch_size=cfg.batch_size,
+                       shard_size=cfg.shard_size, desc="embed catalogue", times=times)["vectors"]
+
+
+def items_table(catalogue: Catalogue) -> pa.Table:
+    columns = {"id": catalogue.ids, "title": catalogue.titles}
+    columns.update({f"attr.{name}": values for name, values in catalogue.attributes.items()})
+    columns["image"] = pa.array([catalogue.image_bytes(i) for i in range(len(catalogue))], type=pa.binary())
+    return pa.table(columns)
+
+
+def catalogue_from_table(table: pa.Table, source: str) -> Catalogue:
+    data = table.to_pydict()
+    attributes = {name[5:]: values for name, values in data.items() if name.startswith("attr.")}
+    return Catalogue(ids=data["id"], titles=data["title"], attributes=attributes, images=data["image"], source=source)
+
+
+def routing_table(model_dir: Path, info: EnsembleInfo, catalogue: Catalogue, vectors: np.ndarray,
+                  members: int) -> dict[str, np.ndarray]:
+    """Cluster centroids in the joint (concatenated) space, from the training clusters, and each item's cluster.
+
+    Centroids are means of the fused item vectors of each cluster's training items, so text and image queries
+    can be routed alike. Without training clusters, each member gets a pseudo-cluster of its own (uniform routing).
+    """
+    if not info.clusters or not (model_dir / info.clusters / "item_ids.json").exists():
+        return {"centroids": np.zeros((0, vectors.shape[1]), np.float32), "item_clusters": np.full(len(vectors), -1)}
+    clustered_ids = read_json(model_dir / info.clusters / "item_ids.json")["ids"]
+    assignments = np.load(model_dir / info.clusters / "assignments.npy")
+    positions = np.array([catalogue.index_of(i) for i in clustered_ids])
+    fused = vectors.astype(np.float32) / np.sqrt(members)
+    centroids = np.stack([fused[positions[assignments == c]].mean(axis=0) for c in range(assignments.max() + 1)])
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    return {"centroids": centroids.astype(np.float32), "item_clusters": np.argmax(fused @ centroids.T, axis=1)}
+
+
+def copy_model(model_dir: Path, target: Path) -> None:
+    """Copy what loading needs (manifests, heads, clusters); not caches, checkpoints or contact sheets."""
+    ignore = shutil.ignore_patterns("cache", "checkpoint.pt*", "*.png", "*.tmp")
+    shutil.copytree(model_dir, target, ignore=ignore)
+
+
+def build_index(model_dir: str | Path, catalogue: Catalogue, out_dir: str | Path, cfg: IndexBuildCfg | None = None,
+                resume: bool = True, skip_report: SkipReport | None = None) -> Path:
+    """Embed ``catalogue`` with the model in ``model_dir`` and write a search index to ``out_dir``."""
+    cfg = cfg or IndexBuildCfg()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    recover_dir(out_dir)
+    work_dir = out_dir.parent / f".{out_dir.name}.work"
+    if not resume:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    started = time.perf_counter()
+    ensemble, info = load_model(model_dir, device=str(resolve_device(cfg.device)))
+    times = StageTimes()
+    vectors = encode_catalogue(ensemble, catalogue, work_dir, cfg, times)
+    log.info("embedding: %s", times.summary())
+    routing = routing_table(model_dir, info, catalogue, vectors, len(ensemble))
+    with atomic_dir(out_dir) as tmp:
+        index = create_index(vectors.shape[1], cfg.index)
+        index.add(vectors)
+        index.save(tmp / "vectors")
+        pq.write_table(items_table(catalogue), tmp / "items.parquet")
+        np.savez(tmp / "routing.npz", **routing)
+        copy_model(model_dir, tmp / "model")
+        if skip_report is not None:
+            skip_report.write(tmp / "skip_report.json")
+        write_json(tmp / "index.json", manifest(
+            "index", members=len(ensemble), member_dim=vectors.shape[1] // len(ensemble), items=len(catalogue),
+            fusion=info.fusion, strategy=info.strategy, weights=info.weights, data_fingerprint=catalogue.fingerprint(),
+            model_fingerprint=info.data_fingerprint, source=catalogue.source, backbone=asdict(ensemble.backbone.cfg),
+            index=asdict(cfg.index), embed_items_per_second=round(times.items / max(1e-9, times.encode + times.read), 1),
+            build_seconds=round(time.perf_counter() - started, 1),
+        ))
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return out_dir
+
+
+def check_index_dir(path: Path) -> Path:
+    path = Path(path)
+    if not (path / "index.json").exists():
+        raise EnclipError(f"{path} is not an enclip index (no index.json); build one with `enclip index`")
+    return path

@@ -1,0 +1,163 @@
+"""A CLIP ensemble as enclip runs it: one frozen trunk per tower, shared by K trainable member heads.
+
+A single fine-tuned model is the K=1 case. The trunk runs once per image or text whatever K is, so K members cost K
+small heads, not K whole models. Each member is saved as a normal enclip model directory (``model.json`` +
+``heads.pt``); an ensemble directory adds ``ensemble.json`` naming its members.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from enclip.artifacts import manifest, read_json, write_json
+from enclip.errors import EnclipError
+from enclip.models import towers
+from enclip.models.registry import Backbone, BackboneCfg, create_backbone
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HeadCfg:
+    trainable_image: int = 1  # image tower blocks trained from the top (0 = projection only, -1 = all)
+    trainable_text: int = 1  # text tower layers trained from the top (0 = projection only, -1 = all)
+
+
+class Member(nn.Module):
+    """The trainable part of one CLIP model: an image head, a text head and a temperature."""
+
+    def __init__(self, image_head: nn.Module, text_head: nn.Module, logit_scale: float = float(np.log(1 / 0.07))):
+        super().__init__()
+        self.image_head = image_head
+        self.text_head = text_head
+        self.logit_scale = nn.Parameter(torch.tensor(logit_scale))
+
+    def encode_image(self, features) -> torch.Tensor:
+        return F.normalize(self.image_head(features).float(), dim=-1)
+
+    def encode_text(self, features) -> torch.Tensor:
+        out = self.text_head(*features) if isinstance(features, tuple) else self.text_head(features)
+        return F.normalize(out.float(), dim=-1)
+
+
+class Ensemble(nn.Module):
+    """Frozen trunks plus K members; ``encode_*`` return (K, B, d) normalised embeddings."""
+
+    def __init__(self, backbone: Backbone, head_cfg: HeadCfg, members: int = 1):
+        super().__init__()
+        self.backbone = backbone
+        self.head_cfg = head_cfg
+        image_split = backbone.split_image(head_cfg.trainable_image)
+        text_split = backbone.split_text(head_cfg.trainable_text)
+        self.image_trunk = image_split.trunk.eval().requires_grad_(False)
+        self.text_trunk = text_split.trunk.eval().requires_grad_(False)
+        base_scale = float(getattr(backbone.model, "logit_scale", torch.tensor(np.log(1 / 0.07))).detach())
+        self.members = nn.ModuleList(
+            Member(towers.clone_head(image_split.head), towers.clone_head(text_split.head), base_scale)
+            for _ in range(members)
+        )
+        self.to(memory_format=torch.channels_last)
+
+    def train(self, mode: bool = True) -> "Ensemble":
+        """Only member heads ever train: the frozen trunks keep their batch-norm statistics and no dropout."""
+        super().train(mode)
+        self.image_trunk.eval()
+        self.text_trunk.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.members.parameters()).device
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    # -- trunks: run once, cacheable -------------------------------------------------------------------------
+    def pixels(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        batch = torch.stack([self.backbone.preprocess(image) for image in images])
+        return batch.to(self.device).contiguous(memory_format=torch.channels_last)
+
+    def tokens(self, texts: Sequence[str]) -> torch.Tensor:
+        ids = self.backbone.tokenizer(list(texts))
+        if self.backbone.trim_padding:
+            used = (ids != self.backbone.pad_token_id).any(dim=0).nonzero()
+            ids = ids[:, : int(used.max()) + 1] if len(used) else ids[:, :1]
+        return ids.to(self.device)
+
+    @torch.no_grad()
+    def image_features(self, images: Sequence[Image.Image]):
+        return self.image_trunk(self.pixels(images))
+
+    @torch.no_grad()
+    def text_features(self, texts: Sequence[str]):
+        return self.text_trunk(self.tokens(texts))
+
+    # -- members ---------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_image_features(self, features) -> torch.Tensor:
+        return torch.stack([member.encode_image(features) for member in self.members])
+
+    @torch.no_grad()
+    def encode_text_features(self, features) -> torch.Tensor:
+        return torch.stack([member.encode_text(features) for member in self.members])
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.encode_image_features(self.image_features(images)).cpu().numpy()
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode_text_features(self.text_features(texts)).cpu().numpy()
+
+    # -- disk ------------------------------------------------------------------------------------------------
+    def save_member(self, index: int, directory: Path, **info) -> None:
+        """Write member ``index`` as a standalone enclip model directory."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.members[index].state_dict(), directory / "heads.pt.tmp")
+        (directory / "heads.pt.tmp").replace(directory / "heads.pt")
+        write_json(
+            directory / "model.json",
+            manifest("model", backbone=asdict(self.backbone.cfg), heads=asdict(self.head_cfg), **info),
+        )
+
+    def load_member(self, index: int, directory: Path) -> None:
+        state = torch.load(Path(directory) / "heads.pt", map_location=self.device, weights_only=True)
+        self.members[index].load_state_dict(state)
+
+
+@dataclass
+class EnsembleInfo:
+    members: list[str]  # member model directories, relative to the ensemble directory
+    strategy: str = "single"  # "single", "seeds", "bagging" or "cluster"
+    weights: list[float] = field(default_factory=list)  # mean-fusion weights (equal when empty)
+    fusion: str = "mean"  # default fusion rule at query time
+    data_fingerprint: str = ""  # catalogue the members were trained on
+    clusters: str | None = None  # clustering directory, relative, for cluster-trained ensembles
+
+
+def load_model(directory: str | Path, device: str = "cpu") -> tuple[Ensemble, EnsembleInfo]:
+    """Load a single model directory (``model.json``) or an ensemble directory (``ensemble.json``)."""
+    directory = Path(directory)
+    if (directory / "ensemble.json").exists():
+        raw = read_json(directory / "ensemble.json")
+        info = EnsembleInfo(**{k: raw[k] for k in EnsembleInfo.__dataclass_fields__ if k in raw})
+        member_dirs = [directory / m for m in info.members]
+    elif (directory / "model.json").exists():
+        info = EnsembleInfo(members=["."])
+        member_dirs = [directory]
+    else:
+        raise EnclipError(f"{directory} is not an enclip model: it has neither ensemble.json nor model.json")
+    first = read_json(member_dirs[0] / "model.json")
+    backbone = create_backbone(BackboneCfg(**first["backbone"]))
+    ensemble = Ensemble(backbone, HeadCfg(**first["heads"]), members=len(member_dirs)).to(device)
+    for i, member_dir in enumerate(member_dirs):
+        ensemble.load_member(i, member_dir)
+    return ensemble.eval(), info

@@ -1,0 +1,221 @@
+"""Split each CLIP tower into a frozen *trunk* and a trainable *head*.
+
+Fine-tuning on a CPU is affordable only when the frozen part of a tower runs once: the trunk's output is cached
+for the whole catalogue, and every epoch (and every ensemble member) trains only the head on top of it. At query
+time the trunk also runs once and K member heads share it, which is what bounds the cost of an ensemble.
+
+``trainable`` counts blocks from the top of a tower: 0 trains the projection only, N the last N blocks (timm
+stages, transformer layers) plus the projection, and ``ALL`` the whole tower (the trunk is then the identity).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from enclip.errors import EnclipError
+
+ALL = -1  # ``trainable`` value meaning: train the whole tower
+
+
+class Identity(nn.Module):
+    def forward(self, *inputs):
+        return inputs[0] if len(inputs) == 1 else inputs
+
+
+@dataclass
+class TowerSplit:
+    """A tower cut in two: ``head(trunk(x)) == tower(x)``."""
+
+    trunk: nn.Module  # frozen, shared by every ensemble member
+    head: nn.Module  # trainable, one per member
+    blocks: int  # number of blocks the tower has (for error messages and manifests)
+
+
+class _TimmTrunk(nn.Module):
+    def __init__(self, net: nn.Module, n_stages: int):
+        super().__init__()
+        self.stem = nn.Sequential(net.conv_stem, net.bn1)
+        self.stages = nn.Sequential(*list(net.blocks)[:n_stages])
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(pixels))
+
+
+class _TimmHead(nn.Module):
+    def __init__(self, net: nn.Module, first_stage: int, projection: nn.Module):
+        super().__init__()
+        self.stages = nn.Sequential(*list(net.blocks)[first_stage:])
+        self.conv_head = net.conv_head
+        self.bn2 = net.bn2
+        self.pool = net.global_pool
+        self.projection = projection
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = self.bn2(self.conv_head(self.stages(features)))
+        return self.projection(self.pool(x))
+
+
+class _TimmPooledHead(nn.Module):
+    """Projection-only head: the trunk already returns pooled features."""
+
+    def __init__(self, projection: nn.Module):
+        super().__init__()
+        self.projection = projection
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.projection(features)
+
+
+def split_timm_tower(visual: nn.Module, trainable: int) -> TowerSplit:
+    """Split an open_clip ``TimmModel`` whose trunk is an EfficientNet-style net (stem, ``blocks`` stages, head conv)."""
+    net = visual.trunk
+    if not all(hasattr(net, name) for name in ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")):
+        raise EnclipError(
+            f"cannot split image tower {type(net).__name__} into trunk and head; "
+            "train it with --trainable all or --trainable 0 instead"
+        )
+    n = len(net.blocks)
+    if trainable == ALL:
+        return TowerSplit(Identity(), visual, n)
+    if trainable > n:
+        raise EnclipError(f"image tower has {n} stages; --trainable must be at most {n} (or 'all')")
+    if trainable == 0:
+        trunk = nn.Sequential(_TimmTrunk(net, n), net.conv_head, net.bn2, net.global_pool)
+        return TowerSplit(trunk, _TimmPooledHead(visual.head), n)
+    return TowerSplit(_TimmTrunk(net, n - trainable), _TimmHead(net, n - trainable, visual.head), n)
+
+
+class _HFTrunk(nn.Module):
+    """Embeddings and the first layers of a Hugging Face encoder; returns (hidden states, attention mask)."""
+
+    def __init__(self, text: nn.Module, n_layers: int):
+        super().__init__()
+        self.config = text.transformer.config  # the loaded model's config knows its attention implementation
+        self.embeddings = text.transformer.embeddings
+        self.layers = nn.ModuleList(list(_hf_layers(text))[:n_layers])
+
+    def forward(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = (token_ids != self.config.pad_token_id).long()
+        hidden = self.embeddings(input_ids=token_ids)
+        return _run_layers(self.layers, self.config, hidden, mask), mask
+
+
+class _HFHead(nn.Module):
+    def __init__(self, text: nn.Module, first_layer: int):
+        super().__init__()
+        self.config = text.transformer.config  # the loaded model's config knows its attention implementation
+        self.layers = nn.ModuleList(list(_hf_layers(text))[first_layer:])
+        self.pooler = text.pooler
+        self.projection = text.proj
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = _run_layers(self.layers, self.config, hidden, mask)
+        return self.projection(self.pooler(_Output(hidden), mask))
+
+
+class _Output:
+    """The one attribute open_clip's poolers read from a transformers output."""
+
+    def __init__(self, last_hidden_state: torch.Tensor):
+        self.last_hidden_state = last_hidden_state
+
+
+def _hf_layers(text: nn.Module) -> nn.ModuleList:
+    encoder = getattr(text.transformer, "encoder", text.transformer)
+    layers = getattr(encoder, "layer", None)
+    if layers is None:
+        raise EnclipError(
+            f"cannot split text tower {type(text.transformer).__name__}; use --trainable all or --trainable 0"
+        )
+    return layers
+
+
+def _run_layers(layers: nn.ModuleList, config, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if len(layers) == 0:
+        return hidden
+    from transformers.masking_utils import create_bidirectional_mask
+
+    full_mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask)
+    for layer in layers:
+        out = layer(hidden, full_mask)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+class _HFFullTrunk(nn.Module):
+    """Frozen whole encoder with its pooler; the head is the projection only."""
+
+    def __init__(self, text: nn.Module):
+        super().__init__()
+        self.inner = _HFTrunk(text, len(_hf_layers(text)))
+        self.pooler = text.pooler
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        hidden, mask = self.inner(token_ids)
+        return self.pooler(_Output(hidden), mask)
+
+
+class _Projection(nn.Module):
+    def __init__(self, projection: nn.Module):
+        super().__init__()
+        self.projection = projection
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.projection(pooled)
+
+
+def split_hf_text_tower(text: nn.Module, trainable: int) -> TowerSplit:
+    """Split an open_clip ``HFTextEncoder`` (BERT-like: ``embeddings`` + ``encoder.layer``)."""
+    n = len(_hf_layers(text))
+    if trainable == ALL:
+        return TowerSplit(Identity(), text, n)
+    if trainable > n:
+        raise EnclipError(f"text tower has {n} layers; --trainable must be at most {n} (or 'all')")
+    if trainable == 0:
+        return TowerSplit(_HFFullTrunk(text), _Projection(text.proj), n)
+    return TowerSplit(_HFTrunk(text, n - trainable), _HFHead(text, n - trainable), n)
+
+
+class _Encode(nn.Module):
+    """Calls one encode method of a whole model; registers the model so its parameters can be trained."""
+
+    def __init__(self, model: nn.Module, method: str):
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.method)(x)
+
+
+class _Adapter(nn.Module):
+    """A trainable residual linear adapter on a frozen tower's output, initialised to the identity."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.linear(x)
+
+
+def split_generic(model: nn.Module, method: str, trainable: int, dim: int) -> TowerSplit:
+    """Any model with ``encode_image``/``encode_text``: train it whole, or freeze it and train an adapter on top."""
+    if trainable == ALL:
+        return TowerSplit(Identity(), _Encode(model, method), 0)
+    if trainable != 0:
+        raise EnclipError(
+            f"{type(model).__name__} cannot be partly unfrozen by enclip; use --trainable 0 (adapter) or 'all'"
+        )
+    return TowerSplit(_Encode(model, method), _Adapter(dim), 0)
+
+
+def clone_head(head: nn.Module) -> nn.Module:
+    """An independent copy of a head (ensemble members start from the same pretrained weights)."""
+    return copy.deepcopy(head)

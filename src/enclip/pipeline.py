@@ -1,0 +1,137 @@
+"""Read → encode → write in shards, resumable: the runner behind feature caching and catalogue embedding.
+
+Each shard is written atomically once complete, so an interrupted run re-encodes at most one shard. A reader thread
+decodes and preprocesses the next batch while the current one is encoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+Reader = Callable[[np.ndarray], object]  # positions -> batch input (decoded, preprocessed)
+Encoder = Callable[[object], dict[str, np.ndarray]]  # batch input -> named arrays, first axis = batch
+
+
+@dataclass
+class StageTimes:
+    read: float = 0.0  # seconds the encoder waited for the reader
+    encode: float = 0.0
+    write: float = 0.0
+    items: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        total = self.read + self.encode + self.write
+        rate = self.items / total if total else 0.0
+        return (f"{self.items} items in {total:.1f}s ({rate:.0f}/s): wait-for-read {self.read:.1f}s, "
+                f"encode {self.encode:.1f}s, write {self.write:.1f}s")
+
+
+def _batches(positions: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(positions), batch_size):
+        yield positions[start : start + batch_size]
+
+
+def _prefetch(reader: Reader, batches: list[np.ndarray], depth: int = 2) -> Iterator[tuple[np.ndarray, object]]:
+    """Run ``reader`` one batch ahead in a thread; exceptions surface in the consumer."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work():
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                slots.put((batch, reader(batch)))
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            slots.put(error)
+            return
+        slots.put(None)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while (got := slots.get()) is not None:
+            if isinstance(got, BaseException):
+                raise got
+            yield got
+    finally:
+        stop.set()
+
+
+def _save_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def run_sharded(
+    n: int,
+    reader: Reader,
+    encoder: Encoder,
+    work_dir: Path,
+    *,
+    batch_size: int = 256,
+    shard_size: int = 4096,
+    desc: str = "encode",
+    times: StageTimes | None = None,
+) -> dict[str, np.ndarray]:
+    """Encode positions 0..n-1 shard by shard into ``work_dir``; shards already there are reused (resume)."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    times = times if times is not None else StageTimes()
+    n_shards = max(1, -(-n // shard_size))
+    done = sum((work_dir / f"shard-{s:05d}.npz").exists() for s in range(n_shards))
+    if done:
+        log.info("%s: resuming, %d of %d shards already written", desc, done, n_shards)
+    with tqdm(total=n, desc=desc, unit="item", smoothing=0.1) as bar:
+        for s in range(n_shards):
+            path = work_dir / f"shard-{s:05d}.npz"
+            positions = np.arange(s * shard_size, min(n, (s + 1) * shard_size))
+            if path.exists():
+                bar.update(len(positions))
+                continue
+            _encode_shard(positions, reader, encoder, path, batch_size, times, bar)
+    return load_shards(work_dir, n_shards)
+
+
+def _encode_shard(positions, reader, encoder, path, batch_size, times, bar) -> None:
+    parts: dict[str, list[np.ndarray]] = {}
+    waited = time.perf_counter()
+    for batch, inputs in _prefetch(reader, list(_batches(positions, batch_size))):
+        started = time.perf_counter()
+        times.read += started - waited
+        for name, array in encoder(inputs).items():
+            parts.setdefault(name, []).append(array)
+        waited = time.perf_counter()
+        times.encode += waited - started
+        times.items += len(batch)
+        bar.update(len(batch))
+    started = time.perf_counter()
+    _save_shard(path, {name: np.concatenate(chunks) for name, chunks in parts.items()})
+    times.write += time.perf_counter() - started
+    waited = time.perf_counter()
+
+
+def load_shards(work_dir: Path, n_shards: int) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {}
+    for s in range(n_shards):
+        with np.load(Path(work_dir) / f"shard-{s:05d}.npz") as shard:
+            for name in shard.files:
+                parts.setdefault(name, []).append(shard[name])
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}

@@ -1,0 +1,126 @@
+"""Cache the frozen trunks' outputs once, so epochs and ensemble members only run the small heads.
+
+Augmentation happens before the trunk, so it is baked into the cache: each training image is stored as its clean
+view plus ``views`` degraded views (seeded), and every epoch draws one of them per item.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from enclip.data.captions import CaptionCfg, build_captions
+from enclip.data.catalogue import Catalogue
+from enclip.data.degrade import AugmentCfg, random_degrade
+from enclip.models.ensemble import Ensemble
+from enclip.pipeline import StageTimes, run_sharded
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureCache:
+    """Trunk outputs for a set of catalogue positions."""
+
+    positions: np.ndarray  # catalogue positions of the items, in cache order
+    images: list[np.ndarray]  # per view: (n, ...) float16 trunk outputs; view 0 is the clean image
+    texts: dict[str, np.ndarray]  # "pooled" (c, h) or "hidden" (c, t, h) + "mask" (c, t), one row per caption
+    caption_owner: np.ndarray  # (c,) item row (0..n-1) each caption belongs to
+    first_caption: np.ndarray  # (n,) row of each item's title caption
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def pooled_images(self) -> np.ndarray:
+        """Clean image features averaged over space: the cheap base embedding clustering runs on."""
+        clean = self.images[0].astype(np.float32)
+        return clean.mean(axis=(2, 3)) if clean.ndim == 4 else clean
+
+    def image_batch(self, rows: np.ndarray, views: np.ndarray, device) -> torch.Tensor:
+        batch = np.stack([self.images[v][r] for r, v in zip(rows, views)])
+        tensor = torch.from_numpy(batch).to(device=device, dtype=torch.float32)
+        return tensor.contiguous(memory_format=torch.channels_last) if tensor.ndim == 4 else tensor
+
+    def text_batch(self, caption_rows: np.ndarray, device):
+        if "pooled" in self.texts:
+            return torch.from_numpy(self.texts["pooled"][caption_rows]).to(device=device, dtype=torch.float32)
+        mask = self.texts["mask"][caption_rows]
+        used = int(mask.any(axis=0).nonzero()[0].max()) + 1
+        hidden = torch.from_numpy(self.texts["hidden"][caption_rows, :used]).to(device=device, dtype=torch.float32)
+        return hidden, torch.from_numpy(mask[:, :used]).to(device)
+
+
+def _half(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.to(torch.float16).cpu().numpy()
+
+
+def _text_arrays(output) -> dict[str, np.ndarray]:
+    if isinstance(output, tuple):
+        hidden, mask = output
+        return {"hidden": _half(hidden), "mask": mask.to(torch.uint8).cpu().numpy()}
+    return {"pooled": _half(output)}
+
+
+def cache_features(
+    ensemble: Ensemble,
+    catalogue: Catalogue,
+    positions: np.ndarray,
+    work_dir: Path,
+    *,
+    views: int = 1,
+    augment: AugmentCfg | None = None,
+    captions: CaptionCfg | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> FeatureCache:
+    """Run the trunks over ``positions`` (clean + ``views`` degraded images, and every caption), resumably."""
+    with torch.no_grad():
+        return _cache(ensemble, catalogue, positions, Path(work_dir), views, augment or AugmentCfg(),
+                      captions or CaptionCfg(), seed, batch_size)
+
+
+def _cache(ensemble, catalogue, positions, work_dir, views, augment, captions, seed, batch_size) -> FeatureCache:
+    images = []
+    for view in range(views + 1):
+        reader = _image_reader(ensemble, catalogue, positions, view, augment, seed)
+        images.append(
+            run_sharded(len(positions), reader, lambda px: {"features": _half(ensemble.image_trunk(px))},
+                        work_dir / f"image-view{view}", batch_size=batch_size, desc=f"cache images ({view})",
+                        times=StageTimes())["features"]
+        )
+    texts, owner = _caption_table(catalogue, positions, captions)
+    text_arrays = run_sharded(
+        len(texts),
+        lambda rows: ensemble.backbone.tokenizer([texts[r] for r in rows]),
+        lambda ids: _text_arrays(ensemble.text_trunk(ids.to(ensemble.device))),
+        work_dir / "text", batch_size=batch_size, desc="cache texts",
+    )
+    first = np.searchsorted(owner, np.arange(len(positions)))
+    return FeatureCache(np.asarray(positions), images, text_arrays, owner, first)
+
+
+def _image_reader(ensemble: Ensemble, catalogue: Catalogue, positions: np.ndarray, view: int,
+                  augment: AugmentCfg, seed: int):
+    def read(rows: np.ndarray) -> torch.Tensor:
+        images = [catalogue.image(int(positions[r])) for r in rows]
+        if view > 0:
+            images = [random_degrade(im, augment, np.random.default_rng([seed, view, int(r)]))
+                      for im, r in zip(images, rows)]
+        return ensemble.pixels(images)
+
+    return read
+
+
+def _caption_table(catalogue: Catalogue, positions: np.ndarray, cfg: CaptionCfg) -> tuple[list[str], np.ndarray]:
+    texts: list[str] = []
+    owner: list[int] = []
+    for row, position in enumerate(positions):
+        item = catalogue.item(int(position))
+        for caption in build_captions(item["title"], item["attributes"], cfg):
+            texts.append(caption)
+            owner.append(row)
+    return texts, np.asarray(owner, dtype=np.int64)

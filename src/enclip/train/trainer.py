@@ -1,0 +1,234 @@
+"""Contrastive fine-tuning of one ensemble member's heads on cached trunk features.
+
+Symmetric InfoNCE with a learnable temperature; items sharing a title count as positives of each other (the
+catalogue repeats titles, and treating them as negatives would teach the model noise). AdamW, linear warm-up then
+cosine decay. Every epoch ends with validation recall, an atomic checkpoint and early stopping; a run interrupted at
+any point resumes from the last finished epoch and ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from enclip.data.captions import CaptionCfg
+from enclip.data.degrade import AugmentCfg
+from enclip.models.ensemble import Ensemble, HeadCfg
+from enclip.train.features import FeatureCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainCfg:
+    epochs: int = 6  # passes over a member's items
+    batch_size: int = 256  # contrastive batch (the negatives each item sees)
+    lr: float = 2e-3  # peak learning rate of new layers (projections, adapters) and the temperature
+    block_lr: float = 3e-4  # peak learning rate of unfrozen pretrained blocks
+    weight_decay: float = 0.05  # AdamW decoupled weight decay (not applied to norms, biases, temperature)
+    warmup: float = 0.05  # share of the steps spent warming up linearly
+    heads: HeadCfg = field(default_factory=HeadCfg)  # what is trained
+    views: int = 1  # degraded views cached per training image, beside the clean one
+    augment: AugmentCfg = field(default_factory=AugmentCfg)  # how degraded views are drawn
+    captions: CaptionCfg = field(default_factory=CaptionCfg)  # training texts per item
+    patience: int = 2  # epochs without validation gain before stopping
+    val_items: int = 2000  # validation items scored each epoch (seeded sample; 0 = all)
+    seed: int = 0  # seeds data order, views, dropout
+    device: str = "auto"  # "auto", "cpu", "cuda"
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def title_groups(titles: list[str]) -> np.ndarray:
+    """Integer label per item; items with the same normalised title share it."""
+    seen: dict[str, int] = {}
+    return np.array([seen.setdefault(" ".join(t.lower().split()), len(seen)) for t in titles], dtype=np.int64)
+
+
+def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Symmetric cross-entropy over the batch similarity matrix with multi-positive soft targets."""
+    logits = scale.exp().clamp(max=100) * image @ text.T
+    positives = (groups[:, None] == groups[None, :]).float()
+    targets = positives / positives.sum(dim=1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T))
+
+
+def _param_groups(member: torch.nn.Module, cfg: TrainCfg) -> list[dict]:
+    new, blocks, no_decay = [], [], []
+    for name, param in member.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or name == "logit_scale":
+            no_decay.append(param)
+        elif "projection" in name or "adapter" in name or name.endswith("proj.weight"):
+            new.append(param)
+        else:
+            blocks.append(param)
+    return [
+        {"params": new, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        {"params": blocks, "lr": cfg.block_lr, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0},
+    ]
+
+
+def _schedule(total_steps: int, warmup: float):
+    warm = max(1, int(total_steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+@dataclass
+class MemberRun:
+    """What one member trains on."""
+
+    rows: np.ndarray  # rows of the training FeatureCache this member sees
+    seed: int  # member seed (data order, views, dropout)
+    out_dir: Path  # member model directory
+    groups_of_rows: np.ndarray | None = None  # optional cluster id per row: batches drawn within one group
+
+
+def _epoch_batches(run: MemberRun, epoch: int, batch_size: int) -> list[np.ndarray]:
+    rng = np.random.default_rng([run.seed, epoch, 1])
+    order = rng.permutation(run.rows)
+    if run.groups_of_rows is None:
+        return [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)] or [order]
+    batches = []
+    for group in np.unique(run.groups_of_rows):
+        members = order[run.groups_of_rows[order] == group]
+        batches += [members[i : i + batch_size] for i in range(0, len(members) - batch_size // 2, batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))] or [order]
+
+
+def train_member(
+    ensemble: Ensemble,
+    index: int,
+    train: FeatureCache,
+    groups: np.ndarray,
+    val: FeatureCache,
+    run: MemberRun,
+    cfg: TrainCfg,
+    resume: bool = True,
+    info: dict | None = None,
+) -> dict:
+    """Train member ``index`` on ``run.rows`` of ``train``; returns the training history."""
+    device = ensemble.device
+    member = ensemble.members[index]
+    steps_per_epoch = len(_epoch_batches(run, 0, cfg.batch_size))
+    optimizer = torch.optim.AdamW(_param_groups(member, cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps_per_epoch * cfg.epochs, cfg.warmup))
+    state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": [], "done": False}
+    checkpoint = run.out_dir / "checkpoint.pt"
+    if resume and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        member.load_state_dict(saved["member"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        log.info("member %d: resuming after epoch %d", index, state["epoch"])
+    if state["done"]:
+        ensemble.load_member(index, run.out_dir)
+        return state
+    group_tensor = torch.from_numpy(groups)
+    val_rows = _val_sample(val, cfg)
+    while state["epoch"] < cfg.epochs and not state["done"]:
+        epoch = state["epoch"]
+        torch.manual_seed(int(np.random.default_rng([run.seed, epoch, 2]).integers(2**31)))
+        loss = _run_epoch(ensemble, member, train, group_tensor, run, epoch, optimizer, scheduler, cfg, index)
+        recall = validation_recall(ensemble, index, val, val_rows)
+        state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall})
+        state["epoch"] = epoch + 1
+        if recall > state["best"]:
+            state["best"], state["bad_epochs"] = recall, 0
+            ensemble.save_member(index, run.out_dir, **(info or {}), best_val_recall_at_10=recall, epoch=epoch + 1)
+        else:
+            state["bad_epochs"] += 1
+        state["done"] = state["bad_epochs"] >= cfg.patience or state["epoch"] >= cfg.epochs
+        log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", index, epoch + 1, loss, recall)
+        _save_checkpoint(checkpoint, member, optimizer, scheduler, state)
+    ensemble.load_member(index, run.out_dir)
+    return state
+
+
+def _run_epoch(ensemble, member, train, groups, run, epoch, optimizer, scheduler, cfg, index) -> float:
+    rng = np.random.default_rng([run.seed, epoch, 3])
+    device = ensemble.device
+    batches = _epoch_batches(run, epoch, cfg.batch_size)
+    ensemble.train()
+    losses = []
+    started = time.perf_counter()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    with tqdm(batches, desc=f"member {index} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False) as bar:
+        for rows in bar:
+            views = rng.integers(0, len(train.images), size=len(rows))
+            captions = _pick_captions(train, rows, rng)
+            with autocast:
+                image = member.encode_image(train.image_batch(rows, views, device))
+                text = member.encode_text(train.text_batch(captions, device))
+                loss = contrastive_loss(image, text, member.logit_scale, groups[rows].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            rate = len(losses) * cfg.batch_size / (time.perf_counter() - started)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", items_per_s=f"{rate:.0f}")
+    ensemble.eval()
+    return float(np.mean(losses))
+
+
+def _pick_captions(cache: FeatureCache, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    first = cache.first_caption[rows]
+    last = np.append(cache.first_caption, len(cache.caption_owner))[rows + 1]
+    return first + (rng.random(len(rows)) * (last - first)).astype(np.int64)
+
+
+def _val_sample(val: FeatureCache, cfg: TrainCfg) -> np.ndarray:
+    rows = np.arange(len(val))
+    if cfg.val_items and len(rows) > cfg.val_items:
+        rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, cfg.val_items, replace=False))
+    return rows
+
+
+@torch.no_grad()
+def validation_recall(ensemble: Ensemble, index: int, val: FeatureCache, rows: np.ndarray, k: int = 10) -> float:
+    """Title → image recall@k within the validation items (each title's own item is the one relevant)."""
+    member = ensemble.members[index]
+    device = ensemble.device
+    images, texts = [], []
+    for start in range(0, len(rows), 512):
+        chunk = rows[start : start + 512]
+        images.append(member.encode_image(val.image_batch(chunk, np.zeros(len(chunk), dtype=int), device)))
+        texts.append(member.encode_text(val.text_batch(val.first_caption[chunk], device)))
+    scores = torch.cat(texts) @ torch.cat(images).T
+    own = scores.diagonal().unsqueeze(1)
+    rank = (scores > own).sum(dim=1)
+    return float((rank < k).float().mean())
+
+
+def _save_checkpoint(path: Path, member, optimizer, scheduler, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"member": member.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "state": state}, tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
