@@ -131,7 +131,7 @@ def cmd_index(args) -> int:
 
 
 def cmd_cluster(args) -> int:
-    from enclip.clustering_cli import cluster_catalogue
+    from enclip.train.clusters import cluster_catalogue
 
     catalogue, _ = load_data(args, Path(args.out))
     cluster_catalogue(catalogue, Path(args.out), k=args.k, k_range=tuple(args.k_range), model=args.model)
@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a smaller run for a first look")
+    p.add_argument("--eval-queries", type=int, help="held-out queries in the closing quality summary (default: all)")
     p.set_defaults(func=cmd_demo)
     return parser
 

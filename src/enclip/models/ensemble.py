@@ -7,6 +7,7 @@ small heads, not K whole models. Each member is saved as a normal enclip model d
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ class Ensemble(nn.Module):
             Member(towers.clone_head(image_split.head), towers.clone_head(text_split.head), base_scale)
             for _ in range(members)
         )
+        self._trunk_fingerprint: str | None = None
         self.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> "Ensemble":
@@ -125,12 +127,24 @@ class Ensemble(nn.Module):
         (directory / "heads.pt.tmp").replace(directory / "heads.pt")
         write_json(
             directory / "model.json",
-            manifest("model", backbone=asdict(self.backbone.cfg), heads=asdict(self.head_cfg), **info),
+            manifest("model", backbone=asdict(self.backbone.cfg), heads=asdict(self.head_cfg),
+                     trunk_fingerprint=self.trunk_fingerprint(), **info),
         )
 
     def load_member(self, index: int, directory: Path) -> None:
         state = torch.load(Path(directory) / "heads.pt", map_location=self.device, weights_only=True)
         self.members[index].load_state_dict(state)
+
+    def trunk_fingerprint(self) -> str:
+        """Hash of the frozen trunks' weights: saved heads are only valid on the very trunk they were trained on."""
+        if self._trunk_fingerprint is None:
+            digest = hashlib.sha256()
+            for trunk in (self.image_trunk, self.text_trunk):
+                for name, tensor in trunk.state_dict().items():
+                    digest.update(name.encode())
+                    digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._trunk_fingerprint = digest.hexdigest()[:16]
+        return self._trunk_fingerprint
 
 
 @dataclass
@@ -158,6 +172,13 @@ def load_model(directory: str | Path, device: str = "cpu") -> tuple[Ensemble, En
     first = read_json(member_dirs[0] / "model.json")
     backbone = create_backbone(BackboneCfg(**first["backbone"]))
     ensemble = Ensemble(backbone, HeadCfg(**first["heads"]), members=len(member_dirs)).to(device)
+    expected = first.get("trunk_fingerprint")
+    if expected and expected != ensemble.trunk_fingerprint():
+        raise EnclipError(
+            f"{directory} was trained on different frozen backbone weights than {backbone.cfg.name!r} loads here "
+            f"(trunk fingerprint {ensemble.trunk_fingerprint()} != {expected}); install the versions in its "
+            "model.json 'versions' or retrain"
+        )
     for i, member_dir in enumerate(member_dirs):
         ensemble.load_member(i, member_dir)
     return ensemble.eval(), info

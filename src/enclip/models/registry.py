@@ -177,7 +177,9 @@ def _build_tiny(cfg: BackboneCfg) -> Backbone:
 
     text_path = _tiny_text_dir()
     cfg = replace(cfg, pretrained_towers=False)
-    model = _custom_clip(cfg, "test_efficientnet", text_path)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the frozen trunk is not saved with a model, so it must rebuild identically
+        model = _custom_clip(cfg, "test_efficientnet", text_path)
     tokenizer = HFTokenizer(str(text_path), context_length=cfg.context_length)
     backbone = Backbone(model, letterbox_transform(cfg.image_size), tokenizer, cfg, trim_padding=True)
     return _with_splits(model, backbone)

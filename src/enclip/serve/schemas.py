@@ -78,6 +78,23 @@ class AdminOut(BaseModel):
     seq: int | None = Field(description="changelog sequence number (null when no changelog is configured)")
 
 
+ERRORS = {status: {"model": ErrorOut} for status in (400, 401, 403, 404, 413, 415, 422, 503)}
+SEARCH_FORM_SCHEMA = {"type": "object", "properties": {
+    "text": {"type": "string"}, "weight": {"type": "number", "default": 0.5}, "k": {"type": "integer", "default": 10},
+    "fusion": {"type": "string"}, "image": {"type": "string", "format": "binary"},
+    "image_id": {"type": "string", "description": "use this catalogue item's image as the image query"},
+    "filter": {"type": "array", "items": {"type": "string"}, "description": "key=value, repeatable"},
+    "filters": {"type": "string", "description": "JSON object attribute -> value(s)"}}}
+# The search route reads its body itself (JSON or multipart), so its OpenAPI request body is spelled out here.
+SEARCH_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": SearchRequest.model_json_schema()},
+    "multipart/form-data": {"schema": SEARCH_FORM_SCHEMA}}}}
+ADMIN_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["item", "image"], "properties": {
+        "item": {"type": "string", "description": 'JSON {"id", "title", "attributes"}'},
+        "image": {"type": "string", "format": "binary"}}}}}}}
+
+
 @dataclass
 class SearchQuery:
     """A search request after parsing, before range checks."""
@@ -108,16 +125,16 @@ def query_from_json(body: bytes) -> SearchQuery:
 
 def query_from_form(form, image: Image.Image | None) -> SearchQuery:
     """Parse the multipart form of a search (the uploaded image is decoded by the caller)."""
-    return SearchQuery(text=_blank_to_none(_text_field(form, "text")), image=image,
-                       image_id=_blank_to_none(_text_field(form, "image_id")),
+    return SearchQuery(text=_blank_to_none(text_field(form, "text")), image=image,
+                       image_id=_blank_to_none(text_field(form, "image_id")),
                        weight=_number_field(form, "weight", float, 0.5), k=_number_field(form, "k", int, 10),
-                       fusion=_blank_to_none(_text_field(form, "fusion")), filters=form_filters(form))
+                       fusion=_blank_to_none(text_field(form, "fusion")), filters=form_filters(form))
 
 
 def form_filters(form) -> dict[str, str | list[str]]:
     """Filters given as repeated ``filter=key=value`` fields and/or one JSON object in ``filters``."""
     filters: dict[str, list[str]] = {}
-    raw_json = _text_field(form, "filters")
+    raw_json = text_field(form, "filters")
     if raw_json:
         try:
             parsed = json.loads(raw_json)
@@ -215,7 +232,8 @@ def _is_filter_value(value: object) -> bool:
     return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
 
 
-def _text_field(form, name: str) -> str | None:
+def text_field(form, name: str) -> str | None:
+    """A plain (non-file) form field, or None when absent."""
     value = form.get(name)
     if value is None:
         return None
@@ -225,7 +243,7 @@ def _text_field(form, name: str) -> str | None:
 
 
 def _number_field(form, name: str, kind: type, default):
-    raw = _text_field(form, name)
+    raw = text_field(form, name)
     if raw is None or not raw.strip():
         return default
     try:

@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from enclip.artifacts import manifest, write_json
-from enclip.cluster import ClusterCfg, Clustering, fit_clusters, write_cluster_report
+from enclip.cluster import ClusterCfg, Clustering
 from enclip.data.catalogue import Catalogue
 from enclip.data.split import split_indices
 from enclip.errors import EnclipError
 from enclip.models.ensemble import Ensemble
 from enclip.models.registry import BackboneCfg, create_backbone
+from enclip.train.clusters import member_clusters
 from enclip.train.features import FeatureCache, cache_features
 from enclip.train.trainer import MemberRun, TrainCfg, resolve_device, title_groups, train_member
 
@@ -120,7 +121,10 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
     ensemble = Ensemble(create_backbone(cfg.backbone), cfg.train.heads, members=ens.members)
     ensemble.to(resolve_device(cfg.train.device))
     train_cache, val_cache = _caches(ensemble, catalogue, split, out_dir / "cache", cfg)
-    clustering = _clusters(train_cache, catalogue, out_dir, ens) if ens.strategy == "cluster" else None
+    clustering = None
+    if ens.strategy == "cluster":
+        clustering = member_clusters(train_cache.pooled_images(), train_cache.positions, catalogue,
+                                     out_dir / "clusters", ens.members, ens.cluster)
     groups = title_groups([catalogue.titles[p] for p in train_cache.positions])
     fingerprint = catalogue.fingerprint()
     info = {"data_fingerprint": fingerprint, "train_items": int(len(train_cache))}
@@ -144,27 +148,3 @@ def _caches(ensemble, catalogue, split, cache_dir: Path, cfg: RunCfg) -> tuple[F
     train = cache_features(ensemble, catalogue, split["train"], cache_dir / "train", views=cfg.train.views, **common)
     val = cache_features(ensemble, catalogue, split["val"], cache_dir / "val", views=0, **common)
     return train, val
-
-
-def _clusters(train: FeatureCache, catalogue: Catalogue, out_dir: Path, ens: EnsembleCfg) -> Clustering:
-    """Cluster the train images on the frozen trunk's pooled features; k = number of members."""
-    directory = out_dir / "clusters"
-    if (directory / "clusters.json").exists():
-        return Clustering.load(directory)
-    cluster_cfg = ClusterCfg(**{**asdict(ens.cluster), "k": ens.members})
-    clustering = fit_clusters(_normalise(train.pooled_images()), cluster_cfg)
-    if clustering.k != ens.members:
-        raise EnclipError(
-            f"clustering found only {clustering.k} usable clusters for {ens.members} members; "
-            "use fewer members or the seeds/bagging strategy"
-        )
-    positions = train.positions
-    attributes = {name: [values[p] for p in positions] for name, values in catalogue.attributes.items()}
-    write_cluster_report(directory, clustering, attributes, lambda row: catalogue.image(int(positions[row])))
-    clustering.save(directory)
-    write_json(directory / "item_ids.json", {"ids": [catalogue.ids[p] for p in positions]})
-    return clustering
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

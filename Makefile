@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh clone: `make demo` and `make test`. Both create the virtual
+# environment on first use (pinned versions from requirements.lock; torch 2.14.1 installs from this machine's disk).
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-all bench bench-quick lock clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; run make PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[serve,test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/enclip demo $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m '' $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py $(ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run_all.py --quick $(ARGS)
+
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^enclip' > requirements.lock.new
+	(echo '# Exact versions every install uses (pip install -c requirements.lock); regenerate with `make lock`.'; cat requirements.lock.new) > requirements.lock
+	rm requirements.lock.new
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

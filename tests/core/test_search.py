@@ -1,0 +1,138 @@
+"""Index build and search on a tiny trained ensemble: fusion exactness, filters, live changes, atomic writes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from enclip import fusion, load_searcher
+from enclip.errors import EnclipError
+from enclip.indexing import build_index
+from enclip.models.ensemble import load_model
+
+
+@pytest.fixture(scope="module")
+def searcher(tiny_index_dir):
+    return load_searcher(tiny_index_dir)
+
+
+def _member_vectors(model_dir, catalogue):
+    ensemble, _ = load_model(model_dir)
+    return ensemble.encode_images([catalogue.image(i) for i in range(len(catalogue))])  # (K, n, d)
+
+
+def test_index_holds_every_member_vector_of_every_item(searcher, catalogue, tiny_ensemble_dir):
+    members = _member_vectors(tiny_ensemble_dir, catalogue)
+    stored = searcher.index.reconstruct(np.arange(len(catalogue))).reshape(len(catalogue), searcher.members, -1)
+    np.testing.assert_allclose(stored.transpose(1, 0, 2), members, atol=1e-5)
+    assert np.allclose(np.linalg.norm(stored, axis=2), 1.0, atol=1e-4)
+
+
+def test_single_concatenated_index_ranks_like_per_member_mean(searcher, catalogue, tiny_ensemble_dir):
+    members = _member_vectors(tiny_ensemble_dir, catalogue)
+    for text in ["Men Red Shirts", "Women Black Jeans", "Casual Shoes"]:
+        query = searcher.encode_query(text=text)  # (K, d)
+        per_member = np.einsum("knd,kd->kn", members, query)[:, None, :]
+        reference = np.argsort(-fusion.fuse_mean(per_member)[0], kind="stable")[:10]
+        got = [catalogue.index_of(h.id) for h in searcher.search(text=text, k=10, fusion="mean").hits]
+        assert got == reference.tolist()
+
+
+@pytest.mark.parametrize("rule", ["mean", "routed", "item-routed", "rrf"])
+def test_every_fusion_rule_answers_with_member_agreement(searcher, rule):
+    result = searcher.search(text="Women Green Jeans", k=5, fusion=rule)
+    assert result.fusion == rule and len(result.hits) == 5
+    scores = [h.score for h in result.hits]
+    assert scores == sorted(scores, reverse=True)
+    for hit in result.hits:
+        assert len(hit.member_scores) == 3 and 0 <= hit.votes <= 3
+        assert hit.spread == pytest.approx(float(np.std(hit.member_scores)), abs=1e-6)
+
+
+def test_filters_restrict_results_and_unknown_keys_name_the_valid_ones(searcher):
+    hits = searcher.search(text="shirt", k=50, filters={"gender": "Men", "articleType": ["Shirts", "Jeans"]}).hits
+    assert hits and all(h.attributes["gender"] == "Men" for h in hits)
+    assert all(h.attributes["articleType"] in ("Shirts", "Jeans") for h in hits)
+    with pytest.raises(EnclipError, match="articleType"):
+        searcher.search(text="shirt", filters={"colour": "Red"})
+
+
+def test_image_text_and_combined_queries(searcher, catalogue):
+    photo = catalogue.image_bytes(5)
+    by_image = searcher.search(image=photo, k=3)
+    assert by_image.hits[0].id == catalogue.ids[5]  # an item's own clean photo finds it first
+    both = searcher.search(image=photo, text=catalogue.titles[5], k=3, weight=0.3)
+    assert len(both.hits) == 3
+    with pytest.raises(EnclipError):
+        searcher.search()
+    with pytest.raises(EnclipError, match="fusion"):
+        searcher.search(text="x", fusion="max")
+
+
+def test_cluster_restricted_search_scores_only_the_nearest_clusters(searcher):
+    hits = searcher.search(text="Red Shirts", k=50, clusters=1).hits
+    positions = [searcher.catalogue.index_of(h.id) for h in hits]
+    assert len(set(searcher.item_clusters[positions].tolist())) == 1
+
+
+def test_live_add_update_and_remove(tiny_index_dir, catalogue):
+    searcher = load_searcher(tiny_index_dir)
+    n = len(searcher)
+    photo = catalogue.image_bytes(7)
+    searcher.add_items([{"id": "new-1", "title": "Brand New Shirt", "attributes": {"gender": "Men"}}], [photo])
+    assert len(searcher) == n + 1
+    assert searcher.search(image=photo, k=2, filters={"gender": "Men"}).hits[0].id in ("new-1", catalogue.ids[7])
+    searcher.add_items([{"id": "new-1", "title": "Renamed Shirt", "attributes": {}}], [photo])  # upsert
+    assert len(searcher) == n + 1 and searcher.item("new-1")["title"] == "Renamed Shirt"
+    searcher.remove_items(["new-1"])
+    assert len(searcher) == n
+    assert all(h.id != "new-1" for h in searcher.search(image=photo, k=20).hits)
+    with pytest.raises(EnclipError):
+        searcher.item("new-1")
+
+
+def test_index_directory_is_self_describing(tiny_index_dir):
+    manifest = json.loads((tiny_index_dir / "index.json").read_text())
+    assert manifest["members"] == 3 and manifest["strategy"] == "cluster"
+    assert set(manifest["versions"]) >= {"torch", "open_clip", "faiss"}
+    assert (tiny_index_dir / "model" / "ensemble.json").exists()
+
+
+def test_interrupted_indexing_resumes_to_the_same_index(tmp_path, catalogue, tiny_ensemble_dir, monkeypatch):
+    from enclip import indexing
+    from enclip.index import IndexCfg
+
+    cfg = indexing.IndexBuildCfg(index=IndexCfg(), shard_size=16, batch_size=8)
+    straight = build_index(tiny_ensemble_dir, catalogue, tmp_path / "a", cfg)
+    real_image = type(catalogue).image
+    calls = {"n": 0}
+
+    def failing_image(self, i):
+        calls["n"] += 1
+        if calls["n"] > 40:  # dies in the third shard
+            raise KeyboardInterrupt
+        return real_image(self, i)
+
+    monkeypatch.setattr(type(catalogue), "image", failing_image)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(tiny_ensemble_dir, catalogue, tmp_path / "b", cfg)
+    assert not (tmp_path / "b").exists(), "no half-built index is left in place"
+    monkeypatch.setattr(type(catalogue), "image", real_image)
+    resumed = build_index(tiny_ensemble_dir, catalogue, tmp_path / "b", cfg)
+    a = np.load(straight / "vectors" / "vectors.npy")
+    b = np.load(resumed / "vectors" / "vectors.npy")
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_failed_rebuild_keeps_the_previous_index(tmp_path, catalogue, tiny_ensemble_dir, monkeypatch):
+    from enclip import indexing
+
+    out = build_index(tiny_ensemble_dir, catalogue, tmp_path / "idx")
+    before = (out / "index.json").read_text()
+    monkeypatch.setattr(indexing, "items_table", lambda c: (_ for _ in ()).throw(RuntimeError("disk full")))
+    with pytest.raises(RuntimeError):
+        build_index(tiny_ensemble_dir, catalogue, out)
+    assert (out / "index.json").read_text() == before
+    assert load_searcher(out).search(text="shirt", k=1).hits

@@ -1,0 +1,96 @@
+"""Fine-tuning: strategies, resume equivalence, saved artefacts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from enclip.artifacts import read_json
+from enclip.errors import EnclipError
+from enclip.models.ensemble import load_model
+from enclip.train import trainer
+from enclip.train.run import train_system
+from tests.conftest import tiny_run_cfg
+
+
+def _heads(model_dir):
+    ensemble, _ = load_model(model_dir)
+    return [{k: v.clone() for k, v in m.state_dict().items()} for m in ensemble.members]
+
+
+def test_contrastive_loss_does_not_penalise_confusing_items_with_the_same_title():
+    unit = lambda rows: torch.nn.functional.normalize(torch.tensor(rows), dim=1)  # noqa: E731
+    text = unit([[1.0, 0.2, 0.0], [1.0, 0.0, 0.2], [0.0, 1.0, 0.0]])
+    image = unit([[1.0, 0.2, 0.0], [1.0, 0.0, 0.2], [0.0, 1.0, 0.0]])
+    swapped = image[[1, 0, 2]]  # the photos of items 0 and 1 exchanged
+    scale = torch.tensor(np.log(50.0))
+
+    def loss(images, groups):
+        return trainer.contrastive_loss(images, text, scale, torch.tensor(groups)).item()
+
+    assert loss(swapped, [0, 0, 1]) == pytest.approx(loss(image, [0, 0, 1]))  # same title: either photo is right
+    assert loss(swapped, [0, 1, 2]) > loss(image, [0, 1, 2]) + 0.1  # different titles: the swap is an error
+    assert trainer.title_groups(["Red Shirt", "red  shirt", "Blue Shirt"]).tolist() == [0, 0, 1]
+
+
+def test_training_writes_a_loadable_model_that_beats_its_start(tmp_path, catalogue):
+    out = train_system(catalogue, tmp_path / "m", tiny_run_cfg(epochs=3, lr=5e-3, patience=5))
+    ensemble, info = load_model(out)
+    assert info.strategy == "seeds" and len(ensemble) == 1
+    state = torch.load(out / "members/0/checkpoint.pt", weights_only=False)["state"]
+    recalls = [h["val_R@10"] for h in state["history"]]
+    losses = [h["loss"] for h in state["history"]]
+    assert len(recalls) == 3 and losses[-1] < losses[0]
+    assert not (out / "cache").exists(), "the feature cache is removed after a finished run"
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, catalogue, monkeypatch):
+    cfg = tiny_run_cfg(members=2, strategy="bagging", epochs=3, patience=5)
+    reference = _heads(train_system(catalogue, tmp_path / "straight", cfg))
+
+    real = trainer.validation_recall
+    calls = {"n": 0}
+
+    def crash_on_fourth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # member 1, epoch 1: member 0 is finished, member 1 mid-way
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "validation_recall", crash_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        train_system(catalogue, tmp_path / "resumed", cfg)
+    monkeypatch.setattr(trainer, "validation_recall", real)
+    resumed = _heads(train_system(catalogue, tmp_path / "resumed", cfg, resume=True))
+    for ref, got in zip(reference, resumed):
+        assert ref.keys() == got.keys()
+        for key in ref:
+            assert torch.equal(ref[key], got[key]), key
+
+
+@pytest.mark.parametrize("strategy", ["seeds", "bagging", "cluster"])
+def test_each_strategy_trains_members_on_its_own_items(tmp_path, catalogue, strategy):
+    out = train_system(catalogue, tmp_path / strategy, tiny_run_cfg(members=2, strategy=strategy, epochs=1))
+    items = [read_json(out / "members" / str(i) / "model.json")["member_items"] for i in range(2)]
+    train_items = len(catalogue) - sum(1 for i in catalogue.ids if int(i) % 10 in (0, 1))
+    if strategy == "seeds":
+        assert items == [train_items, train_items]
+    if strategy == "cluster":
+        assert (out / "clusters" / "contact_sheets.png").exists()
+        assert all(n < train_items for n in items)
+
+
+def test_a_finished_run_is_not_overwritten_without_resume(tmp_path, catalogue):
+    train_system(catalogue, tmp_path / "m", tiny_run_cfg(epochs=1))
+    with pytest.raises(EnclipError, match="--resume"):
+        train_system(catalogue, tmp_path / "m", tiny_run_cfg(epochs=1), resume=False)
+
+
+def test_bad_strategy_and_fraction_are_clear_errors(tmp_path, catalogue):
+    with pytest.raises(EnclipError, match="strategy"):
+        train_system(catalogue, tmp_path / "a", tiny_run_cfg(strategy="boosting"))
+    cfg = tiny_run_cfg()
+    cfg.ensemble.data_fraction = 0
+    with pytest.raises(EnclipError, match="fraction"):
+        train_system(catalogue, tmp_path / "b", cfg)

@@ -1,0 +1,85 @@
+"""Fixtures for the service tests: a FakeSearcher-backed app, admin settings, image bytes, a live server."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from enclip.serve.app import ServeCfg, create_app
+from tests.serve.fake_searcher import FakeSearcher
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+def image_bytes(rgb: tuple[int, int, int] = (200, 30, 40), fmt: str = "PNG", size: tuple[int, int] = (32, 32)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, rgb).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def fake() -> FakeSearcher:
+    return FakeSearcher()
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> ServeCfg:
+    return ServeCfg(max_upload_bytes=200_000, max_k=50, max_text_chars=100, max_image_pixels=1_000_000,
+                    changelog_path=tmp_path / "changelog.jsonl")
+
+
+@pytest.fixture
+def admin_cfg(cfg: ServeCfg) -> ServeCfg:
+    return ServeCfg(**{**cfg.__dict__, "admin_token": ADMIN_TOKEN})
+
+
+@pytest.fixture
+def client(fake: FakeSearcher, cfg: ServeCfg) -> Iterator[TestClient]:
+    with TestClient(create_app(fake, cfg)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def admin_client(fake: FakeSearcher, admin_cfg: ServeCfg) -> Iterator[TestClient]:
+    with TestClient(create_app(fake, admin_cfg)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def served_searcher() -> FakeSearcher:
+    """The searcher behind the live server; override this fixture to serve a real (tiny) index instead."""
+    return FakeSearcher(n=30, seed=1)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def live_server(served_searcher, tmp_path: Path) -> Iterator[str]:
+    """A real uvicorn server on a free loopback port, in a thread; yields its base URL."""
+    import uvicorn
+
+    cfg = ServeCfg(port=free_port(), changelog_path=tmp_path / "changelog.jsonl")
+    server = uvicorn.Server(uvicorn.Config(create_app(served_searcher, cfg), host=cfg.host, port=cfg.port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    yield f"http://{cfg.host}:{cfg.port}"
+    server.should_exit = True
+    thread.join(timeout=10)
