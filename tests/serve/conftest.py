@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -65,14 +66,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def live_server(served_searcher, tmp_path: Path) -> Iterator[str]:
-    """A real uvicorn server on a free loopback port, in a thread; yields its base URL."""
+@contextmanager
+def running_server(app, port: int) -> Iterator[str]:
+    """Serve `app` with a real uvicorn server on 127.0.0.1:`port` in a thread; yields its base URL."""
     import uvicorn
 
-    cfg = ServeCfg(port=free_port(), changelog_path=tmp_path / "changelog.jsonl")
-    server = uvicorn.Server(uvicorn.Config(create_app(served_searcher, cfg), host=cfg.host, port=cfg.port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -80,6 +79,16 @@ def live_server(served_searcher, tmp_path: Path) -> Iterator[str]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
-    yield f"http://{cfg.host}:{cfg.port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(served_searcher, tmp_path: Path) -> Iterator[str]:
+    """The web page and API over `served_searcher`, on a real server; yields its base URL."""
+    cfg = ServeCfg(port=free_port(), changelog_path=tmp_path / "changelog.jsonl")
+    with running_server(create_app(served_searcher, cfg), cfg.port) as url:
+        yield url

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import random
 import struct
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from enclip.serve.app import ServeCfg, attach_searcher, create_app, percentile
+from enclip.serve.app import ServeCfg, attach_searcher, create_app, percentile, serve
 from tests.serve.conftest import image_bytes
 from tests.serve.fake_searcher import COLOURS, FILTER_KEYS, FUSION_RULES
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def reference_ids(fake, k, text=None, image=None, weight=0.5, keep=lambda item: True) -> list[str]:
@@ -303,3 +308,31 @@ def test_page_and_static_files_are_served(client):
 
 def test_default_cfg_binds_to_loopback():
     assert ServeCfg().host == "127.0.0.1" and ServeCfg().admin_token is None
+
+
+def test_serve_runs_uvicorn_on_the_configured_address(fake, cfg, monkeypatch):
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: seen.update(app=app, **options))
+    serve(fake, ServeCfg(port=8123, changelog_path=cfg.changelog_path))
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
+    assert TestClient(seen["app"]).get("/health").json() == {"status": "ok", "items": len(fake)}
+
+
+def test_browser_form_without_a_chosen_file_is_a_text_search(client, fake):
+    response = client.post("/search", data={"text": "red"}, files={"image": ("", b"", "application/octet-stream")})
+    assert response.status_code == 200 and fake.calls[-1]["image"] is None
+
+
+def test_load_bench_reports_every_level_without_errors(live_server, served_searcher, capsys, monkeypatch):
+    spec = importlib.util.spec_from_file_location("enclip_bench_load", REPO / "bench" / "load.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    assert bench.main([live_server, "--duration", "0.3", "--clients", "1,2"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[1:]]
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert all(int(row[1]) > 0 and row[2] == "0" for row in rows)
+    assert {call["image"] for call in served_searcher.calls} == {None, "Image", "bytes"}  # all three query kinds

@@ -206,7 +206,11 @@ def _build_open_clip(cfg: BackboneCfg) -> Backbone:
     import open_clip
 
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(cfg.name, pretrained=cfg.pretrained)
+        # open_clip only warns and returns a random model when no weights are found (hf-hub/local-dir without a
+        # weights file, an arch without ``pretrained``); random weights are wanted only with pretrained_towers=False
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            cfg.name, pretrained=cfg.pretrained, require_pretrained=cfg.pretrained_towers
+        )
         tokenizer = open_clip.get_tokenizer(cfg.name)
     except Exception as error:  # open_clip raises many types for a bad name, a missing file or no network
         raise EnclipError(

@@ -303,6 +303,8 @@ async def _read_upload(form, name: str, cfg: ServeCfg) -> bytes | None:
         return None
     if not isinstance(upload, UploadFile):
         raise ApiError(422, f"field {name!r} must be a file upload")
+    if not upload.filename and not upload.size:
+        return None  # what a browser form sends when no file was chosen
     data = await upload.read(cfg.max_upload_bytes + 1)
     if len(data) > cfg.max_upload_bytes:
         raise ApiError(413, f"upload {name!r} is larger than {cfg.max_upload_bytes} bytes; send a smaller image")

@@ -93,9 +93,12 @@ def _cache(ensemble, catalogue, positions, work_dir, views, augment, captions, s
                         times=StageTimes())["features"]
         )
     texts, owner = _caption_table(catalogue, positions, captions)
+    tokens = ensemble.backbone.tokenizer(texts)
+    if ensemble.backbone.trim_padding:  # one width for every shard: the longest caption's
+        tokens = tokens[:, : int((tokens != ensemble.backbone.pad_token_id).any(dim=0).nonzero().max()) + 1]
     text_arrays = run_sharded(
         len(texts),
-        lambda rows: ensemble.backbone.tokenizer([texts[r] for r in rows]),
+        lambda rows: tokens[torch.from_numpy(rows)],
         lambda ids: _text_arrays(ensemble.text_trunk(ids.to(ensemble.device))),
         work_dir / "text", batch_size=batch_size, desc="cache texts",
     )

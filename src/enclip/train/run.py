@@ -11,6 +11,7 @@ loses at most the member in progress (and of that, at most the current epoch).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from enclip.artifacts import manifest, write_json
+from enclip.artifacts import manifest, read_json, write_json
 from enclip.cluster import ClusterCfg, Clustering
 from enclip.data.catalogue import Catalogue
 from enclip.data.split import split_indices
@@ -52,55 +53,55 @@ class RunCfg:
     train: TrainCfg = field(default_factory=TrainCfg)  # how each member is fine-tuned
     ensemble: EnsembleCfg = field(default_factory=EnsembleCfg)  # how many members and how they differ
     keep_cache: bool = False  # keep the cached trunk features after training (they can be large)
+    cache_dir: str | None = None  # shared trunk-feature cache, reused by runs with the same trunk and data
 
 
-def _train_positions(catalogue: Catalogue, fraction: float, seed: int) -> dict[str, np.ndarray]:
+def _split(catalogue: Catalogue) -> dict[str, np.ndarray]:
     split = split_indices(catalogue.ids)
     if not len(split["train"]) or not len(split["val"]):
         raise EnclipError(
             f"the catalogue has {len(split['train'])} train and {len(split['val'])} validation items; "
             "training needs both (ids ending in 1 are validation, 0 test, the rest train)"
         )
-    if not 0 < fraction <= 1:
-        raise EnclipError(f"data fraction must be in (0, 1], got {fraction}")
-    if fraction < 1:
-        keep = max(2, int(round(len(split["train"]) * fraction)))
-        split["train"] = np.sort(np.random.default_rng(seed).choice(split["train"], keep, replace=False))
     return split
 
 
-def member_runs(cfg: EnsembleCfg, train: FeatureCache, out_dir: Path, seed: int,
+def subset_rows(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Rows of the training cache used for limited-data runs (a seeded sample; all rows at fraction 1)."""
+    if not 0 < fraction <= 1:
+        raise EnclipError(f"data fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return np.arange(n)
+    keep = max(2, int(round(n * fraction)))
+    return np.sort(np.random.default_rng([seed, 11]).choice(n, keep, replace=False))
+
+
+def member_runs(cfg: EnsembleCfg, rows: np.ndarray, out_dir: Path, seed: int,
                 clustering: Clustering | None) -> list[MemberRun]:
-    """What each member trains on, by strategy."""
-    n = len(train)
+    """What each member trains on (``rows`` of the training cache), by strategy."""
     runs = []
     for i in range(cfg.members):
         member_seed = seed * 1000 + i
         rng = np.random.default_rng([seed, i, 7])
         out = out_dir / "members" / str(i)
         if cfg.strategy == "seeds":
-            runs.append(MemberRun(np.arange(n), member_seed, out))
+            runs.append(MemberRun(rows, member_seed, out))
         elif cfg.strategy == "bagging":
-            runs.append(MemberRun(np.sort(rng.integers(0, n, size=n)), member_seed, out))
+            runs.append(MemberRun(np.sort(rng.choice(rows, size=len(rows), replace=True)), member_seed, out))
         else:
-            runs.append(_cluster_run(clustering, i, cfg.mix, rng, member_seed, out))
+            runs.append(_cluster_run(clustering, rows, i, cfg.mix, rng, member_seed, out))
     return runs
 
 
-def _cluster_run(clustering: Clustering, i: int, mix: float, rng, seed: int, out: Path) -> MemberRun:
-    own = np.flatnonzero(clustering.assignments == i)
-    others = np.flatnonzero(clustering.assignments != i)
+def _cluster_run(clustering: Clustering, rows: np.ndarray, i: int, mix: float, rng, seed: int, out: Path) -> MemberRun:
+    """Cluster i's rows plus a ``mix`` share borrowed from the others; batches stay within one cluster."""
+    own = rows[clustering.assignments == i]
+    others = rows[clustering.assignments != i]
     extra = int(round(len(own) * mix / max(1e-9, 1 - mix))) if mix < 1 else len(others)
     borrowed = rng.choice(others, size=min(extra, len(others)), replace=False) if len(others) else others
-    rows = np.sort(np.concatenate([own, borrowed]))
-    return MemberRun(rows, seed, out, groups_of_rows=_row_groups(clustering.assignments, rows))
-
-
-def _row_groups(assignments: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Cluster id looked up by row number (rows index the full training cache)."""
-    groups = np.full(len(assignments), -1, dtype=np.int64)
-    groups[rows] = assignments[rows]
-    return groups
+    groups = np.full(int(rows.max()) + 1, -1, dtype=np.int64)
+    groups[rows] = clustering.assignments
+    return MemberRun(np.sort(np.concatenate([own, borrowed])), seed, out, groups_of_rows=groups)
 
 
 def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume: bool = True) -> Path:
@@ -117,18 +118,19 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
     write_json(out_dir / "train_config.json", asdict(cfg))
     torch.manual_seed(cfg.train.seed)
     started = time.perf_counter()
-    split = _train_positions(catalogue, ens.data_fraction, cfg.train.seed)
     ensemble = Ensemble(create_backbone(cfg.backbone), cfg.train.heads, members=ens.members)
     ensemble.to(resolve_device(cfg.train.device))
-    train_cache, val_cache = _caches(ensemble, catalogue, split, out_dir / "cache", cfg)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "cache"
+    train_cache, val_cache = _caches(ensemble, catalogue, _split(catalogue), cache_dir, cfg)
+    rows = subset_rows(len(train_cache), ens.data_fraction, cfg.train.seed)
     clustering = None
     if ens.strategy == "cluster":
-        clustering = member_clusters(train_cache.pooled_images(), train_cache.positions, catalogue,
+        clustering = member_clusters(train_cache.pooled_images()[rows], train_cache.positions[rows], catalogue,
                                      out_dir / "clusters", ens.members, ens.cluster)
     groups = title_groups([catalogue.titles[p] for p in train_cache.positions])
     fingerprint = catalogue.fingerprint()
-    info = {"data_fingerprint": fingerprint, "train_items": int(len(train_cache))}
-    for i, run in enumerate(member_runs(ens, train_cache, out_dir, cfg.train.seed, clustering)):
+    info = {"data_fingerprint": fingerprint, "train_items": int(len(rows))}
+    for i, run in enumerate(member_runs(ens, rows, out_dir, cfg.train.seed, clustering)):
         log.info("training member %d of %d on %d items", i + 1, ens.members, len(run.rows))
         train_member(ensemble, i, train_cache, groups, val_cache, run, cfg.train, resume,
                      info={**info, "member": i, "strategy": ens.strategy, "member_items": int(len(run.rows))})
@@ -138,12 +140,21 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
         clusters="clusters" if clustering is not None else None,
         train_seconds=round(time.perf_counter() - started, 1),
     ))
-    if not cfg.keep_cache:
-        shutil.rmtree(out_dir / "cache", ignore_errors=True)
+    if not cfg.cache_dir and not cfg.keep_cache:
+        shutil.rmtree(cache_dir, ignore_errors=True)
     return out_dir
 
 
 def _caches(ensemble, catalogue, split, cache_dir: Path, cfg: RunCfg) -> tuple[FeatureCache, FeatureCache]:
+    key = {"trunk": ensemble.trunk_fingerprint(), "heads": asdict(cfg.train.heads),
+           "image_size": cfg.backbone.image_size, "views": cfg.train.views, "augment": asdict(cfg.train.augment),
+           "captions": asdict(cfg.train.captions), "seed": cfg.train.seed, "data": catalogue.fingerprint()}
+    key = json.loads(json.dumps(key))  # compare as it reads back from disk (tuples become lists)
+    if (cache_dir / "cache_key.json").exists() and read_json(cache_dir / "cache_key.json") != key:
+        raise EnclipError(f"the feature cache in {cache_dir} was built for another model, data or augmentation; "
+                          "delete it or choose another cache directory")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    write_json(cache_dir / "cache_key.json", key)
     common = dict(augment=cfg.train.augment, captions=cfg.train.captions, seed=cfg.train.seed)
     train = cache_features(ensemble, catalogue, split["train"], cache_dir / "train", views=cfg.train.views, **common)
     val = cache_features(ensemble, catalogue, split["val"], cache_dir / "val", views=0, **common)
