@@ -24,8 +24,9 @@ from enclip.artifacts import atomic_dir, manifest, read_json, recover_dir, write
 from enclip.data.catalogue import Catalogue, SkipReport
 from enclip.errors import EnclipError
 from enclip.index import IndexCfg, create_index
-from enclip.models.ensemble import Ensemble, EnsembleInfo, load_model
+from enclip.models.ensemble import Ensemble, EnsembleInfo, load_model, read_model_info
 from enclip.pipeline import StageTimes, run_sharded
+from enclip.train.features import cache_image_features
 from enclip.train.trainer import resolve_device
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class IndexBuildCfg:
     batch_size: int = 256  # images encoded per batch
     shard_size: int = 4096  # images per resumable shard
     device: str = "auto"  # "auto", "cpu", "cuda"
+    trunk_cache: str | None = None  # keep the catalogue's image trunk outputs here, so other models on the same trunk index fast
 
 
 def encode_catalogue(ensemble: Ensemble, catalogue: Catalogue, work_dir: Path, cfg: IndexBuildCfg,
@@ -52,8 +54,25 @@ def encode_catalogue(ensemble: Ensemble, catalogue: Catalogue, work_dir: Path, c
             members = ensemble.encode_image_features(ensemble.image_trunk(pixels))  # (K, B, d)
         return {"vectors": members.permute(1, 0, 2).reshape(len(pixels), -1).cpu().numpy().astype(dtype)}
 
+    if cfg.trunk_cache:
+        return _encode_from_trunk_cache(ensemble, catalogue, cfg, dtype, times)
     return run_sharded(len(catalogue), read, encode, work_dir, batch_size=cfg.batch_size,
                        shard_size=cfg.shard_size, desc="embed catalogue", times=times)["vectors"]
+
+
+def _encode_from_trunk_cache(ensemble: Ensemble, catalogue: Catalogue, cfg: IndexBuildCfg, dtype,
+                             times: StageTimes | None) -> np.ndarray:
+    cache = Path(cfg.trunk_cache) / f"{ensemble.trunk_fingerprint()}-{catalogue.fingerprint()}"
+    features = cache_image_features(ensemble, catalogue, np.arange(len(catalogue)), cache,
+                                    batch_size=cfg.batch_size, times=times)
+    chunks = []
+    for start in range(0, len(features), 1024):
+        batch = torch.from_numpy(features[start : start + 1024]).to(ensemble.device, torch.float32)
+        if batch.ndim == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        members = ensemble.encode_image_features(batch)
+        chunks.append(members.permute(1, 0, 2).reshape(len(batch), -1).cpu().numpy().astype(dtype))
+    return np.concatenate(chunks)
 
 
 def items_table(catalogue: Catalogue) -> pa.Table:
@@ -107,7 +126,22 @@ def build_index(model_dir: str | Path, catalogue: Catalogue, out_dir: str | Path
     times = StageTimes()
     vectors = encode_catalogue(ensemble, catalogue, work_dir, cfg, times)
     log.info("embedding: %s", times.summary())
-    routing = routing_table(model_dir, info, catalogue, vectors, len(ensemble))
+    write_index(model_dir, catalogue, vectors, out_dir, cfg, skip_report=skip_report,
+                embed_items_per_second=round(times.items / max(1e-9, times.encode + times.read), 1),
+                build_seconds=round(time.perf_counter() - started, 1))
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return out_dir
+
+
+def write_index(model_dir: Path, catalogue: Catalogue, vectors: np.ndarray, out_dir: Path,
+                cfg: IndexBuildCfg | None = None, skip_report: SkipReport | None = None, **extra) -> Path:
+    """Write an index directory atomically from already computed (n, K*d) item vectors."""
+    cfg = cfg or IndexBuildCfg()
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    info = read_model_info(model_dir)
+    members = len(info.members)
+    routing = routing_table(model_dir, info, catalogue, vectors, members)
+    backbone = read_json(model_dir / info.members[0] / "model.json")["backbone"]
     with atomic_dir(out_dir) as tmp:
         index = create_index(vectors.shape[1], cfg.index)
         index.add(vectors)
@@ -118,13 +152,11 @@ def build_index(model_dir: str | Path, catalogue: Catalogue, out_dir: str | Path
         if skip_report is not None:
             skip_report.write(tmp / "skip_report.json")
         write_json(tmp / "index.json", manifest(
-            "index", members=len(ensemble), member_dim=vectors.shape[1] // len(ensemble), items=len(catalogue),
+            "index", members=members, member_dim=vectors.shape[1] // members, items=len(catalogue),
             fusion=info.fusion, strategy=info.strategy, weights=info.weights, data_fingerprint=catalogue.fingerprint(),
-            model_fingerprint=info.data_fingerprint, source=catalogue.source, backbone=asdict(ensemble.backbone.cfg),
-            index=asdict(cfg.index), embed_items_per_second=round(times.items / max(1e-9, times.encode + times.read), 1),
-            build_seconds=round(time.perf_counter() - started, 1),
+            model_fingerprint=info.data_fingerprint, source=catalogue.source, backbone=backbone,
+            index=asdict(cfg.index), **extra,
         ))
-    shutil.rmtree(work_dir, ignore_errors=True)
     return out_dir
 
 

@@ -157,18 +157,23 @@ class EnsembleInfo:
     clusters: str | None = None  # clustering directory, relative, for cluster-trained ensembles
 
 
-def load_model(directory: str | Path, device: str = "cpu") -> tuple[Ensemble, EnsembleInfo]:
-    """Load a single model directory (``model.json``) or an ensemble directory (``ensemble.json``)."""
+def read_model_info(directory: str | Path) -> EnsembleInfo:
+    """What a model directory holds: an ensemble (``ensemble.json``) or one model (``model.json``)."""
     directory = Path(directory)
     if (directory / "ensemble.json").exists():
         raw = read_json(directory / "ensemble.json")
-        info = EnsembleInfo(**{k: raw[k] for k in EnsembleInfo.__dataclass_fields__ if k in raw})
-        member_dirs = [directory / m for m in info.members]
-    elif (directory / "model.json").exists():
-        info = EnsembleInfo(members=["."])
-        member_dirs = [directory]
-    else:
-        raise EnclipError(f"{directory} is not an enclip model: it has neither ensemble.json nor model.json")
+        return EnsembleInfo(**{k: raw[k] for k in EnsembleInfo.__dataclass_fields__ if k in raw})
+    if (directory / "model.json").exists():
+        raw = read_json(directory / "model.json")
+        return EnsembleInfo(members=["."], data_fingerprint=raw.get("data_fingerprint", ""))
+    raise EnclipError(f"{directory} is not an enclip model: it has neither ensemble.json nor model.json")
+
+
+def load_model(directory: str | Path, device: str = "cpu") -> tuple[Ensemble, EnsembleInfo]:
+    """Load a single model directory (``model.json``) or an ensemble directory (``ensemble.json``)."""
+    directory = Path(directory)
+    info = read_model_info(directory)
+    member_dirs = [directory / m for m in info.members]
     first = read_json(member_dirs[0] / "model.json")
     backbone = create_backbone(BackboneCfg(**first["backbone"]))
     ensemble = Ensemble(backbone, HeadCfg(**first["heads"]), members=len(member_dirs)).to(device)

@@ -83,15 +83,20 @@ def cache_features(
                       captions or CaptionCfg(), seed, batch_size)
 
 
+def cache_image_features(ensemble: Ensemble, catalogue: Catalogue, positions: np.ndarray, work_dir: Path, *,
+                         view: int = 0, augment: AugmentCfg | None = None, seed: int = 0, batch_size: int = 256,
+                         times: StageTimes | None = None) -> np.ndarray:
+    """(n, ...) float16 image trunk outputs for one view (0 = clean), resumably."""
+    reader = _image_reader(ensemble, catalogue, positions, view, augment or AugmentCfg(), seed)
+    with torch.no_grad():
+        return run_sharded(len(positions), reader, lambda px: {"features": _half(ensemble.image_trunk(px))},
+                           Path(work_dir) / f"image-view{view}", batch_size=batch_size,
+                           desc=f"cache images ({view})", times=times)["features"]
+
+
 def _cache(ensemble, catalogue, positions, work_dir, views, augment, captions, seed, batch_size) -> FeatureCache:
-    images = []
-    for view in range(views + 1):
-        reader = _image_reader(ensemble, catalogue, positions, view, augment, seed)
-        images.append(
-            run_sharded(len(positions), reader, lambda px: {"features": _half(ensemble.image_trunk(px))},
-                        work_dir / f"image-view{view}", batch_size=batch_size, desc=f"cache images ({view})",
-                        times=StageTimes())["features"]
-        )
+    images = [cache_image_features(ensemble, catalogue, positions, work_dir, view=view, augment=augment, seed=seed,
+                                   batch_size=batch_size) for view in range(views + 1)]
     texts, owner = _caption_table(catalogue, positions, captions)
     tokens = ensemble.backbone.tokenizer(texts)
     if ensemble.backbone.trim_padding:  # one width for every shard: the longest caption's

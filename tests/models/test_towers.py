@@ -1,0 +1,147 @@
+"""Cutting a tower into a frozen trunk and a trainable head changes nothing it computes.
+
+Cached fine-tuning relies on ``head(trunk(x)) == tower(x)`` for every ``trainable`` setting, on the trunk being
+truly frozen, and on a saved head reproducing its embeddings when loaded onto a freshly built trunk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from enclip.errors import EnclipError
+from enclip.models.ensemble import Ensemble, HeadCfg, load_model
+from enclip.models.registry import BackboneCfg, create_backbone
+from enclip.models.towers import ALL
+
+TINY = BackboneCfg(name="tiny", embed_dim=16, image_size=32, context_length=16)
+TEXTS = ["red cotton shirt", "navy blue slim fit jeans for men", "watch", "black leather belt"]
+TRAINABLE = [0, 1, 2, ALL]
+
+
+def photos(n: int = 4, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (80, 60, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def tiny_backbone():
+    backbone = create_backbone(TINY)
+    backbone.model.eval()
+    return backbone
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_backbone()
+
+
+def run_split(split, inputs: torch.Tensor) -> torch.Tensor:
+    features = split.trunk(inputs)
+    return split.head(*features) if isinstance(features, tuple) else split.head(features)
+
+
+def trimmed(ids: torch.Tensor, pad: int) -> torch.Tensor:
+    used = (ids != pad).any(dim=0).nonzero()
+    return ids[:, : int(used.max()) + 1]
+
+
+@pytest.mark.parametrize("trainable", TRAINABLE)
+@torch.no_grad()
+def test_image_head_of_trunk_is_the_tower(tiny, trainable):
+    pixels = torch.stack([tiny.preprocess(image) for image in photos()])
+    split = tiny.split_image(trainable)
+    torch.testing.assert_close(run_split(split, pixels), tiny.model.encode_image(pixels), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("trainable", TRAINABLE)
+@torch.no_grad()
+def test_text_head_of_trunk_is_the_tower_whatever_the_padding(tiny, trainable):
+    split = tiny.split_text(trainable)
+    padded = tiny.tokenizer(TEXTS)
+    assert padded.shape == (len(TEXTS), 16) and (padded[2] == tiny.pad_token_id).sum() > 8  # "watch" is mostly padding
+    expected = tiny.model.encode_text(padded)
+    torch.testing.assert_close(run_split(split, padded), expected, atol=1e-5, rtol=1e-4)
+    # as the ensemble feeds it: padding columns trimmed to the longest text of the batch
+    torch.testing.assert_close(run_split(split, trimmed(padded, tiny.pad_token_id)), expected, atol=1e-5, rtol=1e-4)
+    for i, text in enumerate(TEXTS):  # each text alone, with no padding at all
+        alone = trimmed(tiny.tokenizer([text]), tiny.pad_token_id)
+        torch.testing.assert_close(run_split(split, alone)[0], expected[i], atol=1e-5, rtol=1e-4)
+
+
+def test_trainable_beyond_the_tower_depth_is_an_error(tiny):
+    image_blocks, text_layers = tiny.split_image(0).blocks, tiny.split_text(0).blocks
+    assert (image_blocks, text_layers) == (5, 2)
+    tiny.split_image(image_blocks), tiny.split_text(text_layers)  # the deepest valid settings work
+    with pytest.raises(EnclipError, match="at most 5"):
+        tiny.split_image(image_blocks + 1)
+    with pytest.raises(EnclipError, match="at most 2"):
+        tiny.split_text(text_layers + 1)
+    with pytest.raises(EnclipError):
+        Ensemble(tiny, HeadCfg(trainable_image=0, trainable_text=3))
+
+
+def param_ids(module: torch.nn.Module) -> set[int]:
+    return {id(p) for p in module.parameters()}
+
+
+@pytest.mark.parametrize("trainable", TRAINABLE)
+def test_trunk_and_head_partition_the_tower(tiny, trainable):
+    """No parameter is both frozen and trained, and none is dropped from both."""
+    for split, tower in ((tiny.split_image(trainable), tiny.model.visual), (tiny.split_text(trainable), tiny.model.text)):
+        trunk, head = param_ids(split.trunk), param_ids(split.head)
+        assert head and not trunk & head
+        assert trunk | head == param_ids(tower)
+        assert (not trunk) == (trainable == ALL)
+
+
+@pytest.mark.parametrize("trainable", TRAINABLE)
+def test_ensemble_freezes_the_trunk_and_trains_the_heads(trainable):
+    ensemble = Ensemble(tiny_backbone(), HeadCfg(trainable, trainable), members=2).train()
+    for trunk in (ensemble.image_trunk, ensemble.text_trunk):
+        assert not trunk.training and not any(p.requires_grad for p in trunk.parameters())
+    for member in ensemble.members:
+        for head in (member.image_head, member.text_head):
+            assert head.training and any(p.requires_grad for p in head.parameters())
+    first, second = ensemble.members  # members are independent copies, not shared modules
+    assert not param_ids(first) & param_ids(second)
+
+
+def perturbed_ensemble() -> Ensemble:
+    ensemble = Ensemble(tiny_backbone(), HeadCfg(trainable_image=1, trainable_text=1), members=2).eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # stands in for training: member 1 moves away from the shared initial heads
+        for p in ensemble.members[1].parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    return ensemble
+
+
+def test_saved_member_reproduces_its_embeddings_in_a_fresh_ensemble(tmp_path):
+    trained = perturbed_ensemble()
+    trained.save_member(1, tmp_path / "member")
+    images = photos()
+    expected_images, expected_texts = trained.encode_images(images)[1], trained.encode_texts(TEXTS)[1]
+    fresh = Ensemble(tiny_backbone(), HeadCfg(trainable_image=1, trainable_text=1), members=1).eval()
+    assert not np.allclose(fresh.encode_texts(TEXTS)[0], expected_texts, atol=1e-3)
+    fresh.load_member(0, tmp_path / "member")
+    np.testing.assert_array_equal(fresh.encode_images(images)[0], expected_images)
+    np.testing.assert_array_equal(fresh.encode_texts(TEXTS)[0], expected_texts)
+
+
+def test_load_model_rebuilds_the_same_untrained_trunk_under_saved_heads(tmp_path):
+    """The trunk is not saved with a model: the tiny backbone must rebuild it identically, whatever the RNG state."""
+    trained = perturbed_ensemble()
+    trained.save_member(1, tmp_path / "member")
+    torch.manual_seed(12345)
+    loaded, _ = load_model(tmp_path / "member")
+    np.testing.assert_array_equal(loaded.encode_texts(TEXTS)[0], trained.encode_texts(TEXTS)[1])
+    np.testing.assert_array_equal(loaded.encode_images(photos())[0], trained.encode_images(photos())[1])
+
+
+@pytest.mark.xfail(strict=True, reason="a new Ensemble's heads start in training mode (dropout, batch statistics), "
+                   "so encoding before .eval() is random (see report to the lead)")
+def test_a_new_ensemble_encodes_deterministically():
+    torch.manual_seed(0)
+    ensemble = Ensemble(create_backbone(TINY), HeadCfg(trainable_image=1, trainable_text=1))
+    np.testing.assert_array_equal(ensemble.encode_texts(TEXTS), ensemble.encode_texts(TEXTS))
