@@ -254,6 +254,24 @@ def reference_tokens(directory: Path, text: str) -> dict[str, torch.Tensor]:
     return {"input_ids": encoded["input_ids"]}
 
 
+def test_hf_clip_tokenizer_padding_with_the_eos_id(hf_clip_dir, tmp_path):
+    """OpenAI's CLIP tokenizers pad with the EOS token: padding must then be neither trimmed nor mistaken for text."""
+    directory, reference = hf_clip_dir
+    eos_padded = tmp_path / "eos-padded"
+    shutil.copytree(directory, eos_padded, ignore=shutil.ignore_patterns(*TOKENIZER_FILES))
+    transformers.AutoTokenizer.from_pretrained(directory, pad_token="[SEP]").save_pretrained(eos_padded)
+    backbone = create_backbone(BackboneCfg(name=f"hf-clip:{eos_padded}", context_length=16))
+    ids = backbone.tokenizer(TEXTS)
+    assert backbone.pad_token_id == 102 and not backbone.trim_padding
+    assert ids[2].tolist() == [101, 3422] + [102] * 14
+    with torch.no_grad():
+        for text, row in zip(TEXTS, backbone.model.encode_text(ids)):
+            alone = reference.get_text_features(**reference_tokens(directory, text)).pooler_output[0]
+            torch.testing.assert_close(row, alone, atol=1e-5, rtol=1e-4)
+    ensemble = Ensemble(backbone, HeadCfg(trainable_image=0, trainable_text=0)).eval()
+    assert ensemble.tokens(TEXTS).shape == (3, 16)
+
+
 def test_hf_clip_tokenizer_pads_to_the_configured_length(hf_clip_dir):
     directory, _ = hf_clip_dir
     ids = create_backbone(BackboneCfg(name=f"hf-clip:{directory}", context_length=8)).tokenizer(TEXTS)

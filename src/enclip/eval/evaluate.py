@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 class EvalCfg:
     tasks: tuple[str, ...] = TASKS  # protocol tasks to run (ignored when queries_file is given)
     max_queries: int | None = None  # use only the first N test items, in catalogue order (None = all)
+    split: str = "test"  # items whose queries are asked: "test" for reporting, "val" for choosing settings
     queries_file: str | None = None  # JSONL of your own queries; when set, only the "custom" task runs
     fusion: str | None = None  # fusion rule to rank with (None = the index's default)
     lq_queries: int = 500  # test items sampled (seeded) as photo queries for img2img_lq and both2img
@@ -71,7 +72,7 @@ def build_groups(catalogue, cfg: EvalCfg) -> tuple[list[QueryGroup], list[BadLin
     if cfg.queries_file:
         group, bad = custom_group(cfg.queries_file, catalogue, cfg.max_queries)
         return [group], bad
-    test = split_indices(catalogue.ids)["test"][: cfg.max_queries]
+    test = split_indices(catalogue.ids)[cfg.split][: cfg.max_queries]
     if not len(test):
         raise EnclipError("the catalogue has no test items (ids ending in 0); the protocol's tasks need some")
     groups = []

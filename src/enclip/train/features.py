@@ -98,17 +98,35 @@ def _cache(ensemble, catalogue, positions, work_dir, views, augment, captions, s
     images = [cache_image_features(ensemble, catalogue, positions, work_dir, view=view, augment=augment, seed=seed,
                                    batch_size=batch_size) for view in range(views + 1)]
     texts, owner = _caption_table(catalogue, positions, captions)
-    tokens = ensemble.backbone.tokenizer(texts)
-    if ensemble.backbone.trim_padding:  # one width for every shard: the longest caption's
-        tokens = tokens[:, : int((tokens != ensemble.backbone.pad_token_id).any(dim=0).nonzero().max()) + 1]
-    text_arrays = run_sharded(
-        len(texts),
-        lambda rows: tokens[torch.from_numpy(rows)],
-        lambda ids: _text_arrays(ensemble.text_trunk(ids.to(ensemble.device))),
-        work_dir / "text", batch_size=batch_size, desc="cache texts",
-    )
+    text_arrays = _cache_texts(ensemble, texts, work_dir / "text", batch_size)
     first = np.searchsorted(owner, np.arange(len(positions)))
     return FeatureCache(np.asarray(positions), images, text_arrays, owner, first)
+
+
+def _cache_texts(ensemble: Ensemble, texts: list[str], work_dir: Path, batch_size: int) -> dict[str, np.ndarray]:
+    """Trunk outputs per caption. Captions are encoded shortest first, each batch trimmed to its longest, which
+    saves most of the cost for short product titles; rows come back in the captions' order, padded to one width."""
+    backbone = ensemble.backbone
+    tokens = backbone.tokenizer(texts)
+    lengths = (tokens != backbone.pad_token_id).sum(dim=1).numpy()
+    order = np.argsort(lengths, kind="stable") if backbone.trim_padding else np.arange(len(texts))
+    width = int(lengths.max()) if backbone.trim_padding else tokens.shape[1]
+
+    def read(rows: np.ndarray) -> torch.Tensor:
+        batch = tokens[torch.from_numpy(order[rows])]
+        return batch[:, : int(lengths[order[rows]].max())] if backbone.trim_padding else batch
+
+    def encode(ids: torch.Tensor) -> dict[str, np.ndarray]:
+        arrays = _text_arrays(ensemble.text_trunk(ids.to(ensemble.device)))
+        if "hidden" in arrays and arrays["hidden"].shape[1] < width:
+            pad = width - arrays["hidden"].shape[1]
+            arrays["hidden"] = np.pad(arrays["hidden"], ((0, 0), (0, pad), (0, 0)))
+            arrays["mask"] = np.pad(arrays["mask"], ((0, 0), (0, pad)))
+        return arrays
+
+    arrays = run_sharded(len(texts), read, encode, work_dir, batch_size=batch_size, desc="cache texts")
+    inverse = np.argsort(order)
+    return {name: array[inverse] for name, array in arrays.items()}
 
 
 def _image_reader(ensemble: Ensemble, catalogue: Catalogue, positions: np.ndarray, view: int,

@@ -1,0 +1,208 @@
+"""Quality benchmark: single models against ENCLIP ensembles and their ablations, in one run, on the same data.
+
+Every system trains from one shared trunk-feature cache (so no system pays for or benefits from caching) and is
+indexed over the whole catalogue from one shared catalogue trunk cache. Settings are chosen on the validation
+split; the test split is only scored. Per-query values are kept so that differences get paired bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from enclip.data.catalogue import Catalogue
+from enclip.data.split import split_indices
+from enclip.eval.bootstrap import paired_bootstrap_diff
+from enclip.eval.evaluate import EvalCfg, evaluate_index
+from enclip.indexing import IndexBuildCfg, build_index, write_index
+from enclip.search import FUSION_RULES, Searcher, SearchCfg
+from enclip.train.run import EnsembleCfg, RunCfg, train_system
+from enclip.train.trainer import TrainCfg
+
+log = logging.getLogger("bench.quality")
+
+
+@dataclass
+class BenchCfg:
+    members: int = 5  # ensemble size K
+    epochs: int = 3  # epochs of one member (the "one member budget")
+    train_share: float = 1.0  # share of the train split the benchmark trains on at all (quick mode: less)
+    fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)  # limited-data sweep (of the used train items)
+    max_queries: int | None = None  # test title queries (None = all 4,443)
+    lq_queries: int = 500  # test photos degraded per degradation and severity
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    val_queries: int = 2000  # validation title queries used to choose settings
+    strategies: tuple[str, ...] = ("seeds", "bagging", "cluster")
+    seed: int = 0
+    out: Path = Path("bench/out")
+    train: TrainCfg = field(default_factory=TrainCfg)
+
+
+@dataclass
+class System:
+    name: str
+    members: int
+    strategy: str
+    epochs: int
+    fraction: float = 1.0
+    fusion: str = "mean"
+
+
+def training_catalogue(catalogue: Catalogue, cfg: BenchCfg) -> Catalogue:
+    """The train and validation items the benchmark trains on (all, or a seeded share in quick mode)."""
+    split = split_indices(catalogue.ids)
+    train = split["train"]
+    if cfg.train_share < 1:
+        keep = int(round(len(train) * cfg.train_share))
+        train = np.sort(np.random.default_rng([cfg.seed, 5]).choice(train, keep, replace=False))
+    val = split["val"][: max(cfg.val_queries, 500)]
+    return catalogue.subset(np.sort(np.concatenate([train, val])))
+
+
+class Bench:
+    """Trains, indexes and evaluates systems, caching every artefact under ``cfg.out``."""
+
+    def __init__(self, catalogue: Catalogue, cfg: BenchCfg):
+        self.catalogue = catalogue
+        self.cfg = cfg
+        self.train_catalogue = training_catalogue(catalogue, cfg)
+        self.results: dict[str, dict] = {}
+        self.train_seconds: dict[str, float] = {}
+
+    def model_dir(self, system: System) -> Path:
+        return self.cfg.out / "models" / system.name
+
+    def train(self, system: System) -> Path:
+        out = self.model_dir(system)
+        if (out / "ensemble.json").exists():
+            return out
+        run = RunCfg(train=replace(self.cfg.train, epochs=system.epochs, seed=self.cfg.seed, patience=system.epochs),
+                     ensemble=EnsembleCfg(members=system.members, strategy=system.strategy,
+                                          fusion=system.fusion, data_fraction=system.fraction),
+                     cache_dir=str(self.cfg.out / "cache" / "train"))
+        started = time.perf_counter()
+        train_system(self.train_catalogue, out, run, resume=True)
+        self.train_seconds[system.name] = time.perf_counter() - started
+        return out
+
+    def index(self, system: System) -> Path:
+        out = self.cfg.out / "indexes" / system.name
+        if not (out / "index.json").exists():
+            cfg = IndexBuildCfg(trunk_cache=str(self.cfg.out / "cache" / "catalogue"))
+            build_index(self.train(system), self.catalogue, out, cfg)
+        return out
+
+    def member_index(self, system: System, member: int) -> Path:
+        """Member ``member`` of an ensemble as its own single-model index (its slice of the ensemble vectors)."""
+        out = self.cfg.out / "indexes" / f"{system.name}-member{member}"
+        if not (out / "index.json").exists():
+            searcher = Searcher(self.index(system))
+            d = searcher.dim
+            vectors = searcher.index.reconstruct(np.arange(len(searcher.index)))[:, member * d : (member + 1) * d]
+            write_index(self.model_dir(system) / "members" / str(member), self.catalogue, vectors, out)
+        return out
+
+    def evaluate(self, label: str, index_dir: Path, tasks: tuple[str, ...], split: str = "test",
+                 fusion: str | None = None, search_cfg: SearchCfg | None = None) -> dict:
+        key = f"{label}@{split}"
+        if key not in self.results:
+            searcher = Searcher(index_dir, search_cfg or SearchCfg(fusion=fusion))
+            max_queries = self.cfg.val_queries if split == "val" else self.cfg.max_queries
+            eval_cfg = EvalCfg(tasks=tasks, split=split, max_queries=max_queries, lq_queries=self.cfg.lq_queries,
+                               severities=self.cfg.severities, fusion=fusion, seed=self.cfg.seed)
+            out = self.cfg.out / "metrics" / f"{label}-{split}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.results[key] = evaluate_index(index_dir, eval_cfg, out=out, searcher=searcher)
+        return self.results[key]
+
+
+def figure(result: dict, key: str) -> dict:
+    return {name: result[key][name] for name in ("mean", "low", "high")}
+
+
+def compare(a: dict, b: dict, key: str) -> dict:
+    """Paired bootstrap of a − b over the same queries."""
+    diff = paired_bootstrap_diff(np.asarray(a["per_query"][key]), np.asarray(b["per_query"][key]))
+    return diff.to_dict()
+
+
+def systems_for(cfg: BenchCfg) -> dict[str, System]:
+    k, e = cfg.members, cfg.epochs
+    systems = {
+        "single": System("single", 1, "seeds", e),
+        f"single-{k}x": System(f"single-{k}x", 1, "seeds", k * e),
+    }
+    for strategy in cfg.strategies:
+        systems[f"ens-{strategy}"] = System(f"ens-{strategy}", k, strategy, e)
+    return systems
+
+
+def run_quality(bench: Bench) -> dict:
+    """Section 1: systems, strategies, fusion rules, members alone and hard routing; choose defaults on val."""
+    cfg = bench.cfg
+    systems = systems_for(cfg)
+    report: dict = {"systems": {}, "val": {}, "fusion": {}, "members": {}, "diffs": {}}
+    for name, system in systems.items():
+        index = bench.index(system)
+        report["val"][name] = figure(bench.evaluate(name, index, ("title2img",), split="val"), "title2img/R@10")
+    ensembles = [n for n in systems if n.startswith("ens-")]
+    for name in ensembles:
+        index = bench.index(systems[name])
+        for rule in FUSION_RULES:
+            result = bench.evaluate(f"{name}-{rule}", index, ("title2img",), split="val", fusion=rule)
+            report["fusion"][f"{name}/{rule}@val"] = figure(result, "title2img/R@10")
+        hard = bench.evaluate(f"{name}-hard-route", index, ("title2img",), split="val", fusion="routed",
+                              search_cfg=SearchCfg(fusion="routed", route_temperature=1e-4))
+        report["fusion"][f"{name}/hard-route@val"] = figure(hard, "title2img/R@10")
+    best_name, best_rule = max(((n, r) for n in ensembles for r in (*FUSION_RULES, "hard-route")),
+                               key=lambda nr: report["fusion"][f"{nr[0]}/{nr[1]}@val"]["mean"])
+    report["chosen"] = {"system": best_name, "fusion": best_rule, "by": "validation title2img R@10"}
+    log.info("chosen on validation: %s with %s fusion", best_name, best_rule)
+    return _score_on_test(bench, systems, report)
+
+
+def _score_on_test(bench: Bench, systems: dict[str, System], report: dict) -> dict:
+    best_name, best_rule = report["chosen"]["system"], report["chosen"]["fusion"]
+    tasks = ("title2img", "title2img_dup", "attr2img", "img2img_lq", "both2img")
+    search_cfg = SearchCfg(fusion="routed", route_temperature=1e-4) if best_rule == "hard-route" else None
+    rule = "routed" if best_rule == "hard-route" else best_rule
+    enclip = bench.evaluate("enclip", bench.index(systems[best_name]), tasks, fusion=rule, search_cfg=search_cfg)
+    report["systems"]["enclip"] = enclip
+    for name in ("single", f"single-{bench.cfg.members}x"):
+        report["systems"][name] = bench.evaluate(name, bench.index(systems[name]), tasks)
+    for name in systems:
+        if name.startswith("ens-"):
+            for fusion_rule in FUSION_RULES:
+                result = bench.evaluate(f"{name}-{fusion_rule}", bench.index(systems[name]), ("title2img",),
+                                        fusion=fusion_rule)
+                report["fusion"][f"{name}/{fusion_rule}@test"] = figure(result, "title2img/R@10")
+    for member in range(bench.cfg.members):
+        index = bench.member_index(systems[best_name], member)
+        report["members"][member] = figure(bench.evaluate(f"{best_name}-member{member}", index, ("title2img",)),
+                                           "title2img/R@10")
+    for name in ("single", f"single-{bench.cfg.members}x"):
+        report["diffs"][f"enclip-{name}"] = compare(enclip, report["systems"][name], "title2img/R@10")
+    report["train_seconds"] = dict(bench.train_seconds)
+    return report
+
+
+def run_limited_data(bench: Bench, chosen: dict) -> dict:
+    """Section 2: the headline comparison at each share of the train split."""
+    cfg = bench.cfg
+    base = systems_for(cfg)
+    rule = "routed" if chosen["fusion"] == "hard-route" else chosen["fusion"]
+    curves: dict[str, dict] = {"single": {}, f"single-{cfg.members}x": {}, "enclip": {}}
+    for fraction in cfg.fractions:
+        for label, template in (("single", base["single"]), (f"single-{cfg.members}x", base[f"single-{cfg.members}x"]),
+                                ("enclip", base[chosen["system"]])):
+            system = template if fraction == 1 else replace(template, name=f"{template.name}-f{fraction}",
+                                                             fraction=fraction)
+            fusion = rule if label == "enclip" else None
+            result = bench.evaluate(f"{system.name}-{fusion or 'mean'}", bench.index(system), ("title2img",),
+                                    fusion=fusion)
+            curves[label][fraction] = figure(result, "title2img/R@10")
+    return curves

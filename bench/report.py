@@ -1,0 +1,114 @@
+"""Turn benchmark results into markdown tables and PNG plots (docs/RESULTS.md and docs/*.png)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from enclip.data.degrade import DEGRADATIONS  # noqa: E402
+
+
+def fmt(estimate: dict) -> str:
+    return f"{estimate['mean']:.3f} [{estimate['low']:.3f}, {estimate['high']:.3f}]"
+
+
+def headline_table(quality: dict, members: int) -> str:
+    keys = ["title2img/R@1", "title2img/R@10", "title2img/MRR@10", "title2img_dup/R@10", "both2img/R@10"]
+    names = ["single", f"single-{members}x", "enclip"]
+    rows = ["| system | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name in names:
+        result = quality["systems"][name]
+        rows.append(f"| {name} | " + " | ".join(fmt(result[k]) if k in result else "–" for k in keys) + " |")
+    return "\n".join(rows)
+
+
+def attribute_table(quality: dict, members: int) -> str:
+    names = ["single", f"single-{members}x", "enclip"]
+    attrs = sorted({k.split("/")[1] for k in quality["systems"]["enclip"] if k.startswith("attr2img/")})
+    rows = ["| attribute (P@10) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for attr in attrs:
+        key = f"attr2img/{attr}/P@10"
+        rows.append(f"| {attr} | " + " | ".join(fmt(quality["systems"][n][key]) for n in names) + " |")
+    return "\n".join(rows)
+
+
+def ablation_table(quality: dict) -> str:
+    rows = ["| ensemble | fusion | val R@10 | test R@10 |", "|---|---|---|---|"]
+    for key, value in sorted(quality["fusion"].items()):
+        if not key.endswith("@val"):
+            continue
+        name, rule = key[: -len("@val")].split("/")
+        test = quality["fusion"].get(f"{name}/{rule}@test")
+        rows.append(f"| {name} | {rule} | {fmt(value)} | {fmt(test) if test else '–'} |")
+    return "\n".join(rows)
+
+
+def members_table(quality: dict) -> str:
+    rows = ["| member of the chosen ensemble | test title2img R@10 |", "|---|---|"]
+    rows += [f"| {m} | {fmt(v)} |" for m, v in quality["members"].items()]
+    return "\n".join(rows)
+
+
+def diff_table(quality: dict) -> str:
+    rows = ["| comparison (title2img R@10) | difference [95% paired bootstrap] |", "|---|---|"]
+    rows += [f"| {k.replace('-', ' − ', 1)} | {fmt(v)} |" for k, v in quality["diffs"].items()]
+    return "\n".join(rows)
+
+
+def data_table(curves: dict) -> str:
+    fractions = sorted(next(iter(curves.values())))
+    rows = ["| system | " + " | ".join(f"{f:.0%} of train" for f in fractions) + " |", "|---" * (len(fractions) + 1) + "|"]
+    for name, points in curves.items():
+        rows.append(f"| {name} | " + " | ".join(fmt(points[f]) for f in fractions) + " |")
+    return "\n".join(rows)
+
+
+def plot_data(curves: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        fractions = sorted(points)
+        means = [points[f]["mean"] for f in fractions]
+        ax.errorbar(fractions, means, yerr=[[m - points[f]["low"] for m, f in zip(means, fractions)],
+                                            [points[f]["high"] - m for m, f in zip(means, fractions)]],
+                    marker="o", capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("share of the train split")
+    ax.set_ylabel("title2img R@10 (test)")
+    ax.set_title("Quality against training data size")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_low_quality(quality: dict, members: int, path: Path, severities) -> None:
+    names = ["single", f"single-{members}x", "enclip"]
+    fig, axes = plt.subplots(2, 3, figsize=(11, 6.5), sharey=True)
+    for ax, degradation in zip(axes.flat, DEGRADATIONS):
+        for name in names:
+            result = quality["systems"][name]
+            means = [result[f"img2img_lq/{degradation}/{s}/R@10"]["mean"] for s in severities]
+            ax.plot(severities, means, marker="o", label=name)
+        ax.set_title(degradation)
+        ax.set_xlabel("severity")
+    axes[0, 0].set_ylabel("img2img_lq R@10")
+    axes[1, 0].set_ylabel("img2img_lq R@10")
+    axes[0, 0].legend()
+    fig.suptitle("Degraded photo → clean catalogue image, by degradation and severity")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def lq_table(quality: dict, members: int, severities) -> str:
+    names = ["single", f"single-{members}x", "enclip"]
+    rows = ["| degradation | severity | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    for degradation in DEGRADATIONS:
+        for s in severities:
+            key = f"img2img_lq/{degradation}/{s}/R@10"
+            rows.append(f"| {degradation} | {s} | " + " | ".join(fmt(quality["systems"][n][key]) for n in names) + " |")
+    return "\n".join(rows)

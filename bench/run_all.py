@@ -1,0 +1,122 @@
+"""One command for the whole benchmark suite: quality, limited data, low quality, speed → docs/RESULTS.md.
+
+    python bench/run_all.py            # full protocol (about 3 hours on 2 cores)
+    python bench/run_all.py --quick    # small budgets and samples (about 20 minutes)
+
+Artefacts (models, indexes, caches, per-system metrics) go to --out and are reused when the command is run again,
+so an interrupted run resumes. The report is written to docs/RESULTS-quick.md or docs/RESULTS-full.md plus plots
+in docs/, and the raw figures to OUT/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import report  # noqa: E402
+from bench.quality import Bench, BenchCfg, run_limited_data, run_quality  # noqa: E402
+from enclip.cli import default_data  # noqa: E402
+from enclip.data.catalogue import load_catalogue  # noqa: E402
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def quick_cfg(out: Path) -> BenchCfg:
+    return BenchCfg(members=3, epochs=2, train_share=0.15, fractions=(0.25, 0.5, 1.0), max_queries=1000,
+                    lq_queries=150, severities=(1, 3, 5), val_queries=1000, out=out)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return (f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+            f"torch {torch.__version__} with {torch.get_num_threads()} threads, no GPU")
+
+
+def write_report(path: Path, results: dict, cfg: BenchCfg, command: str, quick: bool) -> None:
+    q, k = results["quality"], cfg.members
+    severities = cfg.severities
+    report.plot_low_quality(q, k, DOCS / f"low_quality{'-quick' if quick else ''}.png", severities)
+    sections = [
+        f"# Benchmark results ({'quick' if quick else 'full'} mode)\n",
+        f"Command: `{command}`  \nMachine: {machine()}  \nDate: {time.strftime('%Y-%m-%d')}; "
+        f"wall time {results['seconds'] / 60:.0f} min.\n",
+        f"Budgets: one member = {cfg.epochs} epochs on {cfg.train_share:.0%} of the train split; ensembles have "
+        f"K={k} members; `single-{k}x` trains one model for {k * cfg.epochs} epochs (the ensemble's total budget). "
+        f"Test queries: {cfg.max_queries or 'all 4,443'} titles; {cfg.lq_queries} photos per degradation and severity. "
+        "Intervals are 95% bootstrap over queries (1,000 resamples). Settings were chosen on validation queries.\n",
+        "## Headline (test split)\n", report.headline_table(q, k), "",
+        f"Chosen default on validation: **{q['chosen']['system']}** with **{q['chosen']['fusion']}** fusion.\n",
+        report.diff_table(q), "",
+        "## Ablations: strategies and fusion rules (title2img R@10)\n", report.ablation_table(q), "",
+        "## Each member alone\n", report.members_table(q), "",
+        "## Attribute queries (attr2img)\n", report.attribute_table(q, k), "",
+    ]
+    if "data" in results:
+        report.plot_data(results["data"], DOCS / f"limited_data{'-quick' if quick else ''}.png")
+        sections += ["## Limited data (title2img R@10, test)\n", report.data_table(results["data"]), "",
+                     f"![limited data](limited_data{'-quick' if quick else ''}.png)\n"]
+    sections += ["## Low-quality photos (img2img_lq R@10, test)\n", report.lq_table(q, k, severities), "",
+                 f"![low quality](low_quality{'-quick' if quick else ''}.png)\n"]
+    if "speed" in results:
+        sections += ["## Speed and cost\n", results["speed"]["markdown"], ""]
+    path.write_text("\n".join(sections))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--data", default=default_data())
+    parser.add_argument("--skip", nargs="*", default=[], choices=["data", "speed"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    out = args.out or Path("bench/out") / ("quick" if args.quick else "full")
+    cfg = quick_cfg(out) if args.quick else BenchCfg(out=out)
+    started = time.perf_counter()
+    catalogue, skipped = load_catalogue(args.data)
+    logging.info(skipped.summary_line())
+    bench = Bench(catalogue, cfg)
+    results: dict = {"quality": run_quality(bench)}
+    if "data" not in args.skip:
+        results["data"] = run_limited_data(bench, results["quality"]["chosen"])
+    if "speed" not in args.skip:
+        from bench.speed import SpeedCfg, measure_all
+
+        indexes = {"single": out / "indexes" / "single",
+                   f"enclip (K={cfg.members})": out / "indexes" / results["quality"]["chosen"]["system"]}
+        speed_cfg = SpeedCfg(quick=True) if args.quick else SpeedCfg()
+        results["speed"] = measure_all(indexes, catalogue, speed_cfg)
+    results["seconds"] = time.perf_counter() - started
+    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1))
+    command = "python bench/run_all.py" + (" --quick" if args.quick else "")
+    write_report(DOCS / f"RESULTS-{'quick' if args.quick else 'full'}.md", results, cfg, command, args.quick)
+    print(f"report written to docs/RESULTS-{'quick' if args.quick else 'full'}.md")
+    return 0
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items() if k not in ("per_query", "query_labels")}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return obj
+
+
+if __name__ == "__main__":
+    sys.exit(main())
