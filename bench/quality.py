@@ -19,7 +19,7 @@ from enclip.data.split import split_indices
 from enclip.eval.bootstrap import paired_bootstrap_diff
 from enclip.eval.evaluate import EvalCfg, evaluate_index
 from enclip.indexing import IndexBuildCfg, build_index, write_index
-from enclip.search import FUSION_RULES, Searcher, SearchCfg
+from enclip.search import FUSION_RULES, SearchCfg, Searcher
 from enclip.train.run import EnsembleCfg, RunCfg, train_system
 from enclip.train.trainer import TrainCfg
 

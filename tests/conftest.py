@@ -8,9 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from enclip.data.catalogue import Catalogue
 from tests.data.conftest import REAL_DATA, make_items
+
+torch.set_num_threads(1)  # tiny models: one thread is faster than two contending ones
 
 TINY_TRAIN = dict(epochs=2, batch_size=16, val_items=0)
 

@@ -21,7 +21,7 @@ def _show(title: str, result) -> None:
 
 
 def run_demo(args) -> int:
-    from enclip.cli import load_data, run_cfg, build_parser
+    from enclip.cli import build_parser, load_data, run_cfg
     from enclip.eval.evaluate import EvalCfg, evaluate_index
     from enclip.indexing import build_index
     from enclip.search import load_searcher

@@ -16,8 +16,16 @@ from enclip.data.catalogue import Catalogue, ColumnMap, SkipReport, load_catalog
 from enclip.data.split import split_indices
 from enclip.errors import EnclipError
 
-from .conftest import (ATTRIBUTES, hf_table, make_items, write_bytes_parquet, write_csv_table,  # fmt: skip
-                       write_hf_parquet, write_jsonl_table, write_kaggle)
+from .conftest import (  # fmt: skip
+    ATTRIBUTES,
+    hf_table,
+    make_items,
+    write_bytes_parquet,
+    write_csv_table,
+    write_hf_parquet,
+    write_jsonl_table,
+    write_kaggle,
+)
 
 CUSTOM = ColumnMap(id="sku", title="name", image="picture")
 

@@ -15,8 +15,16 @@ from enclip.data.degrade import degrade
 from enclip.data.split import split_indices
 from enclip.errors import EnclipError
 from enclip.eval.evaluate import EvalCfg, encode_rows, evaluate_index
-from enclip.eval.tasks import (ATTRIBUTE_TASK_KEYS, QueryGroup, attribute_groups, item_seed, lq_groups,
-                               same_title_relevant, sample_positions, title_group)
+from enclip.eval.tasks import (
+    ATTRIBUTE_TASK_KEYS,
+    QueryGroup,
+    attribute_groups,
+    item_seed,
+    lq_groups,
+    same_title_relevant,
+    sample_positions,
+    title_group,
+)
 
 FAST = dict(lq_queries=3, severities=(1, 3), degradations=("blur", "noise"), n_resamples=200)
 

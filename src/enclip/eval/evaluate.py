@@ -23,8 +23,19 @@ from enclip.data.split import split_indices
 from enclip.errors import EnclipError
 from enclip.eval.bootstrap import bootstrap_ci
 from enclip.eval.metrics import compute_metrics, parse_metric
-from enclip.eval.tasks import (CUSTOM, TASKS, BadLine, QueryGroup, attribute_groups, both_group,
-                                check_degradations, custom_group, lq_groups, sample_positions, title_group)
+from enclip.eval.tasks import (
+    CUSTOM,
+    TASKS,
+    BadLine,
+    QueryGroup,
+    attribute_groups,
+    both_group,
+    check_degradations,
+    custom_group,
+    lq_groups,
+    sample_positions,
+    title_group,
+)
 
 log = logging.getLogger(__name__)
 

@@ -68,6 +68,7 @@ class Ensemble(nn.Module):
         )
         self._trunk_fingerprint: str | None = None
         self.to(memory_format=torch.channels_last)
+        self.eval()  # encoding is deterministic until a trainer asks for train mode
 
     def train(self, mode: bool = True) -> "Ensemble":
         """Only member heads ever train: the frozen trunks keep their batch-norm statistics and no dropout."""

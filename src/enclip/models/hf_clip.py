@@ -157,7 +157,7 @@ def _not_on_disk(source: str, error: Exception) -> str:
     return (
         f"hf-clip model {source!r} is neither a folder nor in the Hugging Face cache, and could not be downloaded "
         f"({error}). Weights must be on disk when the machine is offline: on a connected machine run "
-        f"`huggingface-cli download {source} --local-dir DIR`, copy DIR here and use hf-clip:DIR."
+        f"`hf download {source} --local-dir DIR`, copy DIR here and use hf-clip:DIR."
     )
 
 
@@ -166,7 +166,7 @@ def clip_preprocess(processor) -> Callable[[Image.Image], torch.Tensor]:
     from torchvision.transforms import v2
 
     steps = []
-    interpolation = v2.InterpolationMode[_PIL_RESAMPLE.get(int(getattr(processor, "resample", 3)), "BICUBIC")]
+    interpolation = _interpolation(getattr(processor, "resample", None))
     if getattr(processor, "do_resize", True):
         steps.append(v2.Resize(_resize_size(processor.size), interpolation=interpolation, antialias=True))
     if getattr(processor, "do_center_crop", True) and getattr(processor, "crop_size", None) is not None:
@@ -180,6 +180,15 @@ def clip_preprocess(processor) -> Callable[[Image.Image], torch.Tensor]:
         return transform(image.convert("RGB"))
 
     return preprocess
+
+
+def _interpolation(resample):
+    """The processor's resampling filter (a PIL code, or already a torchvision mode); CLIP's default is bicubic."""
+    from torchvision.transforms.v2 import InterpolationMode
+
+    if isinstance(resample, InterpolationMode):
+        return resample
+    return InterpolationMode[_PIL_RESAMPLE.get(int(resample) if resample is not None else 3, "BICUBIC")]
 
 
 def _field(size, key: str):

@@ -7,7 +7,7 @@ costs nothing extra); ``enclip cluster --model DIR`` clusters a fine-tuned model
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

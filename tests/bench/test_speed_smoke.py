@@ -1,0 +1,99 @@
+"""Smoke test of the speed benchmark on the tiny index: every section is measured and rendered.
+
+Behaviour only: the figures are never compared with wall-clock thresholds (timings belong in the benchmark).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.speed import MODES, SpeedCfg, main, measure_all, recall_at_k, render_markdown, synthetic_dim
+
+TINY = SpeedCfg(repeats=2, queries=6, warmup=1, embed_items=24, embed_batch_size=8, synthetic_n=2000,
+                synthetic_queries=10, synthetic_clusters=16)
+
+
+@pytest.fixture(scope="module")
+def result(tiny_index_dir) -> dict:
+    return measure_all({"single": tiny_index_dir, "ensemble": tiny_index_dir}, cfg=TINY)
+
+
+def positive(figure: dict) -> bool:
+    return 0 < figure["min"] <= figure["median"] <= figure["max"]
+
+
+def test_latency_has_every_query_type_with_positive_percentiles(result):
+    for label in ("single", "ensemble"):
+        for mode in MODES:
+            figures = result["latency"][label][mode]
+            assert all(positive(figures[key]) for key in ("p50_ms", "p99_ms", "encode_ms", "search_ms"))
+            assert figures["p50_ms"]["median"] <= figures["p99_ms"]["median"]
+            assert 0 < figures["encode_share"]["median"] < 1
+    assert result["latency_vs_baseline"]["single"] == {mode: 1.0 for mode in MODES}
+    assert all(ratio > 0 for ratio in result["latency_vs_baseline"]["ensemble"].values())
+
+
+def test_embedding_throughput_and_memory_are_positive(result):
+    for label in ("single", "ensemble"):
+        assert positive(result["embedding"][label]["images_per_s"])
+        assert result["embedding"][label]["items"] == 24
+        memory = result["memory"]["per_index"][label]
+        assert memory["rss_after_load_mb"] > 0 and memory["rss_after_latency_mb"] > 0
+    assert result["memory"]["peak_rss_mb"] >= result["memory"]["per_index"]["single"]["rss_after_load_mb"]
+
+
+def test_index_kinds_over_stored_vectors_have_build_size_latency_and_recall(result):
+    kinds = result["index_kinds"]["ensemble"]
+    assert list(kinds) == ["flat", "hnsw", "ivf"]
+    for figures in kinds.values():
+        assert all(positive(figures[key]) for key in ("build_s", "p50_ms", "p99_ms"))
+        assert figures["size_mb"] > 0
+        assert 0 < figures["recall_at_k"] <= 1
+    assert kinds["flat"]["recall_at_k"] == 1.0  # flat is the exact reference
+
+
+def test_synthetic_section_uses_the_index_dimension(result):
+    synthetic = result["synthetic"]
+    assert synthetic["n"] == 2000 and synthetic["dim"] == result["indexes"]["ensemble"]["dim"]
+    assert synthetic["note"] == ""
+    for figures in synthetic["kinds"].values():
+        assert all(positive(figures[key]) for key in ("build_s", "p50_ms", "p99_ms"))
+        assert 0 < figures["recall_at_k"] <= 1
+
+
+def test_result_is_json_and_markdown_has_every_table(result):
+    assert json.loads(json.dumps(result))["machine"]["cores"] > 0
+    text = render_markdown(result)
+    assert text.startswith("**Machine:**")
+    for header in ("### Query latency", "### Catalogue embedding throughput", "### Index kinds",
+                   "### Synthetic index at 2,000 items", "### Memory", "| index | members | items | query |",
+                   "| kind | build s | RSS growth MB |", "p50 × baseline", "recall@10 vs flat"):
+        assert header in text
+    assert text.count("| ensemble |") == 3 + 1 + 3 + 1  # latency modes, embedding, kinds, memory
+
+
+def test_recall_counts_shared_positions_and_ignores_padding():
+    truth = np.array([[1, 2, 3, 4], [5, 6, -1, -1]])
+    found = np.array([[4, 3, 9, 8], [6, 7, -1, -1]])
+    assert recall_at_k(found, truth) == pytest.approx((2 / 4 + 1 / 2) / 2)
+
+
+def test_synthetic_dimension_is_halved_until_it_fits(monkeypatch):
+    monkeypatch.setattr("bench.speed.psutil.virtual_memory", lambda: type("M", (), {"available": 8 * 2**30})())
+    dim, note = synthetic_dim(1280, SpeedCfg(synthetic_n=1_000_000, memory_fraction=0.5))
+    # 1M rows cost dim * (1.5 * 2 + 4) bytes + 256 bytes of hnsw links: 1280 and 640 exceed 4 GB, 320 fits
+    assert dim == 320 and "reduced from 1280 to 320" in note
+    assert synthetic_dim(1280, SpeedCfg(synthetic_n=1000))[0] == 1280
+
+
+def test_cli_writes_json_and_prints_tables(tiny_index_dir, tmp_path, capsys):
+    out = tmp_path / "speed.json"
+    code = main(["--index", str(tiny_index_dir), "--repeats", "1", "--queries", "2", "--synthetic-n", "0",
+                 "--quick", "--json", str(out)])
+    assert code == 0
+    assert "### Query latency" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["config"]["repeats"] == 1 and saved["config"]["embed_items"] == 1024 and "synthetic" not in saved
