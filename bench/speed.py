@@ -233,7 +233,6 @@ def measure_kind(chunks: Callable[[], Iterable[np.ndarray]], dim: int, index_cfg
     builds, grown, index = [], [], None
     for _ in range(build_repeats):
         index = None  # drop the previous build before the next one (1M-row indexes are gigabytes)
-        gc.collect()
         before = rss_mb()
         index, seconds = build_timed(chunks(), dim, index_cfg, queries[:1])
         builds.append(seconds)

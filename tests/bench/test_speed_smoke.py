@@ -10,15 +10,16 @@ import json
 import numpy as np
 import pytest
 
-from bench.speed import MODES, SpeedCfg, main, measure_all, recall_at_k, render_markdown, synthetic_dim
+from bench import speed
+from bench.speed import MODES, SpeedCfg, latency_vs_baseline, measure_all, recall_at_k, render_markdown, synthetic_dim
 
-TINY = SpeedCfg(repeats=2, queries=6, warmup=1, embed_items=24, embed_batch_size=8, synthetic_n=2000,
+TINY = SpeedCfg(repeats=2, queries=4, warmup=1, embed_items=16, embed_batch_size=8, synthetic_n=2000,
                 synthetic_queries=10, synthetic_clusters=16)
 
 
 @pytest.fixture(scope="module")
 def result(tiny_index_dir) -> dict:
-    return measure_all({"single": tiny_index_dir, "ensemble": tiny_index_dir}, cfg=TINY)
+    return measure_all({"tiny": tiny_index_dir}, cfg=TINY)
 
 
 def positive(figure: dict) -> bool:
@@ -26,27 +27,33 @@ def positive(figure: dict) -> bool:
 
 
 def test_latency_has_every_query_type_with_positive_percentiles(result):
-    for label in ("single", "ensemble"):
-        for mode in MODES:
-            figures = result["latency"][label][mode]
-            assert all(positive(figures[key]) for key in ("p50_ms", "p99_ms", "encode_ms", "search_ms"))
-            assert figures["p50_ms"]["median"] <= figures["p99_ms"]["median"]
-            assert 0 < figures["encode_share"]["median"] < 1
-    assert result["latency_vs_baseline"]["single"] == {mode: 1.0 for mode in MODES}
-    assert all(ratio > 0 for ratio in result["latency_vs_baseline"]["ensemble"].values())
+    for mode in MODES:
+        figures = result["latency"]["tiny"][mode]
+        assert all(positive(figures[key]) for key in ("p50_ms", "p99_ms", "encode_ms", "search_ms"))
+        assert figures["p50_ms"]["median"] <= figures["p99_ms"]["median"]
+        assert 0 < figures["encode_share"]["median"] < 1
+    assert result["latency_vs_baseline"]["tiny"] == {mode: 1.0 for mode in MODES}
+
+
+def test_latency_ratio_divides_each_index_by_the_first():
+    def p50(ms: float) -> dict:
+        return {mode: {"p50_ms": {"median": ms * (i + 1)}} for i, mode in enumerate(MODES)}
+
+    ratios = latency_vs_baseline({"single": p50(2.0), "ensemble": p50(5.0)})
+    assert ratios["single"] == {mode: 1.0 for mode in MODES}
+    assert ratios["ensemble"] == {mode: pytest.approx(2.5) for mode in MODES}
 
 
 def test_embedding_throughput_and_memory_are_positive(result):
-    for label in ("single", "ensemble"):
-        assert positive(result["embedding"][label]["images_per_s"])
-        assert result["embedding"][label]["items"] == 24
-        memory = result["memory"]["per_index"][label]
-        assert memory["rss_after_load_mb"] > 0 and memory["rss_after_latency_mb"] > 0
-    assert result["memory"]["peak_rss_mb"] >= result["memory"]["per_index"]["single"]["rss_after_load_mb"]
+    assert positive(result["embedding"]["tiny"]["images_per_s"])
+    assert result["embedding"]["tiny"]["items"] == 16
+    memory = result["memory"]["per_index"]["tiny"]
+    assert memory["rss_after_load_mb"] > 0 and memory["rss_after_latency_mb"] > 0
+    assert result["memory"]["peak_rss_mb"] >= memory["rss_after_load_mb"]
 
 
 def test_index_kinds_over_stored_vectors_have_build_size_latency_and_recall(result):
-    kinds = result["index_kinds"]["ensemble"]
+    kinds = result["index_kinds"]["tiny"]
     assert list(kinds) == ["flat", "hnsw", "ivf"]
     for figures in kinds.values():
         assert all(positive(figures[key]) for key in ("build_s", "p50_ms", "p99_ms"))
@@ -57,7 +64,7 @@ def test_index_kinds_over_stored_vectors_have_build_size_latency_and_recall(resu
 
 def test_synthetic_section_uses_the_index_dimension(result):
     synthetic = result["synthetic"]
-    assert synthetic["n"] == 2000 and synthetic["dim"] == result["indexes"]["ensemble"]["dim"]
+    assert synthetic["n"] == 2000 and synthetic["dim"] == result["indexes"]["tiny"]["dim"]
     assert synthetic["note"] == ""
     for figures in synthetic["kinds"].values():
         assert all(positive(figures[key]) for key in ("build_s", "p50_ms", "p99_ms"))
@@ -72,7 +79,7 @@ def test_result_is_json_and_markdown_has_every_table(result):
                    "### Synthetic index at 2,000 items", "### Memory", "| index | members | items | query |",
                    "| kind | build s | RSS growth MB |", "p50 × baseline", "recall@10 vs flat"):
         assert header in text
-    assert text.count("| ensemble |") == 3 + 1 + 3 + 1  # latency modes, embedding, kinds, memory
+    assert text.count("| tiny |") == 3 + 1 + 3 + 1  # latency modes, embedding, kinds, memory
 
 
 def test_recall_counts_shared_positions_and_ignores_padding():
@@ -82,18 +89,32 @@ def test_recall_counts_shared_positions_and_ignores_padding():
 
 
 def test_synthetic_dimension_is_halved_until_it_fits(monkeypatch):
-    monkeypatch.setattr("bench.speed.psutil.virtual_memory", lambda: type("M", (), {"available": 8 * 2**30})())
+    monkeypatch.setattr(speed.psutil, "virtual_memory", lambda: type("Memory", (), {"available": 8 * 2**30})())
     dim, note = synthetic_dim(1280, SpeedCfg(synthetic_n=1_000_000, memory_fraction=0.5))
     # 1M rows cost dim * (1.5 * 2 + 4) bytes + 256 bytes of hnsw links: 1280 and 640 exceed 4 GB, 320 fits
     assert dim == 320 and "reduced from 1280 to 320" in note
     assert synthetic_dim(1280, SpeedCfg(synthetic_n=1000))[0] == 1280
 
 
-def test_cli_writes_json_and_prints_tables(tiny_index_dir, tmp_path, capsys):
+def test_cli_maps_flags_onto_the_config_and_writes_json(result, tiny_index_dir, tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def fake_measure_all(index_dirs, catalogue, cfg):
+        seen.update(index_dirs=index_dirs, cfg=cfg)
+        return result
+
+    monkeypatch.setattr(speed, "measure_all", fake_measure_all)
     out = tmp_path / "speed.json"
-    code = main(["--index", str(tiny_index_dir), "--repeats", "1", "--queries", "2", "--synthetic-n", "0",
-                 "--quick", "--json", str(out)])
+    code = speed.main(["--index", str(tiny_index_dir), "--label", "base", "--quick", "--repeats", "2",
+                       "--synthetic-kinds", "flat,hnsw", "--json", str(out)])
     assert code == 0
+    assert seen["index_dirs"] == {"base": tiny_index_dir}
+    assert (seen["cfg"].repeats, seen["cfg"].queries, seen["cfg"].embed_items) == (2, 50, 1024)
+    assert (seen["cfg"].synthetic_n, seen["cfg"].synthetic_kinds) == (100_000, ("flat", "hnsw"))
     assert "### Query latency" in capsys.readouterr().out
-    saved = json.loads(out.read_text())
-    assert saved["config"]["repeats"] == 1 and saved["config"]["embed_items"] == 1024 and "synthetic" not in saved
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+
+
+def test_cli_rejects_mismatched_labels(tiny_index_dir):
+    with pytest.raises(SystemExit):
+        speed.main(["--index", str(tiny_index_dir), "--label", "a", "--label", "b"])

@@ -112,7 +112,7 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
         raise EnclipError(f"unknown strategy {ens.strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if ens.members < 1:
         raise EnclipError("--members must be at least 1")
-    if not resume and out_dir.exists() and any(out_dir.iterdir()):
+    if not resume and (out_dir / "train_config.json").exists():
         raise EnclipError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "train_config.json", asdict(cfg))

@@ -1,0 +1,69 @@
+"""The enclip command end to end on a tiny catalogue: train → index → search (plain, JSON, batch) → eval."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from enclip.cli import main
+from tests.data.conftest import make_items, write_hf_parquet
+
+TINY_FLAGS = ["--backbone", "tiny", "--embed-dim", "16", "--image-size", "32", "--epochs", "1", "--batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = write_hf_parquet(root / "data", make_items(60, seed=3))
+    assert main(["train", "--data", str(data), "--out", str(root / "model"), *TINY_FLAGS,
+                 "--members", "2", "--strategy", "bagging"]) == 0
+    assert main(["index", "--data", str(data), "--model", str(root / "model"), "--out", str(root / "index")]) == 0
+    return root
+
+
+def test_train_and_index_write_skip_reports_and_manifests(cli_run):
+    assert json.loads((cli_run / "model" / "skip_report.json").read_text())["kept"] == 60
+    assert json.loads((cli_run / "index" / "index.json").read_text())["members"] == 2
+
+
+def test_search_plain_and_json_with_filters(cli_run, capsys):
+    index = str(cli_run / "index")
+    assert main(["search", "--index", index, "--text", "Men Red Shirts", "--k", "3"]) == 0
+    plain = capsys.readouterr().out.strip().splitlines()
+    assert len(plain) == 3 and plain[0].lstrip().startswith("1.")
+    assert main(["search", "--index", index, "--text", "shirt", "--filter", "gender=Women", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["hits"] and all(h["attributes"]["gender"] == "Women" for h in result["hits"])
+
+
+def test_batch_mode_answers_every_good_line_and_reports_bad_ones(cli_run, tmp_path, capsys):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(make_items(1, seed=9)[0].image)
+    queries = tmp_path / "q.jsonl"
+    queries.write_text("\n".join([
+        json.dumps({"text": "Red Shirts"}),
+        json.dumps({"image": str(tmp_path / "missing.jpg")}),
+        json.dumps({"text": "women", "image": str(photo)}),
+        "not json",
+    ]))
+    assert main(["search", "--index", str(cli_run / "index"), "--queries", str(queries), "--k", "2"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [line["line"] for line in lines] == [1, 2, 3, 4]
+    assert "hits" in lines[0] and "hits" in lines[2]
+    assert "missing.jpg" in lines[1]["error"] and "error" in lines[3]
+
+
+def test_user_errors_are_one_clear_line(cli_run, tmp_path, capsys):
+    assert main(["search", "--index", str(tmp_path), "--text", "x"]) == 2
+    assert "not an enclip index" in capsys.readouterr().err
+    assert main(["search", "--index", str(cli_run / "index"), "--text", "x", "--filter", "colour"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_eval_writes_metrics(cli_run, capsys):
+    assert main(["eval", "--index", str(cli_run / "index"), "--tasks", "title2img"]) == 0
+    metrics = json.loads((cli_run / "index" / "metrics.json").read_text())
+    assert 0 <= metrics["title2img/R@10"]["mean"] <= 1
