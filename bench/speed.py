@@ -114,7 +114,8 @@ def machine_facts() -> dict:
     memory = psutil.virtual_memory()
     return {"cpu": _cpu_model(), "cores": os.cpu_count(), "ram_gb": round(memory.total / 2**30, 1),
             "available_gb": round(memory.available / 2**30, 1), "torch_threads": torch.get_num_threads(),
-            "faiss_threads": faiss.omp_get_max_threads(), "platform": platform.platform(),
+            "faiss_threads": faiss.omp_get_max_threads(), "load_average": [round(x, 2) for x in os.getloadavg()],
+            "platform": platform.platform(),
             "versions": library_versions(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
@@ -377,7 +378,8 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def machine_line(machine: dict) -> str:
     return (f"**Machine:** {machine['cpu']}, {machine['cores']} cores, {machine['ram_gb']} GB RAM; torch threads "
-            f"{machine['torch_threads']}, faiss threads {machine['faiss_threads']}; {machine['date']}. "
+            f"{machine['torch_threads']}, faiss threads {machine['faiss_threads']}; load average at start "
+            f"{machine['load_average'][0]} (a busy machine inflates the figures); {machine['date']}. "
             "Figures: median (min–max) over repeats.")
 
 

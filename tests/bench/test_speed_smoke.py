@@ -118,3 +118,15 @@ def test_cli_maps_flags_onto_the_config_and_writes_json(result, tiny_index_dir, 
 def test_cli_rejects_mismatched_labels(tiny_index_dir):
     with pytest.raises(SystemExit):
         speed.main(["--index", str(tiny_index_dir), "--label", "a", "--label", "b"])
+
+
+def test_synthetic_vectors_are_seeded_unit_rows_across_chunks():
+    centres = np.eye(4, dtype=np.float32)
+    n = speed.SYNTHETIC_CHUNK + 5
+    chunks = list(speed.synthetic_vectors(n, centres, noise=0.5, seed=3, stream=0))
+    rows = np.concatenate(chunks)
+    assert [len(c) for c in chunks] == [speed.SYNTHETIC_CHUNK, 5] and rows.shape == (n, 4)
+    assert np.allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-5)
+    assert np.array_equal(rows, np.concatenate(list(speed.synthetic_vectors(n, centres, 0.5, 3, 0))))
+    assert not np.array_equal(rows[:5], next(speed.synthetic_vectors(5, centres, 0.5, 3, 1)))
+    assert (rows @ centres.T).max(axis=1).min() > 0.5  # every row lies near one of the centres

@@ -54,10 +54,14 @@ def admin_client(fake: FakeSearcher, admin_cfg: ServeCfg) -> Iterator[TestClient
         yield test_client
 
 
-@pytest.fixture
-def served_searcher() -> FakeSearcher:
-    """The searcher behind the live server; override this fixture to serve a real (tiny) index instead."""
-    return FakeSearcher(n=30, seed=1)
+@pytest.fixture(params=["fake", "tiny-index"])
+def served_searcher(request):
+    """The searcher behind the live server: a FakeSearcher (exact expectations) and a real tiny trained index."""
+    if request.param == "fake":
+        return FakeSearcher(n=30, seed=1)
+    from enclip.search import load_searcher
+
+    return load_searcher(request.getfixturevalue("tiny_index_dir"))
 
 
 def free_port() -> int:
