@@ -80,6 +80,13 @@ class SpeedCfg:
     memory_fraction: float = 0.6  # share of the available RAM the synthetic index may use
     threads: int | None = None  # faiss OpenMP threads; None = os.cpu_count()
     seed: int = 0  # query sampling, item subsets and synthetic data
+    quick: bool = False  # a short run: the QUICK values for every field among them left at its full default
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            for name, value in QUICK.items():
+                if getattr(self, name) == SpeedCfg.__dataclass_fields__[name].default:
+                    setattr(self, name, value)
 
 
 QUICK = dict(repeats=3, queries=50, embed_items=1024, synthetic_n=100_000)
@@ -213,7 +220,7 @@ def search_latency(index: VectorIndex, queries: np.ndarray, cfg: SpeedCfg) -> di
     for query in queries[: cfg.warmup]:
         index.search(query[None], cfg.k)
     runs = [one_run() for _ in range(cfg.repeats)]
-    return {"p50_ms": stats([np.percentile(r, 50) for r in runs]), "p99_ms": stats([np.percentile(r, 99) for r in runs])}
+    return {f"p{q}_ms": stats([np.percentile(run, q) for run in runs]) for q in (50, 99)}
 
 
 def size_on_disk_mb(index: VectorIndex) -> float:
@@ -342,7 +349,7 @@ def measure_index(path: Path, catalogue: Catalogue | None, cfg: SpeedCfg) -> dic
 
 def measure_all(index_dirs: dict[str, Path], catalogue: Catalogue | None = None, cfg: SpeedCfg | None = None) -> dict:
     """Every speed and cost figure for the labelled index directories (the first is the baseline), as a
-    json-serialisable dict; ``render_markdown`` turns it into tables."""
+    json-serialisable dict whose ``markdown`` entry holds them as tables (see ``render_markdown``)."""
     cfg = cfg or SpeedCfg()
     faiss.omp_set_num_threads(cfg.threads or os.cpu_count() or 1)
     result: dict = {"machine": machine_facts(), "config": asdict(cfg)}
@@ -358,6 +365,7 @@ def measure_all(index_dirs: dict[str, Path], catalogue: Catalogue | None = None,
         result["synthetic"] = measure_synthetic(max(v["dim"] for v in result["indexes"].values()), cfg)
     result["memory"] = {"per_index": {k: v["memory"] for k, v in per_index.items()},
                         "final_rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb()}
+    result["markdown"] = render_markdown(result)
     return result
 
 
@@ -436,11 +444,10 @@ def _memory_markdown(memory: dict) -> list[str]:
 
 # -- command line ----------------------------------------------------------------------------------------------------
 def parse_cfg(args: argparse.Namespace) -> SpeedCfg:
-    cfg = SpeedCfg(**QUICK) if args.quick else SpeedCfg()
     given = {name: getattr(args, name) for name in ("repeats", "queries", "synthetic_n", "synthetic_dim", "threads")}
     if args.synthetic_kinds:
         given["synthetic_kinds"] = tuple(args.synthetic_kinds.split(","))
-    return replace(cfg, **{name: value for name, value in given.items() if value is not None})
+    return SpeedCfg(quick=args.quick, **{name: value for name, value in given.items() if value is not None})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -470,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
-    print(render_markdown(result))
+    print(result["markdown"])
     return 0
 
 

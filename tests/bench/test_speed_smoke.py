@@ -73,8 +73,8 @@ def test_synthetic_section_uses_the_index_dimension(result):
 
 def test_result_is_json_and_markdown_has_every_table(result):
     assert json.loads(json.dumps(result))["machine"]["cores"] > 0
-    text = render_markdown(result)
-    assert text.startswith("**Machine:**")
+    text = result["markdown"]
+    assert text == render_markdown(result) and text.startswith("**Machine:**")
     for header in ("### Query latency", "### Catalogue embedding throughput", "### Index kinds",
                    "### Synthetic index at 2,000 items", "### Memory", "| index | members | items | query |",
                    "| kind | build s | RSS growth MB |", "p50 × baseline", "recall@10 vs flat"):
@@ -115,6 +115,12 @@ def test_cli_maps_flags_onto_the_config_and_writes_json(result, tiny_index_dir, 
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
 
 
+def test_quick_shortens_only_the_fields_left_at_their_full_default():
+    quick = SpeedCfg(quick=True, repeats=2)
+    assert (quick.repeats, quick.queries, quick.embed_items, quick.synthetic_n) == (2, 50, 1024, 100_000)
+    assert (SpeedCfg().repeats, SpeedCfg().synthetic_n) == (5, 1_000_000)
+
+
 def test_cli_rejects_mismatched_labels(tiny_index_dir):
     with pytest.raises(SystemExit):
         speed.main(["--index", str(tiny_index_dir), "--label", "a", "--label", "b"])
@@ -129,4 +135,4 @@ def test_synthetic_vectors_are_seeded_unit_rows_across_chunks():
     assert np.allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-5)
     assert np.array_equal(rows, np.concatenate(list(speed.synthetic_vectors(n, centres, 0.5, 3, 0))))
     assert not np.array_equal(rows[:5], next(speed.synthetic_vectors(5, centres, 0.5, 3, 1)))
-    assert (rows @ centres.T).max(axis=1).min() > 0.5  # every row lies near one of the centres
+    assert np.median((rows @ centres.T).max(axis=1)) > 0.8  # rows cluster around the centres (noise norm 0.5)

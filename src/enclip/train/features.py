@@ -40,6 +40,12 @@ class FeatureCache:
         clean = self.images[0].astype(np.float32)
         return clean.mean(axis=(2, 3)) if clean.ndim == 4 else clean
 
+    def title_lengths(self) -> np.ndarray | None:
+        """Tokens in each item's title caption (None for pooled text features, where length costs nothing)."""
+        if "mask" not in self.texts:
+            return None
+        return self.texts["mask"][self.first_caption].sum(axis=1)
+
     def image_batch(self, rows: np.ndarray, views: np.ndarray, device) -> torch.Tensor:
         batch = np.stack([self.images[v][r] for r, v in zip(rows, views)])
         tensor = torch.from_numpy(batch).to(device=device, dtype=torch.float32)
