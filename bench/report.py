@@ -61,7 +61,8 @@ def diff_table(quality: dict) -> str:
 
 def data_table(curves: dict) -> str:
     fractions = sorted(next(iter(curves.values())))
-    rows = ["| system | " + " | ".join(f"{f:.0%} of train" for f in fractions) + " |", "|---" * (len(fractions) + 1) + "|"]
+    header = "| system | " + " | ".join(f"{f:.0%} of train" for f in fractions) + " |"
+    rows = [header, "|---" * (len(fractions) + 1) + "|"]
     for name, points in curves.items():
         rows.append(f"| {name} | " + " | ".join(fmt(points[f]) for f in fractions) + " |")
     return "\n".join(rows)

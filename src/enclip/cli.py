@@ -67,7 +67,8 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     from enclip.train.trainer import TrainCfg
 
     b, t, h, e = BackboneCfg(), TrainCfg(), HeadCfg(), EnsembleCfg()
-    parser.add_argument("--backbone", default=b.name, help="offline, an open_clip arch, hf-hub:ID, local-dir:DIR, hf-clip:DIR")
+    parser.add_argument("--backbone", default=b.name,
+                        help="offline, an open_clip arch, hf-hub:ID, local-dir:DIR, hf-clip:DIR")
     parser.add_argument("--pretrained", default=b.pretrained, help="open_clip pretrained tag or weights file")
     parser.add_argument("--embed-dim", type=int, default=b.embed_dim)
     parser.add_argument("--image-size", type=int, default=b.image_size)

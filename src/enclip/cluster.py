@@ -86,7 +86,8 @@ class Clustering:
         paths = [directory / name for name in ("centroids.npy", "assignments.npy", "clusters.json")]
         missing = [p.name for p in paths if not p.exists()]
         if missing:
-            raise EnclipError(f"{directory} is not a saved clustering (missing {missing}); run the clustering step first")
+            raise EnclipError(
+                f"{directory} is not a saved clustering (missing {missing}); run the clustering step first")
         meta = json.loads(paths[2].read_text())
         cfg = None
         if meta.get("cfg") is not None:
@@ -175,7 +176,8 @@ def _select_k(unit: np.ndarray, distinct: int, cfg: ClusterCfg) -> Clustering:
     if low < 1 or high < low:
         raise EnclipError(f"k_range {cfg.k_range} is not an inclusive range of positive integers; use e.g. (2, 12)")
     if high > distinct:
-        logger.warning("k_range upper bound %d exceeds the %d distinct rows; searching up to %d", high, distinct, distinct)
+        logger.warning("k_range upper bound %d exceeds the %d distinct rows; searching up to %d",
+                       high, distinct, distinct)
     candidates = range(min(low, distinct), min(high, distinct) + 1)
     rng = np.random.default_rng(cfg.seed)
     sample = np.sort(rng.choice(len(unit), size=min(cfg.selection_sample, len(unit)), replace=False))

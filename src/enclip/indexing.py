@@ -38,7 +38,7 @@ class IndexBuildCfg:
     batch_size: int = 256  # images encoded per batch
     shard_size: int = 4096  # images per resumable shard
     device: str = "auto"  # "auto", "cpu", "cuda"
-    trunk_cache: str | None = None  # keep the catalogue's image trunk outputs here, so other models on the same trunk index fast
+    trunk_cache: str | None = None  # keep catalogue image trunk outputs here; models on the same trunk reuse them
 
 
 def encode_catalogue(ensemble: Ensemble, catalogue: Catalogue, work_dir: Path, cfg: IndexBuildCfg,

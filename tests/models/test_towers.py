@@ -89,7 +89,8 @@ def param_ids(module: torch.nn.Module) -> set[int]:
 @pytest.mark.parametrize("trainable", TRAINABLE)
 def test_trunk_and_head_partition_the_tower(tiny, trainable):
     """No parameter is both frozen and trained, and none is dropped from both."""
-    for split, tower in ((tiny.split_image(trainable), tiny.model.visual), (tiny.split_text(trainable), tiny.model.text)):
+    pairs = ((tiny.split_image(trainable), tiny.model.visual), (tiny.split_text(trainable), tiny.model.text))
+    for split, tower in pairs:
         trunk, head = param_ids(split.trunk), param_ids(split.head)
         assert head and not trunk & head
         assert trunk | head == param_ids(tower)

@@ -71,7 +71,7 @@ class _TimmPooledHead(nn.Module):
 
 
 def split_timm_tower(visual: nn.Module, trainable: int) -> TowerSplit:
-    """Split an open_clip ``TimmModel`` whose trunk is an EfficientNet-style net (stem, ``blocks`` stages, head conv)."""
+    """Split an open_clip ``TimmModel`` over an EfficientNet-style net (stem, ``blocks`` stages, head conv)."""
     net = visual.trunk
     if not all(hasattr(net, name) for name in ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "global_pool")):
         raise EnclipError(

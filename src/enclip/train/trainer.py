@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainCfg:
-    epochs: int = 6  # passes over a member's items
+    epochs: int = 4  # passes over a member's items
     batch_size: int = 256  # contrastive batch (the negatives each item sees)
     lr: float = 2e-3  # peak learning rate of new layers (projections, adapters) and the temperature
     block_lr: float = 3e-4  # peak learning rate of unfrozen pretrained blocks
@@ -59,7 +59,8 @@ def title_groups(titles: list[str]) -> np.ndarray:
     return np.array([seen.setdefault(" ".join(t.lower().split()), len(seen)) for t in titles], dtype=np.int64)
 
 
-def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
+                     groups: torch.Tensor) -> torch.Tensor:
     """Symmetric cross-entropy over the batch similarity matrix with multi-positive soft targets."""
     logits = scale.exp().clamp(max=100) * image @ text.T
     positives = (groups[:, None] == groups[None, :]).float()
