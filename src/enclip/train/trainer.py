@@ -42,6 +42,7 @@ class TrainCfg:
     captions: CaptionCfg = field(default_factory=CaptionCfg)  # training texts per item
     patience: int = 2  # epochs without validation gain before stopping
     val_items: int = 2000  # validation items scored each epoch (seeded sample; 0 = all)
+    val_distractors: int = 20000  # training images added to the validation gallery (0 = validation images only)
     seed: int = 0  # seeds data order, views, dropout
     device: str = "auto"  # "auto", "cpu", "cuda"
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
@@ -161,11 +162,12 @@ def train_member(
         return state
     group_tensor = torch.from_numpy(groups)
     val_rows = _val_sample(val, cfg)
+    distractors = (train, _distractor_rows(train, cfg)) if cfg.val_distractors else None
     while state["epoch"] < cfg.epochs and not state["done"]:
         epoch = state["epoch"]
         torch.manual_seed(int(np.random.default_rng([run.seed, epoch, 2]).integers(2**31)))
         loss = _run_epoch(ensemble, member, train, group_tensor, run, epoch, optimizer, scheduler, cfg, index)
-        recall = validation_recall(ensemble, index, val, val_rows)
+        recall = validation_recall(ensemble, index, val, val_rows, distractors=distractors)
         state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall})
         state["epoch"] = epoch + 1
         if recall > state["best"]:
@@ -213,6 +215,13 @@ def _pick_captions(cache: FeatureCache, rows: np.ndarray, rng: np.random.Generat
     return first + (rng.random(len(rows)) * (last - first)).astype(np.int64)
 
 
+def _distractor_rows(train: FeatureCache, cfg: TrainCfg) -> np.ndarray:
+    rows = np.arange(len(train))
+    if len(rows) > cfg.val_distractors:
+        rows = np.sort(np.random.default_rng([cfg.seed, 3]).choice(rows, cfg.val_distractors, replace=False))
+    return rows
+
+
 def _val_sample(val: FeatureCache, cfg: TrainCfg) -> np.ndarray:
     rows = np.arange(len(val))
     if cfg.val_items and len(rows) > cfg.val_items:
@@ -221,19 +230,32 @@ def _val_sample(val: FeatureCache, cfg: TrainCfg) -> np.ndarray:
 
 
 @torch.no_grad()
-def validation_recall(ensemble: Ensemble, index: int, val: FeatureCache, rows: np.ndarray, k: int = 10) -> float:
-    """Title → image recall@k within the validation items (each title's own item is the one relevant)."""
+def _embed_images(member, cache: FeatureCache, rows: np.ndarray, device) -> torch.Tensor:
+    return torch.cat([member.encode_image(cache.image_batch(rows[i : i + 512], np.zeros(len(rows[i : i + 512]), int),
+                                                            device)) for i in range(0, len(rows), 512)])
+
+
+@torch.no_grad()
+def validation_recall(ensemble: Ensemble, index: int, val: FeatureCache, rows: np.ndarray, k: int = 10,
+                      distractors: tuple[FeatureCache, np.ndarray] | None = None) -> float:
+    """Title → image recall@k of validation items, each title's own item being the one relevant.
+
+    The gallery holds the validation images plus ``distractors`` (training images): as in the real search, a
+    held-out title must beat the training items the model has learnt, not only other unseen ones.
+    """
     member = ensemble.members[index]
     device = ensemble.device
-    images, texts = [], []
-    for start in range(0, len(rows), 512):
-        chunk = rows[start : start + 512]
-        images.append(member.encode_image(val.image_batch(chunk, np.zeros(len(chunk), dtype=int), device)))
-        texts.append(member.encode_text(val.text_batch(val.first_caption[chunk], device)))
-    scores = torch.cat(texts) @ torch.cat(images).T
-    own = scores.diagonal().unsqueeze(1)
-    rank = (scores > own).sum(dim=1)
-    return float((rank < k).float().mean())
+    images = _embed_images(member, val, rows, device)
+    texts = torch.cat([member.encode_text(val.text_batch(val.first_caption[rows[i : i + 512]], device))
+                       for i in range(0, len(rows), 512)])
+    own = (texts * images).sum(dim=1, keepdim=True)
+    beaten = (texts @ images.T > own).sum(dim=1)
+    if distractors is not None:
+        cache, distractor_rows = distractors
+        for start in range(0, len(distractor_rows), 4096):
+            gallery = _embed_images(member, cache, distractor_rows[start : start + 4096], device)
+            beaten += (texts @ gallery.T > own).sum(dim=1)
+    return float((beaten < k).float().mean())
 
 
 def _save_checkpoint(path: Path, member, optimizer, scheduler, state: dict) -> None:
