@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainCfg:
-    epochs: int = 4  # passes over a member's items
+    epochs: int = 5  # passes over a member's items
     batch_size: int = 256  # contrastive batch (the negatives each item sees)
     lr: float = 2e-3  # peak learning rate of new layers (projections, adapters) and the temperature
     block_lr: float = 3e-4  # peak learning rate of unfrozen pretrained blocks
