@@ -13,7 +13,7 @@ from enclip.errors import EnclipError
 
 log = logging.getLogger("enclip")
 
-SHARED_CATALOGUE = Path(__file__).resolve().parents[3].parent / "shared/data/fashion-product-images-small"
+SHARED_CATALOGUE = Path(__file__).resolve().parents[3] / "shared/data/fashion-product-images-small"
 
 
 def default_data() -> str | None:
