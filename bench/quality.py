@@ -55,6 +55,8 @@ class System:
 def training_catalogue(catalogue: Catalogue, cfg: BenchCfg) -> Catalogue:
     """The train and validation items the benchmark trains on (all, or a seeded share in quick mode)."""
     split = split_indices(catalogue.ids)
+    if cfg.train_share == 1 and cfg.val_queries >= len(split["val"]):
+        return catalogue  # everything: trunk caches built for the whole catalogue can be reused
     train = split["train"]
     if cfg.train_share < 1:
         keep = int(round(len(train) * cfg.train_share))

@@ -17,6 +17,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -44,12 +45,12 @@ def machine() -> str:
             f"torch {torch.__version__} with {torch.get_num_threads()} threads, no GPU")
 
 
-def write_report(path: Path, results: dict, cfg: BenchCfg, command: str, quick: bool) -> None:
+def write_report(path: Path, results: dict, cfg: BenchCfg, command: str, name: str) -> None:
     q, k = results["quality"], cfg.members
     severities = cfg.severities
-    report.plot_low_quality(q, k, DOCS / f"low_quality{'-quick' if quick else ''}.png", severities)
+    report.plot_low_quality(q, k, DOCS / f"low_quality-{name}.png", severities)
     sections = [
-        f"# Benchmark results ({'quick' if quick else 'full'} mode)\n",
+        f"# Benchmark results ({name})\n",
         f"Command: `{command}`  \nMachine: {machine()}  \nDate: {time.strftime('%Y-%m-%d')}; "
         f"wall time {results['seconds'] / 60:.0f} min.\n",
         f"Budgets: one member = {cfg.epochs} epochs on {cfg.train_share:.0%} of the train split; ensembles have "
@@ -64,11 +65,11 @@ def write_report(path: Path, results: dict, cfg: BenchCfg, command: str, quick: 
         "## Attribute queries (attr2img)\n", report.attribute_table(q, k), "",
     ]
     if "data" in results:
-        report.plot_data(results["data"], DOCS / f"limited_data{'-quick' if quick else ''}.png")
+        report.plot_data(results["data"], DOCS / f"limited_data-{name}.png")
         sections += ["## Limited data (title2img R@10, test)\n", report.data_table(results["data"]), "",
-                     f"![limited data](limited_data{'-quick' if quick else ''}.png)\n"]
+                     f"![limited data](limited_data-{name}.png)\n"]
     sections += ["## Low-quality photos (img2img_lq R@10, test)\n", report.lq_table(q, k, severities), "",
-                 f"![low quality](low_quality{'-quick' if quick else ''}.png)\n"]
+                 f"![low quality](low_quality-{name}.png)\n"]
     if "speed" in results:
         sections += ["## Speed and cost\n", results["speed"]["markdown"], ""]
     path.write_text("\n".join(sections))
@@ -80,11 +81,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--data", default=default_data())
     parser.add_argument("--skip", nargs="*", default=[], choices=["data", "speed"])
+    parser.add_argument("--members", type=int, help="override the ensemble size K")
+    parser.add_argument("--epochs", type=int, help="override the epochs of one member")
+    parser.add_argument("--name", help="report name (docs/RESULTS-NAME.md); default quick or full")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("faiss").setLevel(logging.WARNING)
     out = args.out or Path("bench/out") / ("quick" if args.quick else "full")
     cfg = quick_cfg(out) if args.quick else BenchCfg(out=out)
+    cfg = replace(cfg, members=args.members or cfg.members, epochs=args.epochs or cfg.epochs)
     started = time.perf_counter()
     catalogue, skipped = load_catalogue(args.data)
     logging.info(skipped.summary_line())
@@ -101,9 +106,10 @@ def main(argv=None) -> int:
         results["speed"] = measure_all(indexes, catalogue, speed_cfg)
     results["seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1))
-    command = "python bench/run_all.py" + (" --quick" if args.quick else "")
-    write_report(DOCS / f"RESULTS-{'quick' if args.quick else 'full'}.md", results, cfg, command, args.quick)
-    print(f"report written to docs/RESULTS-{'quick' if args.quick else 'full'}.md")
+    command = "python bench/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    name = args.name or ("quick" if args.quick else "full")
+    write_report(DOCS / f"RESULTS-{name}.md", results, cfg, command.strip(), name)
+    print(f"report written to docs/RESULTS-{name}.md")
     return 0
 
 

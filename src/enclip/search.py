@@ -256,7 +256,7 @@ class Searcher:
             for name, column in catalogue.attributes.items():
                 column.append(str((item.get("attributes") or {}).get(name, "")))
             catalogue.images.append(bytes(data))
-        catalogue._positions = None
+        catalogue.refresh()
         self.index.add(vectors)
         fused = vectors / np.sqrt(self.members)
         new_clusters = np.argmax(fused @ self.centroids.T, axis=1) if len(self.centroids) else np.full(len(items), -1)
@@ -276,7 +276,7 @@ class Searcher:
                 self.index.remove(np.asarray(positions))
                 for position in positions:
                     self.catalogue.ids[position] = f"\0removed:{position}"
-                self.catalogue._positions = None
+                self.catalogue.refresh()
 
 
 def load_searcher(path: str | Path, **cfg) -> Searcher:
