@@ -89,6 +89,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=t.seed)
     parser.add_argument("--device", default=t.device)
     parser.add_argument("--keep-cache", action="store_true", help="keep cached trunk features after training")
+    parser.add_argument("--trunk-cache", help="catalogue-wide image trunk cache to share with `enclip index`")
 
 
 def run_cfg(args):
@@ -105,7 +106,8 @@ def run_cfg(args):
                      captions=CaptionCfg(use_attributes=args.attribute_captions))
     ensemble = EnsembleCfg(members=args.members, strategy=args.strategy, mix=args.mix, fusion=args.fusion,
                            data_fraction=args.data_fraction)
-    return RunCfg(backbone=backbone, train=train, ensemble=ensemble, keep_cache=args.keep_cache)
+    return RunCfg(backbone=backbone, train=train, ensemble=ensemble, keep_cache=args.keep_cache,
+                  trunk_cache=args.trunk_cache)
 
 
 def cmd_train(args) -> int:
@@ -124,7 +126,8 @@ def cmd_index(args) -> int:
 
     out = Path(args.out)
     catalogue, report = load_data(args)
-    cfg = IndexBuildCfg(index=IndexCfg(kind=args.kind, dtype=args.dtype), device=args.device)
+    cfg = IndexBuildCfg(index=IndexCfg(kind=args.kind, dtype=args.dtype), device=args.device,
+                        trunk_cache=args.trunk_cache)
     build_index(args.model, catalogue, out, cfg, resume=args.resume, skip_report=report)
     print(f"index written to {out}; next: enclip search --index {out} --text \"navy check shirt\"")
     return 0
@@ -243,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="reuse embedding shards of an interrupted run")
+    p.add_argument("--trunk-cache", help="catalogue-wide image trunk cache shared with `enclip train --trunk-cache`")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("cluster", help="cluster catalogue images and write readable summaries")

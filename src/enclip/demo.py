@@ -23,16 +23,19 @@ def _show(title: str, result) -> None:
 def run_demo(args) -> int:
     from enclip.cli import build_parser, load_data, run_cfg
     from enclip.eval.evaluate import EvalCfg, evaluate_index
-    from enclip.indexing import build_index
+    from enclip.indexing import IndexBuildCfg, build_index
     from enclip.search import load_searcher
     from enclip.train.run import train_system
 
     started = time.perf_counter()
     out = Path(args.out)
     catalogue, report = load_data(args, out)
-    train_args = build_parser().parse_args(["train", "--out", str(out / "model"), *demo_train_flags(args.quick)])
+    trunk_cache = str(out / "trunk-cache")  # the catalogue's images pass the frozen trunk once, for training and index
+    train_args = build_parser().parse_args(["train", "--out", str(out / "model"), "--trunk-cache", trunk_cache,
+                                            *demo_train_flags(args.quick)])
     model_dir = train_system(catalogue, out / "model", run_cfg(train_args), resume=True)
-    index_dir = build_index(model_dir, catalogue, out / "index", resume=True, skip_report=report)
+    index_dir = build_index(model_dir, catalogue, out / "index", IndexBuildCfg(trunk_cache=trunk_cache),
+                            resume=True, skip_report=report)
     searcher = load_searcher(index_dir)
     for query in TEXT_QUERIES:
         _show(f"text: {query!r}", searcher.search(text=query, k=5))

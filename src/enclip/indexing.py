@@ -26,7 +26,7 @@ from enclip.errors import EnclipError
 from enclip.index import IndexCfg, create_index
 from enclip.models.ensemble import Ensemble, EnsembleInfo, load_model, read_model_info
 from enclip.pipeline import StageTimes, run_sharded
-from enclip.train.features import cache_image_features
+from enclip.train.features import catalogue_image_features
 from enclip.train.trainer import resolve_device
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,7 @@ def encode_catalogue(ensemble: Ensemble, catalogue: Catalogue, work_dir: Path, c
 
 def _encode_from_trunk_cache(ensemble: Ensemble, catalogue: Catalogue, cfg: IndexBuildCfg, dtype,
                              times: StageTimes | None) -> np.ndarray:
-    cache = Path(cfg.trunk_cache) / f"{ensemble.trunk_fingerprint()}-{catalogue.fingerprint()}"
-    features = cache_image_features(ensemble, catalogue, np.arange(len(catalogue)), cache,
-                                    batch_size=cfg.batch_size, times=times)
+    features = catalogue_image_features(ensemble, catalogue, Path(cfg.trunk_cache), cfg.batch_size, times)
     chunks = []
     for start in range(0, len(features), 1024):
         batch = torch.from_numpy(features[start : start + 1024]).to(ensemble.device, torch.float32)

@@ -136,3 +136,19 @@ def test_a_failed_rebuild_keeps_the_previous_index(tmp_path, catalogue, tiny_ens
         build_index(tiny_ensemble_dir, catalogue, out)
     assert (out / "index.json").read_text() == before
     assert load_searcher(out).search(text="shirt", k=1).hits
+
+
+def test_trunk_cache_shared_by_training_and_indexing_gives_the_same_index(tmp_path, catalogue):
+    from enclip.indexing import IndexBuildCfg
+    from enclip.train.run import train_system
+    from tests.conftest import tiny_run_cfg
+
+    cfg = tiny_run_cfg(epochs=1)
+    cfg.trunk_cache = str(tmp_path / "trunk")
+    model = train_system(catalogue, tmp_path / "model", cfg)
+    cached = build_index(model, catalogue, tmp_path / "cached", IndexBuildCfg(trunk_cache=cfg.trunk_cache))
+    streamed = build_index(model, catalogue, tmp_path / "streamed")
+    a = np.load(cached / "vectors" / "vectors.npy")
+    b = np.load(streamed / "vectors" / "vectors.npy")
+    np.testing.assert_allclose(a, b, atol=2e-2)  # the cache keeps trunk outputs in float16
+    assert len(list((tmp_path / "trunk").iterdir())) == 1, "one catalogue-wide cache, reused by both"

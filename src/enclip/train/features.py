@@ -82,11 +82,26 @@ def cache_features(
     captions: CaptionCfg | None = None,
     seed: int = 0,
     batch_size: int = 256,
+    clean: np.ndarray | None = None,
 ) -> FeatureCache:
-    """Run the trunks over ``positions`` (clean + ``views`` degraded images, and every caption), resumably."""
+    """Run the trunks over ``positions`` (clean + ``views`` degraded images, and every caption), resumably.
+
+    ``clean``: the clean view's trunk outputs when already computed (e.g. a catalogue-wide cache also used to index).
+    """
     with torch.no_grad():
         return _cache(ensemble, catalogue, positions, Path(work_dir), views, augment or AugmentCfg(),
-                      captions or CaptionCfg(), seed, batch_size)
+                      captions or CaptionCfg(), seed, batch_size, clean)
+
+
+def catalogue_image_features(ensemble: Ensemble, catalogue: Catalogue, cache_root: Path, batch_size: int = 256,
+                             times: StageTimes | None = None) -> np.ndarray:
+    """Clean image trunk outputs of the whole catalogue, kept under ``cache_root`` by trunk and data fingerprint.
+
+    Training (its clean view) and indexing share this cache, so each catalogue image passes the trunk once.
+    """
+    directory = Path(cache_root) / f"{ensemble.trunk_fingerprint()}-{catalogue.fingerprint()}"
+    return cache_image_features(ensemble, catalogue, np.arange(len(catalogue)), directory, batch_size=batch_size,
+                                times=times)
 
 
 def cache_image_features(ensemble: Ensemble, catalogue: Catalogue, positions: np.ndarray, work_dir: Path, *,
@@ -100,8 +115,10 @@ def cache_image_features(ensemble: Ensemble, catalogue: Catalogue, positions: np
                            desc=f"cache images ({view})", times=times)["features"]
 
 
-def _cache(ensemble, catalogue, positions, work_dir, views, augment, captions, seed, batch_size) -> FeatureCache:
-    images = [cache_image_features(ensemble, catalogue, positions, work_dir, view=view, augment=augment, seed=seed,
+def _cache(ensemble, catalogue, positions, work_dir, views, augment, captions, seed, batch_size,
+           clean) -> FeatureCache:
+    images = [clean if view == 0 and clean is not None else
+              cache_image_features(ensemble, catalogue, positions, work_dir, view=view, augment=augment, seed=seed,
                                    batch_size=batch_size) for view in range(views + 1)]
     texts, owner = _caption_table(catalogue, positions, captions)
     text_arrays = _cache_texts(ensemble, texts, work_dir / "text", batch_size)

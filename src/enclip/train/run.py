@@ -29,7 +29,7 @@ from enclip.errors import EnclipError
 from enclip.models.ensemble import Ensemble
 from enclip.models.registry import BackboneCfg, create_backbone
 from enclip.train.clusters import member_clusters
-from enclip.train.features import FeatureCache, cache_features
+from enclip.train.features import FeatureCache, cache_features, catalogue_image_features
 from enclip.train.trainer import MemberRun, TrainCfg, resolve_device, title_groups, train_member
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class RunCfg:
     ensemble: EnsembleCfg = field(default_factory=EnsembleCfg)  # how many members and how they differ
     keep_cache: bool = False  # keep the cached trunk features after training (they can be large)
     cache_dir: str | None = None  # shared trunk-feature cache, reused by runs with the same trunk and data
+    trunk_cache: str | None = None  # catalogue-wide clean image trunk cache, shared with `enclip index --trunk-cache`
 
 
 def _split(catalogue: Catalogue) -> dict[str, np.ndarray]:
@@ -156,6 +157,9 @@ def _caches(ensemble, catalogue, split, cache_dir: Path, cfg: RunCfg) -> tuple[F
     cache_dir.mkdir(parents=True, exist_ok=True)
     write_json(cache_dir / "cache_key.json", key)
     common = dict(augment=cfg.train.augment, captions=cfg.train.captions, seed=cfg.train.seed)
-    train = cache_features(ensemble, catalogue, split["train"], cache_dir / "train", views=cfg.train.views, **common)
-    val = cache_features(ensemble, catalogue, split["val"], cache_dir / "val", views=0, **common)
+    clean = catalogue_image_features(ensemble, catalogue, Path(cfg.trunk_cache)) if cfg.trunk_cache else None
+    train = cache_features(ensemble, catalogue, split["train"], cache_dir / "train", views=cfg.train.views,
+                           clean=None if clean is None else clean[split["train"]], **common)
+    val = cache_features(ensemble, catalogue, split["val"], cache_dir / "val", views=0,
+                         clean=None if clean is None else clean[split["val"]], **common)
     return train, val
