@@ -83,13 +83,16 @@ def main(argv=None) -> int:
     parser.add_argument("--skip", nargs="*", default=[], choices=["data", "speed"])
     parser.add_argument("--members", type=int, help="override the ensemble size K")
     parser.add_argument("--epochs", type=int, help="override the epochs of one member")
+    parser.add_argument("--strategies", nargs="+", choices=["seeds", "bagging", "cluster"],
+                        help="override the ensemble strategies compared")
     parser.add_argument("--name", help="report name (docs/RESULTS-NAME.md); default quick or full")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("faiss").setLevel(logging.WARNING)
     out = args.out or Path("bench/out") / ("quick" if args.quick else "full")
     cfg = quick_cfg(out) if args.quick else BenchCfg(out=out)
-    cfg = replace(cfg, members=args.members or cfg.members, epochs=args.epochs or cfg.epochs)
+    cfg = replace(cfg, members=args.members or cfg.members, epochs=args.epochs or cfg.epochs,
+                  strategies=tuple(args.strategies or cfg.strategies))
     started = time.perf_counter()
     catalogue, skipped = load_catalogue(args.data)
     logging.info(skipped.summary_line())
