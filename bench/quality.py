@@ -7,6 +7,7 @@ split; the test split is only scored. Per-query values are kept so that differen
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -112,14 +113,46 @@ class Bench:
                  fusion: str | None = None, search_cfg: SearchCfg | None = None) -> dict:
         key = f"{label}@{split}"
         if key not in self.results:
-            searcher = Searcher(index_dir, search_cfg or SearchCfg(fusion=fusion))
+            def searcher():
+                return Searcher(index_dir, search_cfg or SearchCfg(fusion=fusion))
+
             max_queries = self.cfg.val_queries if split == "val" else self.cfg.max_queries
             eval_cfg = EvalCfg(tasks=tasks, split=split, max_queries=max_queries, lq_queries=self.cfg.lq_queries,
                                severities=self.cfg.severities, fusion=fusion, seed=self.cfg.seed)
             out = self.cfg.out / "metrics" / f"{label}-{split}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
-            self.results[key] = evaluate_index(index_dir, eval_cfg, out=out, searcher=searcher)
+            self.results[key] = _cached_evaluation(out, lambda: evaluate_index(index_dir, eval_cfg, out=out,
+                                                                               searcher=searcher()))
         return self.results[key]
+
+
+def _cached_evaluation(out: Path, run) -> dict:
+    """Metrics and per-query values from a previous run of the benchmark, or from ``run()`` now."""
+    per_query = out.with_suffix(".npz")
+    if out.exists() and per_query.exists():
+        result = json.loads(out.read_text())
+        with np.load(per_query) as arrays:
+            result["per_query"] = {key.replace("|", "/"): arrays[key] for key in arrays.files}
+        return result
+    result = run()
+    np.savez(per_query, **{key.replace("/", "|"): np.asarray(v) for key, v in result["per_query"].items()})
+    return result
+
+
+def member_diversity(index_dir: Path, texts: list[str], k: int = 10) -> dict:
+    """How differently the members rank: mean pairwise top-k overlap and score correlation over all items."""
+    searcher = Searcher(index_dir)
+    m, d = searcher.members, searcher.dim
+    items = searcher.index.reconstruct(np.arange(len(searcher.index))).reshape(-1, m, d)
+    overlaps, correlations = [], []
+    for text in texts:
+        scores = np.einsum("nmd,md->mn", items, searcher.encode_query(text=text))
+        tops = [set(np.argpartition(-row, k)[:k].tolist()) for row in scores]
+        pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
+        overlaps += [len(tops[i] & tops[j]) / k for i, j in pairs]
+        correlations += [float(np.corrcoef(scores[i], scores[j])[0, 1]) for i, j in pairs]
+    return {"top10_overlap": float(np.mean(overlaps)), "score_correlation": float(np.mean(correlations)),
+            "queries": len(texts)}
 
 
 def figure(result: dict, key: str) -> dict:
@@ -160,6 +193,8 @@ def run_quality(bench: Bench) -> dict:
         hard = bench.evaluate(f"{name}-hard-route", index, ("title2img",), split="val", fusion="routed",
                               search_cfg=SearchCfg(fusion="routed", route_temperature=1e-4))
         report["fusion"][f"{name}/hard-route@val"] = figure(hard, "title2img/R@10")
+    val_titles = [bench.catalogue.titles[p] for p in split_indices(bench.catalogue.ids)["val"][:200]]
+    report["diversity"] = {name: member_diversity(bench.index(systems[name]), val_titles) for name in ensembles}
     best_name, best_rule = max(((n, r) for n in ensembles for r in (*FUSION_RULES, "hard-route")),
                                key=lambda nr: report["fusion"][f"{nr[0]}/{nr[1]}@val"]["mean"])
     report["chosen"] = {"system": best_name, "fusion": best_rule, "by": "validation title2img R@10"}

@@ -113,3 +113,10 @@ def lq_table(quality: dict, members: int, severities) -> str:
             key = f"img2img_lq/{degradation}/{s}/R@10"
             rows.append(f"| {degradation} | {s} | " + " | ".join(fmt(quality["systems"][n][key]) for n in names) + " |")
     return "\n".join(rows)
+
+
+def diversity_table(quality: dict) -> str:
+    rows = ["| ensemble | mean pairwise top-10 overlap | mean pairwise score correlation |", "|---|---|---|"]
+    rows += [f"| {name} | {v['top10_overlap']:.2f} | {v['score_correlation']:.3f} |"
+             for name, v in quality.get("diversity", {}).items()]
+    return "\n".join(rows)

@@ -62,6 +62,7 @@ def write_report(path: Path, results: dict, cfg: BenchCfg, command: str, name: s
         report.diff_table(q), "",
         "## Ablations: strategies and fusion rules (title2img R@10)\n", report.ablation_table(q), "",
         "## Each member alone\n", report.members_table(q), "",
+        "## Member diversity (200 validation titles, whole catalogue)\n", report.diversity_table(q), "",
         "## Attribute queries (attr2img)\n", report.attribute_table(q, k), "",
     ]
     if "data" in results:
