@@ -212,7 +212,7 @@ def _score_on_test(bench: Bench, systems: dict[str, System], report: dict) -> di
     for name in ("single", f"single-{bench.cfg.members}x"):
         report["systems"][name] = bench.evaluate(name, bench.index(systems[name]), tasks)
     for name in systems:
-        if name.startswith("ens-"):
+        if name == best_name:  # test figures for the chosen ensemble's rules; the others are compared on val
             for fusion_rule in FUSION_RULES:
                 result = bench.evaluate(f"{name}-{fusion_rule}", bench.index(systems[name]), ("title2img",),
                                         fusion=fusion_rule)

@@ -86,6 +86,10 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, help="override the epochs of one member")
     parser.add_argument("--strategies", nargs="+", choices=["seeds", "bagging", "cluster"],
                         help="override the ensemble strategies compared")
+    parser.add_argument("--max-queries", type=int, help="override the number of test title queries")
+    parser.add_argument("--lq-queries", type=int, help="override the photos per degradation and severity")
+    parser.add_argument("--severities", type=int, nargs="+", help="override the degradation severities")
+    parser.add_argument("--val-queries", type=int, help="override the validation queries (all: reuse full caches)")
     parser.add_argument("--name", help="report name (docs/RESULTS-NAME.md); default quick or full")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -93,7 +97,9 @@ def main(argv=None) -> int:
     out = args.out or Path("bench/out") / ("quick" if args.quick else "full")
     cfg = quick_cfg(out) if args.quick else BenchCfg(out=out)
     cfg = replace(cfg, members=args.members or cfg.members, epochs=args.epochs or cfg.epochs,
-                  strategies=tuple(args.strategies or cfg.strategies))
+                  strategies=tuple(args.strategies or cfg.strategies),
+                  max_queries=args.max_queries or cfg.max_queries, lq_queries=args.lq_queries or cfg.lq_queries,
+                  severities=tuple(args.severities or cfg.severities), val_queries=args.val_queries or cfg.val_queries)
     started = time.perf_counter()
     catalogue, skipped = load_catalogue(args.data)
     logging.info(skipped.summary_line())
