@@ -80,10 +80,34 @@ def items_table(catalogue: Catalogue) -> pa.Table:
     return pa.table(columns)
 
 
+class ArrowImages:
+    """Image bytes read on demand from an Arrow column (a list of 44k Python bytes objects would cost ~100 MB more),
+    plus any images appended by live index edits."""
+
+    def __init__(self, column: pa.ChunkedArray):
+        self._column = column.combine_chunks()
+        self._added: list[bytes] = []
+
+    def __len__(self) -> int:
+        return len(self._column) + len(self._added)
+
+    def __getitem__(self, i: int) -> bytes:
+        if i < 0:
+            i += len(self)
+        return self._column[i].as_py() if i < len(self._column) else self._added[i - len(self._column)]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def append(self, image: bytes) -> None:
+        self._added.append(image)
+
+
 def catalogue_from_table(table: pa.Table, source: str) -> Catalogue:
-    data = table.to_pydict()
+    data = table.drop_columns(["image"]).to_pydict()
     attributes = {name[5:]: values for name, values in data.items() if name.startswith("attr.")}
-    return Catalogue(ids=data["id"], titles=data["title"], attributes=attributes, images=data["image"], source=source)
+    return Catalogue(ids=data["id"], titles=data["title"], attributes=attributes,
+                     images=ArrowImages(table.column("image")), source=source)
 
 
 def routing_table(model_dir: Path, info: EnsembleInfo, catalogue: Catalogue, vectors: np.ndarray,

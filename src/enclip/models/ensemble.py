@@ -143,7 +143,7 @@ class Ensemble(nn.Module):
             for trunk in (self.image_trunk, self.text_trunk):
                 for name, tensor in trunk.state_dict().items():
                     digest.update(name.encode())
-                    digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+                    digest.update(memoryview(tensor.detach().cpu().contiguous().numpy()).cast("B"))
             self._trunk_fingerprint = digest.hexdigest()[:16]
         return self._trunk_fingerprint
 
