@@ -241,11 +241,15 @@ class Searcher:
         pictures = [load_image(data) for data in images]
         vectors = self.model.encode_images(pictures).transpose(1, 0, 2).reshape(len(items), -1)
         with self._lock:
-            self.remove_items([str(it["id"]) for it in items if str(it["id"]) in self._ids()], missing_ok=True)
+            self.remove_items([str(it["id"]) for it in items], missing_ok=True)  # an add of a known id replaces it
             self._append(items, images, vectors)
 
-    def _ids(self) -> set[str]:
-        return set(self.catalogue.ids)
+    def _has(self, item_id: str) -> bool:
+        try:
+            self.catalogue.index_of(item_id)
+        except EnclipError:
+            return False
+        return True
 
     def _append(self, items: Sequence[dict], images: Sequence[bytes], vectors: np.ndarray) -> None:
         catalogue = self.catalogue
@@ -267,7 +271,7 @@ class Searcher:
         with self._lock:
             positions = []
             for item_id in ids:
-                if str(item_id) not in self._ids():
+                if not self._has(str(item_id)):
                     if missing_ok:
                         continue
                     raise EnclipError(f"item id {item_id!r} is not in the index")
