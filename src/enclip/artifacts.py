@@ -52,7 +52,7 @@ def _sibling_name(final: Path, tag: str) -> Path:
     return final.parent / f".{final.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """fsync one file or directory; directories cannot be opened for fsync on every platform, so that is best effort."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -69,8 +69,8 @@ def _fsync_path(path: Path) -> None:
 def _fsync_tree(root: Path) -> None:
     for directory, _, files in os.walk(root):
         for name in files:
-            _fsync_path(Path(directory) / name)
-        _fsync_path(Path(directory))
+            fsync_path(Path(directory) / name)
+        fsync_path(Path(directory))
 
 
 @contextmanager
@@ -99,7 +99,7 @@ def _swap_into_place(temp: Path, final: Path) -> None:
         backup = _sibling_name(final, "bak")
         os.rename(final, backup)
     os.rename(temp, final)
-    _fsync_path(final.parent)
+    fsync_path(final.parent)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
 
@@ -143,7 +143,7 @@ def recover_dir(final: Path) -> None:
     if not final.exists() and backups:
         restored = backups.pop()
         os.rename(restored, final)
-        _fsync_path(final.parent)
+        fsync_path(final.parent)
         logger.warning("restored %s from backup %s left by an interrupted write", final, restored.name)
     for leftover in backups + _stale_siblings(final, "tmp"):
         logger.info("removing stale %s", leftover)
@@ -188,7 +188,7 @@ def write_json(path: Path, obj: Any) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_path(path.parent)
+    fsync_path(path.parent)
 
 
 def read_json(path: Path) -> dict:

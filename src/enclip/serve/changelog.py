@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from enclip.artifacts import fsync_path
 from enclip.errors import EnclipError
 
 log = logging.getLogger(__name__)
@@ -131,23 +132,9 @@ class Changelog:
                 handle.flush()
                 os.fsync(handle.fileno())
             if is_new:
-                _fsync_directory(self.path.parent)
+                fsync_path(self.path.parent)  # the new file's directory entry
             self.last_seq = seq
             return seq
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a newly created file's directory entry durable too (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def net_changes(records: list[dict]) -> tuple[dict[str, dict], list[str]]:
