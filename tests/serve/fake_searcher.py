@@ -12,11 +12,11 @@ import random
 import re
 import statistics
 import threading
-from dataclasses import asdict, dataclass
 
 from PIL import Image, ImageDraw, ImageStat
 
 from enclip.errors import EnclipError
+from enclip.search import Hit, SearchResult  # the real result types, so the API is tested on them
 
 COLOURS = {"Red": (200, 30, 40), "Blue": (30, 60, 200), "Green": (30, 160, 60), "Black": (20, 20, 20),
            "White": (240, 240, 240), "Yellow": (230, 210, 40)}
@@ -29,31 +29,6 @@ FUSION_RULES = ["mean", "routed", "item-routed", "rrf"]
 MEMBER_FACTORS = (1.0, 0.9, 1.1)  # three "ensemble members" that scale the base score differently
 LOW_CONFIDENCE_BELOW = 0.34
 _MAX_COLOUR_DISTANCE = (3 * 255**2) ** 0.5
-
-
-@dataclass
-class Hit:
-    id: str
-    score: float
-    title: str
-    attributes: dict[str, str]
-    member_scores: list[float]
-    spread: float
-    votes: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class SearchResult:
-    hits: list[Hit]
-    low_confidence: bool
-    fusion: str
-    took_ms: float
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "hits": [hit.to_dict() for hit in self.hits]}
 
 
 def colour_image(rgb: tuple[int, int, int], fmt: str = "PNG", size: tuple[int, int] = (48, 64)) -> bytes:
