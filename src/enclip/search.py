@@ -194,6 +194,8 @@ class Searcher:
             if key not in self.catalogue.attributes:
                 raise EnclipError(f"unknown filter {key!r}; filterable attributes: {', '.join(self.filter_keys)}")
             values = [values] if isinstance(values, str) else list(values)
+            if not values:
+                raise EnclipError(f"filter {key!r} has no values; give at least one, e.g. {key}=VALUE")
             key_mask = np.logical_or.reduce([self._mask(key, str(v)) for v in values])
             mask = key_mask if mask is None else mask & key_mask
         if clusters:
