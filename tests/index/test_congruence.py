@@ -5,32 +5,18 @@ uniform-sphere data IVF with default params, 51 lists and 16 probes at n=2000, r
 checked on that harder data too.)
 """
 
-import faiss
 import numpy as np
 import pytest
 
 from enclip.errors import EnclipError
 from enclip.index import INDEX_KINDS, ExactIndex, IndexCfg, create_index
+from tests.index.conftest import normalise
 
 DIM = 32
 N = 2000
 KINDS = ["exact", "flat", "hnsw", "ivf"]
 FAST_KINDS = ["flat", "hnsw", "ivf"]
 NO_FALLBACK = {"filter_exact_rows": 0, "filter_exact_fraction": 0.0}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_faiss_thread():
-    """faiss's OpenMP threads spin against each other on a small shared machine (5x slower builds); the tests are
-    the caller here, so they choose one thread."""
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(previous)
-
-
-def normalise(a: np.ndarray) -> np.ndarray:
-    return (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)
 
 
 def clustered(n: int, seed: int, n_clusters: int = 50, spread: float = 1.0) -> np.ndarray:
