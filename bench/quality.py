@@ -75,6 +75,7 @@ class Bench:
         self.train_catalogue = training_catalogue(catalogue, cfg)
         self.results: dict[str, dict] = {}
         self.train_seconds: dict[str, float] = {}
+        self.seconds = {"train": 0.0, "index": 0.0, "evaluate": 0.0}  # where this run's time went, by phase
 
     def model_dir(self, system: System) -> Path:
         return self.cfg.out / "models" / system.name
@@ -90,13 +91,17 @@ class Bench:
         started = time.perf_counter()
         train_system(self.train_catalogue, out, run, resume=True)
         self.train_seconds[system.name] = time.perf_counter() - started
+        self.seconds["train"] += self.train_seconds[system.name]
         return out
 
     def index(self, system: System) -> Path:
         out = self.cfg.out / "indexes" / system.name
         if not (out / "index.json").exists():
+            model = self.train(system)
+            started = time.perf_counter()
             cfg = IndexBuildCfg(trunk_cache=str(self.cfg.out / "cache" / "catalogue"))
-            build_index(self.train(system), self.catalogue, out, cfg)
+            build_index(model, self.catalogue, out, cfg)
+            self.seconds["index"] += time.perf_counter() - started
         return out
 
     def member_index(self, system: System, member: int) -> Path:
@@ -121,8 +126,10 @@ class Bench:
                                severities=self.cfg.severities, fusion=fusion, seed=self.cfg.seed)
             out = self.cfg.out / "metrics" / f"{label}-{split}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
             self.results[key] = _cached_evaluation(out, lambda: evaluate_index(index_dir, eval_cfg, out=out,
                                                                                searcher=searcher()))
+            self.seconds["evaluate"] += time.perf_counter() - started
         return self.results[key]
 
 

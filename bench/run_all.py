@@ -52,7 +52,8 @@ def write_report(path: Path, results: dict, cfg: BenchCfg, command: str, name: s
     sections = [
         f"# Benchmark results ({name})\n",
         f"Command: `{command}`  \nMachine: {machine()}  \nDate: {time.strftime('%Y-%m-%d')}; "
-        f"wall time {results['seconds'] / 60:.0f} min.\n",
+        f"wall time {results['seconds'] / 60:.1f} min ({_durations(results['section_seconds'])}; of the quality and "
+        f"limited-data sections: {_durations(results['phase_seconds'])}, first trunk caching included).\n",
         f"Budgets: one member = {cfg.epochs} epochs on {cfg.train_share:.0%} of the train split; ensembles have "
         f"K={k} members; `single-{k}x` trains one model for {k * cfg.epochs} epochs (the ensemble's total budget). "
         f"Test queries: {cfg.max_queries or 'all 4,443'} titles; {cfg.lq_queries} photos per degradation and severity. "
@@ -74,6 +75,10 @@ def write_report(path: Path, results: dict, cfg: BenchCfg, command: str, name: s
     if "speed" in results:
         sections += ["## Speed and cost\n", results["speed"]["markdown"], ""]
     path.write_text("\n".join(sections))
+
+
+def _durations(seconds: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value / 60:.1f} min" for name, value in seconds.items())
 
 
 def main(argv=None) -> int:
@@ -104,9 +109,12 @@ def main(argv=None) -> int:
     catalogue, skipped = load_catalogue(args.data)
     logging.info(skipped.summary_line())
     bench = Bench(catalogue, cfg)
-    results: dict = {"quality": run_quality(bench)}
+    sections: dict[str, float] = {}
+    results: dict = {"quality": run_quality(bench), "section_seconds": sections}
+    sections["quality"] = time.perf_counter() - started
     if "data" not in args.skip:
         results["data"] = run_limited_data(bench, results["quality"]["chosen"])
+        sections["limited data"] = time.perf_counter() - started - sum(sections.values())
     if "speed" not in args.skip:
         from bench.speed import SpeedCfg, measure_all
 
@@ -114,7 +122,9 @@ def main(argv=None) -> int:
                    f"enclip (K={cfg.members})": out / "indexes" / results["quality"]["chosen"]["system"]}
         speed_cfg = SpeedCfg(quick=True) if args.quick else SpeedCfg()
         results["speed"] = measure_all(indexes, catalogue, speed_cfg)
+        sections["speed"] = time.perf_counter() - started - sum(sections.values())
     results["seconds"] = time.perf_counter() - started
+    results["phase_seconds"] = dict(bench.seconds)
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1))
     command = "python bench/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
     name = args.name or ("quick" if args.quick else "full")

@@ -18,6 +18,9 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from enclip.artifacts import read_json, write_json
+from enclip.errors import EnclipError
+
 log = logging.getLogger(__name__)
 
 Reader = Callable[[np.ndarray], object]  # positions -> batch input (decoded, preprocessed)
@@ -94,6 +97,7 @@ def run_sharded(
     """Encode positions 0..n-1 shard by shard into ``work_dir``; shards already there are reused (resume)."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    _check_layout(work_dir, n, shard_size)
     times = times if times is not None else StageTimes()
     n_shards = max(1, -(-n // shard_size))
     done = sum((work_dir / f"shard-{s:05d}.npz").exists() for s in range(n_shards))
@@ -108,6 +112,23 @@ def run_sharded(
                 continue
             _encode_shard(positions, reader, encoder, path, batch_size, times, bar)
     return load_shards(work_dir, n_shards)
+
+
+def _check_layout(work_dir: Path, n: int, shard_size: int) -> None:
+    """Shards are only reusable by the job that wrote them: record its size, refuse a different one."""
+    layout = {"items": n, "shard_size": shard_size}
+    path = work_dir / "shards.json"
+    if path.exists():
+        found = read_json(path)
+        if found != layout:
+            raise EnclipError(
+                f"{work_dir} holds shards of another job ({found['items']} items in shards of {found['shard_size']}, "
+                f"this one has {n} in shards of {shard_size}); delete the directory or choose another one"
+            )
+    elif any(work_dir.glob("shard-*.npz")):
+        raise EnclipError(f"{work_dir} holds shards written by an older enclip without a layout record; delete it")
+    else:
+        write_json(path, layout)
 
 
 def _encode_shard(positions, reader, encoder, path, batch_size, times, bar) -> None:

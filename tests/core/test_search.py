@@ -51,6 +51,19 @@ def test_every_fusion_rule_answers_with_member_agreement(searcher, rule):
         assert hit.spread == pytest.approx(float(np.std(hit.member_scores)), abs=1e-6)
 
 
+@pytest.mark.parametrize("rule", ["mean", "routed", "item-routed", "rrf"])
+def test_batched_search_gives_each_query_its_own_hits(searcher, rule):
+    texts = ["Women Green Jeans", "Men Red Shirts", "Casual Shoes", "Black Watch"]
+    queries = np.stack([searcher.encode_query(text=t) for t in texts], axis=1)  # (K, B, d)
+    filters = {"gender": ["Men", "Women"]}
+    batched = searcher.search_batch(queries, k=7, fusion=rule, filters=filters)
+    assert len(batched) == len(texts)
+    for j, hits in enumerate(batched):
+        alone = searcher.search_vectors(queries[:, j], k=7, fusion=rule, filters=filters)
+        assert [(h.id, h.votes) for h in hits] == [(h.id, h.votes) for h in alone] and len(hits) == 7
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in alone], rtol=1e-6)
+
+
 def test_filters_restrict_results_and_unknown_keys_name_the_valid_ones(searcher):
     hits = searcher.search(text="shirt", k=50, filters={"gender": "Men", "articleType": ["Shirts", "Jeans"]}).hits
     assert hits and all(h.attributes["gender"] == "Men" for h in hits)

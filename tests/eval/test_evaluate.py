@@ -125,9 +125,9 @@ class FakeSearcher:
         self.catalogue, self.model = catalogue, OneHotModel(catalogue.titles, shift)
         self.path, self.manifest, self.default_fusion = "fake", {}, "mean"
 
-    def search_vectors(self, query, k=10, filters=None, fusion=None, clusters=None):
-        order = np.argsort(-query.sum(axis=0), kind="stable")[:k]
-        return [SimpleNamespace(id=self.catalogue.ids[i]) for i in order]
+    def search_batch(self, queries, k=10, filters=None, fusion=None):
+        orders = np.argsort(-queries.sum(axis=0), axis=1, kind="stable")[:, :k]
+        return [[SimpleNamespace(id=self.catalogue.ids[i]) for i in order] for order in orders]
 
 
 def test_an_oracle_ranking_gives_perfect_title_scores(catalogue, tmp_path):

@@ -144,3 +144,14 @@ def test_a_new_ensemble_encodes_deterministically():
     torch.manual_seed(0)
     ensemble = Ensemble(create_backbone(TINY), HeadCfg(trainable_image=1, trainable_text=1))
     np.testing.assert_array_equal(ensemble.encode_texts(TEXTS), ensemble.encode_texts(TEXTS))
+
+
+def test_text_encoding_in_length_sorted_chunks_keeps_the_input_order():
+    torch.manual_seed(0)
+    ensemble = Ensemble(create_backbone(TINY), HeadCfg(trainable_image=1, trainable_text=1), members=2)
+    texts = TEXTS * 3 + ["a"]
+    whole = ensemble.encode_texts(texts, chunk=len(texts))
+    chunked = ensemble.encode_texts(texts, chunk=2)
+    assert chunked.shape == (2, len(texts), TINY.embed_dim)
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)
+    np.testing.assert_allclose(chunked[:, 1], ensemble.encode_texts([texts[1]])[:, 0], atol=1e-5)

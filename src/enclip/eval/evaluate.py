@@ -1,8 +1,8 @@
 """``enclip eval``: run the protocol's tasks (or a user's queries file) on a built index and report metrics.
 
-Queries are encoded in batches through the index's own model and ranked one by one with
-:meth:`enclip.search.Searcher.search_vectors`, so what is measured is exactly what ``enclip search`` and the server
-return, fusion rule included. Every figure gets a 95% bootstrap interval over queries; ``metrics.json`` holds one
+Queries are encoded in batches through the index's own model and ranked with
+:meth:`enclip.search.Searcher.search_batch`, which gives each query the hits ``enclip search`` and the server return
+for it, fusion rule included. Every figure gets a 95% bootstrap interval over queries; ``metrics.json`` holds one
 flat key per figure (``"title2img/R@10"``, ``"img2img_lq/blur/3/R@1"``) plus ``"_meta"``, and the returned dict
 also carries the per-query values so two systems can be compared with a paired bootstrap.
 """
@@ -126,9 +126,7 @@ def rank_group(searcher, group: QueryGroup, k: int, cfg: EvalCfg, bar=None) -> l
     for start in range(0, len(group), cfg.batch_size):
         rows = range(start, min(start + cfg.batch_size, len(group)))
         vectors = encode_rows(searcher.model, group, rows)
-        for j in range(len(rows)):
-            hits = searcher.search_vectors(vectors[:, j], k=k, fusion=cfg.fusion)
-            rankings.append([hit.id for hit in hits])
+        rankings += [[hit.id for hit in hits] for hits in searcher.search_batch(vectors, k=k, fusion=cfg.fusion)]
         if bar is not None:
             bar.update(len(rows))
     return rankings

@@ -116,8 +116,18 @@ class Ensemble(nn.Module):
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         return self.encode_image_features(self.image_features(images)).cpu().numpy()
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.encode_text_features(self.text_features(texts)).cpu().numpy()
+    def encode_texts(self, texts: Sequence[str], chunk: int = 64) -> np.ndarray:
+        """(K, n, d) text embeddings. Texts are encoded shortest first in chunks, each padded only to its own
+        longest text, so a batch of short queries does not pay for its one long title."""
+        texts = list(texts)
+        if len(texts) <= chunk or not self.backbone.trim_padding:
+            return self.encode_text_features(self.text_features(texts)).cpu().numpy()
+        order = np.argsort([len(text) for text in texts], kind="stable")
+        parts = [self.encode_texts([texts[i] for i in order[start : start + chunk]], chunk)
+                 for start in range(0, len(texts), chunk)]
+        out = np.empty_like(np.concatenate(parts, axis=1))
+        out[:, order] = np.concatenate(parts, axis=1)
+        return out
 
     # -- disk ------------------------------------------------------------------------------------------------
     def save_member(self, index: int, directory: Path, **info) -> None:
@@ -139,13 +149,24 @@ class Ensemble(nn.Module):
     def trunk_fingerprint(self) -> str:
         """Hash of the frozen trunks' weights: saved heads are only valid on the very trunk they were trained on."""
         if self._trunk_fingerprint is None:
-            digest = hashlib.sha256()
-            for trunk in (self.image_trunk, self.text_trunk):
-                for name, tensor in trunk.state_dict().items():
-                    digest.update(name.encode())
-                    digest.update(memoryview(tensor.detach().cpu().contiguous().numpy()).cast("B"))
-            self._trunk_fingerprint = digest.hexdigest()[:16]
+            self._trunk_fingerprint = _digest(self.image_trunk, self.text_trunk)
         return self._trunk_fingerprint
+
+    def image_cache_key(self) -> str:
+        """Hash of what a cached image trunk output depends on: the image trunk's weights and the preprocessing
+        (input size, normalisation). Models that differ only in their text split or heads share image caches."""
+        probe = np.linspace(0, 255, 80 * 60 * 3).reshape(80, 60, 3).astype(np.uint8)  # a portrait photo's shape
+        pixels = self.backbone.preprocess(Image.fromarray(probe))  # the preprocessing, fingerprinted by what it does
+        return _digest(self.image_trunk, extra=hashlib.sha256(pixels.numpy().tobytes()).hexdigest())
+
+
+def _digest(*modules: nn.Module, extra: str = "") -> str:
+    digest = hashlib.sha256(extra.encode())
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(name.encode())
+            digest.update(memoryview(tensor.detach().cpu().contiguous().numpy()).cast("B"))
+    return digest.hexdigest()[:16]
 
 
 @dataclass

@@ -97,9 +97,10 @@ def catalogue_image_features(ensemble: Ensemble, catalogue: Catalogue, cache_roo
                              times: StageTimes | None = None) -> np.ndarray:
     """Clean image trunk outputs of the whole catalogue, kept under ``cache_root`` by trunk and data fingerprint.
 
-    Training (its clean view) and indexing share this cache, so each catalogue image passes the trunk once.
+    Training (its clean view) and indexing share this cache, so each catalogue image passes the trunk once. It is
+    keyed by the image trunk and its preprocessing, so runs that change only the text side or the heads reuse it.
     """
-    directory = Path(cache_root) / f"{ensemble.trunk_fingerprint()}-{catalogue.fingerprint()}"
+    directory = Path(cache_root) / f"{ensemble.image_cache_key()}-{catalogue.fingerprint()}"
     return cache_image_features(ensemble, catalogue, np.arange(len(catalogue)), directory, batch_size=batch_size,
                                 times=times)
 
@@ -121,18 +122,20 @@ def _cache(ensemble, catalogue, positions, work_dir, views, augment, captions, s
               cache_image_features(ensemble, catalogue, positions, work_dir, view=view, augment=augment, seed=seed,
                                    batch_size=batch_size) for view in range(views + 1)]
     texts, owner = _caption_table(catalogue, positions, captions)
-    text_arrays = _cache_texts(ensemble, texts, work_dir / "text", batch_size)
+    text_arrays = _cache_texts(ensemble, texts, work_dir / "distinct-texts", batch_size)
     first = np.searchsorted(owner, np.arange(len(positions)))
     return FeatureCache(np.asarray(positions), images, text_arrays, owner, first)
 
 
 def _cache_texts(ensemble: Ensemble, texts: list[str], work_dir: Path, batch_size: int) -> dict[str, np.ndarray]:
-    """Trunk outputs per caption. Captions are encoded shortest first, each batch trimmed to its longest, which
-    saves most of the cost for short product titles; rows come back in the captions' order, padded to one width."""
+    """Trunk outputs per caption. Each distinct caption is encoded once (catalogue titles repeat), shortest first
+    with each batch trimmed to its longest, which saves most of the cost for short product titles; rows come back
+    in the captions' order, padded to one width."""
     backbone = ensemble.backbone
-    tokens = backbone.tokenizer(texts)
+    distinct, inverse = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
+    tokens = backbone.tokenizer(distinct.tolist())
     lengths = (tokens != backbone.pad_token_id).sum(dim=1).numpy()
-    order = np.argsort(lengths, kind="stable") if backbone.trim_padding else np.arange(len(texts))
+    order = np.argsort(lengths, kind="stable") if backbone.trim_padding else np.arange(len(distinct))
     width = int(lengths.max()) if backbone.trim_padding else tokens.shape[1]
 
     def read(rows: np.ndarray) -> torch.Tensor:
@@ -147,9 +150,9 @@ def _cache_texts(ensemble: Ensemble, texts: list[str], work_dir: Path, batch_siz
             arrays["mask"] = np.pad(arrays["mask"], ((0, 0), (0, pad)))
         return arrays
 
-    arrays = run_sharded(len(texts), read, encode, work_dir, batch_size=batch_size, desc="cache texts")
-    inverse = np.argsort(order)
-    return {name: array[inverse] for name, array in arrays.items()}
+    arrays = run_sharded(len(distinct), read, encode, work_dir, batch_size=batch_size, desc="cache texts")
+    rows = np.argsort(order)[inverse.reshape(-1)]  # caption -> its distinct text -> that text's encoded row
+    return {name: array[rows] for name, array in arrays.items()}
 
 
 def _image_reader(ensemble: Ensemble, catalogue: Catalogue, positions: np.ndarray, view: int,
