@@ -7,6 +7,7 @@ split; the test split is only scored. Per-query values are kept so that differen
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ from enclip.data.split import split_indices
 from enclip.eval.bootstrap import paired_bootstrap_diff
 from enclip.eval.evaluate import EvalCfg, evaluate_index
 from enclip.indexing import IndexBuildCfg, build_index, write_index
+from enclip.models.registry import BackboneCfg
 from enclip.search import FUSION_RULES, SearchCfg, Searcher
 from enclip.train.run import EnsembleCfg, RunCfg, train_system
 from enclip.train.trainer import TrainCfg
@@ -41,6 +43,7 @@ class BenchCfg:
     seed: int = 0
     out: Path = Path("bench/out")
     train: TrainCfg = field(default_factory=TrainCfg)
+    backbone: BackboneCfg = field(default_factory=BackboneCfg)  # every system starts from this CLIP
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Bench:
         self.results: dict[str, dict] = {}
         self.train_seconds: dict[str, float] = {}
         self.seconds = {"train": 0.0, "index": 0.0, "evaluate": 0.0}  # where this run's time went, by phase
+        self._loaded: tuple[str, Searcher] | None = None  # the last index searched, kept for its next evaluations
 
     def model_dir(self, system: System) -> Path:
         return self.cfg.out / "models" / system.name
@@ -84,7 +88,8 @@ class Bench:
         out = self.model_dir(system)
         if (out / "ensemble.json").exists():
             return out
-        run = RunCfg(train=replace(self.cfg.train, epochs=system.epochs, seed=self.cfg.seed, patience=system.epochs),
+        train = replace(self.cfg.train, epochs=system.epochs, seed=self.cfg.seed, patience=system.epochs)
+        run = RunCfg(backbone=self.cfg.backbone, train=train,
                      ensemble=EnsembleCfg(members=system.members, strategy=system.strategy,
                                           fusion=system.fusion, data_fraction=system.fraction),
                      cache_dir=str(self.cfg.out / "cache" / "train"))
@@ -118,19 +123,52 @@ class Bench:
                  fusion: str | None = None, search_cfg: SearchCfg | None = None) -> dict:
         key = f"{label}@{split}"
         if key not in self.results:
-            def searcher():
-                return Searcher(index_dir, search_cfg or SearchCfg(fusion=fusion))
-
             max_queries = self.cfg.val_queries if split == "val" else self.cfg.max_queries
             eval_cfg = EvalCfg(tasks=tasks, split=split, max_queries=max_queries, lq_queries=self.cfg.lq_queries,
                                severities=self.cfg.severities, fusion=fusion, seed=self.cfg.seed)
             out = self.cfg.out / "metrics" / f"{label}-{split}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
-            self.results[key] = _cached_evaluation(out, lambda: evaluate_index(index_dir, eval_cfg, out=out,
-                                                                               searcher=searcher()))
+            self.results[key] = _cached_evaluation(out, lambda: evaluate_index(
+                index_dir, eval_cfg, out=out, searcher=self.searcher(index_dir, search_cfg)))
             self.seconds["evaluate"] += time.perf_counter() - started
         return self.results[key]
+
+
+    def searcher(self, index_dir: Path, search_cfg: SearchCfg | None = None) -> Searcher:
+        """The index loaded once for all its evaluations (fusion rules, splits), its text encodings remembered:
+        the rules differ only in how member scores combine, so re-encoding the same queries would be waste."""
+        if self._loaded is None or self._loaded[0] != str(index_dir):
+            self._loaded = None  # release the previous index before loading the next
+            searcher = Searcher(index_dir)
+            searcher.model = RememberedTexts(searcher.model)
+            self._loaded = (str(index_dir), searcher)
+        searcher = self._loaded[1]
+        if search_cfg is None:
+            return searcher
+        variant = copy.copy(searcher)  # shares model, vectors and items; only the search settings differ
+        variant.cfg = search_cfg
+        return variant
+
+
+class RememberedTexts:
+    """A model whose text embeddings are computed once per distinct text (every other call goes to the model)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.vectors: dict[str, np.ndarray] = {}
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        new = [text for text in dict.fromkeys(texts) if text not in self.vectors]
+        if new:
+            self.vectors.update(zip(new, self.model.encode_texts(new).transpose(1, 0, 2)))
+        return np.stack([self.vectors[text] for text in texts], axis=1)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def __len__(self) -> int:
+        return len(self.model)
 
 
 def _cached_evaluation(out: Path, run) -> dict:

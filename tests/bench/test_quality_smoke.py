@@ -1,0 +1,72 @@
+"""The quality and limited-data sections of the benchmark suite, end to end on tiny models: every system is trained,
+indexed and scored, the default is chosen on validation only, and the report renders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench import run_all
+from bench.quality import Bench, BenchCfg, RememberedTexts, run_limited_data, run_quality
+from tests.conftest import synthetic_catalogue, tiny_run_cfg
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    cfg = BenchCfg(members=2, epochs=1, fractions=(0.5, 1.0), max_queries=None, lq_queries=3, severities=(1, 4),
+                   val_queries=1000, strategies=("seeds", "cluster"), out=tmp_path_factory.mktemp("bench"),
+                   train=tiny_run_cfg().train, backbone=tiny_run_cfg().backbone)
+    bench = Bench(synthetic_catalogue(120), cfg)
+    quality = run_quality(bench)
+    return bench, quality, run_limited_data(bench, quality["chosen"])
+
+
+def test_every_system_is_trained_and_scored_on_test(results):
+    bench, quality, _ = results
+    assert set(quality["systems"]) == {"enclip", "single", "single-2x"}
+    for figures in quality["systems"].values():
+        assert 0 <= figures["title2img/R@10"]["mean"] <= 1
+        assert any(key.startswith("img2img_lq/blur/4/") for key in figures)
+    assert set(quality["members"]) == {0, 1}
+    assert {"enclip-single", "enclip-single-2x"} == set(quality["diffs"])
+    assert bench.seconds["train"] > 0 and bench.seconds["evaluate"] > 0
+
+
+def test_default_is_the_best_ensemble_and_rule_on_validation(results):
+    _, quality, _ = results
+    chosen = quality["chosen"]
+    best = max(value["mean"] for key, value in quality["fusion"].items() if key.endswith("@val"))
+    assert quality["fusion"][f"{chosen['system']}/{chosen['fusion']}@val"]["mean"] == best
+
+
+def test_limited_data_has_a_point_per_fraction_and_system(results):
+    _, _, curves = results
+    assert set(curves) == {"single", "single-2x", "enclip"}
+    assert all(set(points) == {0.5, 1.0} for points in curves.values())
+
+
+def test_report_renders_every_section(results, tmp_path, monkeypatch):
+    bench, quality, curves = results
+    monkeypatch.setattr(run_all, "DOCS", tmp_path)
+    figures = {"quality": quality, "data": curves, "seconds": 60.0, "section_seconds": {"quality": 50.0},
+               "phase_seconds": dict(bench.seconds)}
+    run_all.write_report(tmp_path / "RESULTS-smoke.md", figures, bench.cfg, "python bench/run_all.py", "smoke")
+    text = (tmp_path / "RESULTS-smoke.md").read_text()
+    for heading in ("## Headline", "## Ablations", "## Each member alone", "## Limited data", "## Low-quality"):
+        assert heading in text
+    assert (tmp_path / "limited_data-smoke.png").stat().st_size > 0
+
+
+def test_remembered_texts_encode_each_distinct_text_once():
+    class Counting:
+        calls: list[list[str]] = []
+
+        def encode_texts(self, texts):
+            self.calls.append(list(texts))
+            return np.array([[[float(len(t)), 1.0] for t in texts]])
+
+    model = RememberedTexts(Counting())
+    first = model.encode_texts(["ab", "abc", "ab"])
+    again = model.encode_texts(["abc", "x"])
+    assert Counting.calls == [["ab", "abc"], ["x"]]
+    assert first[0, :, 0].tolist() == [2.0, 3.0, 2.0] and again[0, :, 0].tolist() == [3.0, 1.0]
