@@ -155,3 +155,18 @@ def test_text_encoding_in_length_sorted_chunks_keeps_the_input_order():
     assert chunked.shape == (2, len(texts), TINY.embed_dim)
     np.testing.assert_allclose(chunked, whole, atol=1e-5)
     np.testing.assert_allclose(chunked[:, 1], ensemble.encode_texts([texts[1]])[:, 0], atol=1e-5)
+
+
+def test_members_draw_their_own_projections_and_share_pretrained_blocks():
+    torch.manual_seed(0)
+    single = Ensemble(create_backbone(TINY), HeadCfg(trainable_image=1, trainable_text=1))
+    torch.manual_seed(0)
+    ensemble = Ensemble(create_backbone(TINY), HeadCfg(trainable_image=1, trainable_text=1), members=3)
+    states = [member.state_dict() for member in ensemble.members]
+    for name, tensor in states[0].items():
+        torch.testing.assert_close(tensor, single.members[0].state_dict()[name])  # member 0 = the single model
+        for other in states[1:]:
+            if "projection" in name:
+                assert not torch.equal(tensor, other[name]), name
+            else:
+                torch.testing.assert_close(tensor, other[name])

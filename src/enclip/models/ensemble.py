@@ -66,6 +66,8 @@ class Ensemble(nn.Module):
             Member(towers.clone_head(image_split.head), towers.clone_head(text_split.head), base_scale)
             for _ in range(members)
         )
+        for member in list(self.members)[1:]:
+            _redraw_projections(member)
         self._trunk_fingerprint: str | None = None
         self.to(memory_format=torch.channels_last)
         self.eval()  # encoding is deterministic until a trainer asks for train mode
@@ -158,6 +160,17 @@ class Ensemble(nn.Module):
         probe = np.linspace(0, 255, 80 * 60 * 3).reshape(80, 60, 3).astype(np.uint8)  # a portrait photo's shape
         pixels = self.backbone.preprocess(Image.fromarray(probe))  # the preprocessing, fingerprinted by what it does
         return _digest(self.image_trunk, extra=hashlib.sha256(pixels.numpy().tobytes()).hexdigest())
+
+
+def _redraw_projections(member: Member) -> None:
+    """Give a member its own random draw of the newly initialised projections (from the global torch RNG, so a
+    seeded run stays reproducible). Members cloned from one head would otherwise start identical and differ only by
+    data order and views, which leaves them too alike to gain from averaging (deep ensembles owe much of their
+    diversity to independent initialisation: Lakshminarayanan et al., 2017). Pretrained blocks are shared as loaded."""
+    for head in (member.image_head, member.text_head):
+        for name, module in head.named_modules():
+            if name.split(".")[0] == "projection" and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
 
 
 def _digest(*modules: nn.Module, extra: str = "") -> str:
