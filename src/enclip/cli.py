@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--model", required=True, help="model directory from enclip train")
     p.add_argument("--out", required=True, help="index directory to write (replaced atomically)")
-    p.add_argument("--kind", default="flat", choices=["flat", "hnsw", "ivf", "exact"])
+    p.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf", "exact"],
+                   help="auto: exact flat search for small indexes (items x K*d up to 16.8M numbers), hnsw beyond")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="reuse embedding shards of an interrupted run")

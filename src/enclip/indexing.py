@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +32,27 @@ from enclip.train.trainer import resolve_device
 log = logging.getLogger(__name__)
 
 
+AUTO_FLAT_LIMIT = 2**24  # "auto" keeps exact flat search up to this many stored numbers (items x K*d)
+
+
+def resolve_kind(cfg: IndexCfg, items: int, dim: int) -> IndexCfg:
+    """``kind="auto"``: exact flat search while it is cheap, HNSW beyond.
+
+    Flat search costs items x K*d multiply-adds per query: a single model over 44k items (11M) answers in about
+    4.5 ms on two cores, but K=5 members (57M) would spend over 20 ms in the search alone. Past ``AUTO_FLAT_LIMIT``
+    an HNSW graph keeps the search near a millisecond whatever K is (recall@10 against exact search is measured by
+    ``bench/speed.py`` and reported in docs/RESULTS.md); candidates are re-scored exactly per member either way.
+    """
+    if cfg.kind != "auto":
+        return cfg
+    kind = "flat" if items * dim <= AUTO_FLAT_LIMIT else "hnsw"
+    log.info("index kind auto: %s for %d items x %d dimensions", kind, items, dim)
+    return replace(cfg, kind=kind)
+
+
 @dataclass
 class IndexBuildCfg:
-    index: IndexCfg = field(default_factory=IndexCfg)  # vector index kind and storage precision
+    index: IndexCfg = field(default_factory=lambda: IndexCfg(kind="auto"))  # vector index kind and storage precision
     batch_size: int = 256  # images encoded per batch
     shard_size: int = 4096  # images per resumable shard
     device: str = "auto"  # "auto", "cpu", "cuda"
@@ -164,8 +182,9 @@ def write_index(model_dir: Path, catalogue: Catalogue, vectors: np.ndarray, out_
     members = len(info.members)
     routing = routing_table(model_dir, info, catalogue, vectors, members)
     backbone = read_json(model_dir / info.members[0] / "model.json")["backbone"]
+    index_cfg = resolve_kind(cfg.index, len(vectors), vectors.shape[1])
     with atomic_dir(out_dir) as tmp:
-        index = create_index(vectors.shape[1], cfg.index)
+        index = create_index(vectors.shape[1], index_cfg)
         index.add(vectors)
         index.save(tmp / "vectors")
         pq.write_table(items_table(catalogue), tmp / "items.parquet")
@@ -177,7 +196,7 @@ def write_index(model_dir: Path, catalogue: Catalogue, vectors: np.ndarray, out_
             "index", members=members, member_dim=vectors.shape[1] // members, items=len(catalogue),
             fusion=info.fusion, strategy=info.strategy, weights=info.weights, data_fingerprint=catalogue.fingerprint(),
             model_fingerprint=info.data_fingerprint, source=catalogue.source, backbone=backbone,
-            index=asdict(cfg.index), **extra,
+            index=asdict(index_cfg), **extra,
         ))
     return out_dir
 

@@ -31,7 +31,8 @@ def test_search_plain_and_json_with_filters(cli_run, capsys):
     index = str(cli_run / "index")
     assert main(["search", "--index", index, "--text", "Men Red Shirts", "--k", "3"]) == 0
     plain = capsys.readouterr().out.strip().splitlines()
-    assert len(plain) == 3 and plain[0].lstrip().startswith("1.")
+    hits = [line for line in plain if not line.startswith("(low confidence")]  # untrained members may disagree
+    assert [line.split()[0] for line in hits] == ["1.", "2.", "3."]
     assert main(["search", "--index", index, "--text", "shirt", "--filter", "gender=Women", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["hits"] and all(h["attributes"]["gender"] == "Women" for h in result["hits"])

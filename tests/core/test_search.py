@@ -165,3 +165,13 @@ def test_trunk_cache_shared_by_training_and_indexing_gives_the_same_index(tmp_pa
     b = np.load(streamed / "vectors" / "vectors.npy")
     np.testing.assert_allclose(a, b, atol=2e-2)  # the cache keeps trunk outputs in float16
     assert len(list((tmp_path / "trunk").iterdir())) == 1, "one catalogue-wide cache, reused by both"
+
+
+def test_auto_index_kind_is_exact_when_small_and_hnsw_when_large():
+    from enclip.index import IndexCfg
+    from enclip.indexing import AUTO_FLAT_LIMIT, resolve_kind
+
+    assert resolve_kind(IndexCfg(kind="auto"), 44_441, 256).kind == "flat"  # one model over the catalogue
+    assert resolve_kind(IndexCfg(kind="auto"), 44_441, 5 * 256).kind == "hnsw"  # K=5 members
+    assert resolve_kind(IndexCfg(kind="auto"), AUTO_FLAT_LIMIT // 8, 8).kind == "flat"
+    assert resolve_kind(IndexCfg(kind="ivf"), 10**7, 1024).kind == "ivf"  # an explicit kind is kept

@@ -66,8 +66,9 @@ class Ensemble(nn.Module):
             Member(towers.clone_head(image_split.head), towers.clone_head(text_split.head), base_scale)
             for _ in range(members)
         )
-        for member in list(self.members)[1:]:
-            _redraw_projections(member)
+        if backbone.new_projections:  # pretrained projections (a real CLIP's) are kept by every member
+            for member in list(self.members)[1:]:
+                _redraw_projections(member)
         self._trunk_fingerprint: str | None = None
         self.to(memory_format=torch.channels_last)
         self.eval()  # encoding is deterministic until a trainer asks for train mode

@@ -51,6 +51,7 @@ class Backbone:
     trim_padding: bool = False  # drop all-padding token columns before encoding (safe for masked encoders only)
     split_image: Callable[[int], towers.TowerSplit] | None = None  # trainable blocks -> split of the image tower
     split_text: Callable[[int], towers.TowerSplit] | None = None  # trainable blocks -> split of the text tower
+    new_projections: bool = False  # projections are freshly initialised, not pretrained (members may redraw them)
 
 
 _BUILDERS: dict[str, Callable[[BackboneCfg], Backbone]] = {}
@@ -166,7 +167,8 @@ def _build_offline(cfg: BackboneCfg) -> Backbone:
     if cfg.pretrained_towers:
         load_efficientnet_lite0(model.visual.trunk, efficientnet_lite0_weights())
     tokenizer = HFTokenizer(str(text_path), context_length=cfg.context_length)
-    backbone = Backbone(model, letterbox_transform(cfg.image_size), tokenizer, cfg, trim_padding=True)
+    backbone = Backbone(model, letterbox_transform(cfg.image_size), tokenizer, cfg, trim_padding=True,
+                        new_projections=True)
     return _with_splits(model, backbone)
 
 
@@ -181,7 +183,8 @@ def _build_tiny(cfg: BackboneCfg) -> Backbone:
         torch.manual_seed(0)  # the frozen trunk is not saved with a model, so it must rebuild identically
         model = _custom_clip(cfg, "test_efficientnet", text_path)
     tokenizer = HFTokenizer(str(text_path), context_length=cfg.context_length)
-    backbone = Backbone(model, letterbox_transform(cfg.image_size), tokenizer, cfg, trim_padding=True)
+    backbone = Backbone(model, letterbox_transform(cfg.image_size), tokenizer, cfg, trim_padding=True,
+                        new_projections=True)
     return _with_splits(model, backbone)
 
 
