@@ -1,7 +1,7 @@
 """One command for the whole benchmark suite: quality, limited data, low quality, speed → docs/RESULTS.md.
 
     python bench/run_all.py            # full protocol (estimated about 3 hours on 2 cores)
-    python bench/run_all.py --quick    # small budgets and samples (29 minutes measured on 2 cores)
+    python bench/run_all.py --quick    # small budgets and samples (19 minutes measured on 2 cores)
 
 Artefacts (models, indexes, caches, per-system metrics) go to --out and are reused when the command is run again,
 so an interrupted run resumes. The report is written to docs/RESULTS-quick.md or docs/RESULTS-full.md plus plots
