@@ -1,6 +1,6 @@
 """Does a re-run reproduce a benchmark? Compare every interval figure of two ``results.json`` files.
 
-    python bench/compare_runs.py bench/out/quick/results.json bench/out/quick-again/results.json [--markdown]
+    python bench/compare_runs.py bench/out/quick/results.json bench/out/quick-rerun/results.json
 
 A figure reproduces when the second run's value lies inside the first run's 95% interval. Figures are the
 entries that carry ``mean``/``low``/``high`` (recall, precision, MRR, nDCG per system, fusion rule, member and

@@ -151,13 +151,12 @@ class Searcher:
         rule = self._check_fusion(fusion)
         if k < 1:
             raise EnclipError(f"k must be at least 1, got {k}")
-        queries = [queries[:, j] for j in range(queries.shape[1])]
         with self._lock, _faiss_threads(os.cpu_count() or 1):
-            weights = [self._member_weights(query, rule) for query in queries]
-            allowed = self._allowed(filters, None, None)
-            fused = np.stack([(q * w[:, None]).reshape(-1) for q, w in zip(queries, weights)]).astype(np.float32)
-            _, candidates = self.index.search(fused, max(self.cfg.candidates, 5 * k), allowed)
-            return [self._finish(q, c, k, rule, w)[0] for q, c, w in zip(queries, candidates, weights)]
+            batch = [queries[:, j] for j in range(queries.shape[1])]
+            if not batch:
+                return []
+            return [hits for hits, _ in self._rank_many(batch, k, rule, self._allowed(filters, None, None))]
+
     def _check_fusion(self, fusion: str | None) -> str:
         rule = fusion or self.default_fusion
         if rule not in FUSION_RULES:
@@ -171,11 +170,16 @@ class Searcher:
         return fusion.routing_weights(fused, self.centroids, self.cfg.route_temperature)[0]
 
     def _rank(self, query: np.ndarray, k: int, filters, rule: str, clusters: int | None) -> tuple[list[Hit], bool]:
-        weights = self._member_weights(query, rule)
-        fused = (query * weights[:, None]).reshape(1, -1).astype(np.float32)
-        allowed = self._allowed(filters, query, clusters)
+        return self._rank_many([query], k, rule, self._allowed(filters, query, clusters))[0]
+
+    def _rank_many(self, queries: list[np.ndarray], k: int, rule: str,
+                   allowed: np.ndarray | None) -> list[tuple[list[Hit], bool]]:
+        """One index search for every (K, d) query, member weights on the query side; then each query's candidates
+        are re-scored per member."""
+        weights = [self._member_weights(query, rule) for query in queries]
+        fused = np.stack([(q * w[:, None]).reshape(-1) for q, w in zip(queries, weights)]).astype(np.float32)
         _, candidates = self.index.search(fused, max(self.cfg.candidates, 5 * k), allowed)
-        return self._finish(query, candidates[0], k, rule, weights)
+        return [self._finish(q, c, k, rule, w) for q, c, w in zip(queries, candidates, weights)]
 
     def _finish(self, query: np.ndarray, candidates: np.ndarray, k: int, rule: str,
                 weights: np.ndarray) -> tuple[list[Hit], bool]:

@@ -132,7 +132,7 @@ def _cache_texts(ensemble: Ensemble, texts: list[str], work_dir: Path, batch_siz
     with each batch trimmed to its longest, which saves most of the cost for short product titles; rows come back
     in the captions' order, padded to one width."""
     backbone = ensemble.backbone
-    distinct, inverse = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)
+    distinct, inverse = np.unique(np.asarray(texts, dtype=str), return_inverse=True)
     tokens = backbone.tokenizer(distinct.tolist())
     lengths = (tokens != backbone.pad_token_id).sum(dim=1).numpy()
     order = np.argsort(lengths, kind="stable") if backbone.trim_padding else np.arange(len(distinct))
@@ -151,7 +151,7 @@ def _cache_texts(ensemble: Ensemble, texts: list[str], work_dir: Path, batch_siz
         return arrays
 
     arrays = run_sharded(len(distinct), read, encode, work_dir, batch_size=batch_size, desc="cache texts")
-    rows = np.argsort(order)[inverse.reshape(-1)]  # caption -> its distinct text -> that text's encoded row
+    rows = np.argsort(order)[inverse]  # caption -> its distinct text -> that text's encoded row
     return {name: array[rows] for name, array in arrays.items()}
 
 
