@@ -1,0 +1,46 @@
+"""Two built indexes on the same test queries: each one's figures and their paired bootstrap difference.
+
+    python bench/paired.py --baseline runs/demo/index --index runs/k5/index-flat [--tasks title2img title2img_dup]
+
+Also prints the member diversity of ``--index`` when it is an ensemble (200 validation titles).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.quality import compare, member_diversity  # noqa: E402
+from enclip.data.split import split_indices  # noqa: E402
+from enclip.eval.evaluate import EvalCfg, evaluate_index  # noqa: E402
+from enclip.search import load_searcher  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--baseline", required=True, type=Path)
+    parser.add_argument("--index", required=True, type=Path)
+    parser.add_argument("--tasks", nargs="+", default=["title2img", "title2img_dup"])
+    args = parser.parse_args(argv)
+    cfg = EvalCfg(tasks=tuple(args.tasks))
+    with tempfile.TemporaryDirectory() as tmp:
+        base = evaluate_index(args.baseline, cfg, out=Path(tmp) / "baseline.json")
+        other = evaluate_index(args.index, cfg, out=Path(tmp) / "index.json")
+    print(f"| task | {args.baseline} | {args.index} | difference [95% paired bootstrap] |\n|---|---|---|---|")
+    for key in (f"{task}/R@10" for task in args.tasks):
+        a, b, d = base[key], other[key], compare(other, base, key)
+        print(f"| {key} | {a['mean']:.3f} [{a['low']:.3f}, {a['high']:.3f}] | {b['mean']:.3f} [{b['low']:.3f}, "
+              f"{b['high']:.3f}] | {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |")
+    searcher = load_searcher(args.index)
+    if searcher.members > 1:
+        titles = [searcher.catalogue.titles[p] for p in split_indices(searcher.catalogue.ids)["val"][:200]]
+        print(f"member diversity of {args.index}: {member_diversity(args.index, titles)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""bench/paired.py on a tiny index: an index compared with itself differs by exactly nothing."""
+
+from __future__ import annotations
+
+from bench import paired
+
+
+def test_an_index_against_itself_differs_by_zero(tiny_index_dir, capsys):
+    assert paired.main(["--baseline", str(tiny_index_dir), "--index", str(tiny_index_dir), "--tasks", "title2img"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| title2img/R@10"))
+    assert row.rstrip().endswith("| +0.000 [+0.000, +0.000] |")
+    assert "member diversity" in out and "'score_correlation'" in out
