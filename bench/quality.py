@@ -93,7 +93,8 @@ class Bench:
         run = RunCfg(backbone=self.cfg.backbone, train=train,
                      ensemble=EnsembleCfg(members=system.members, strategy=system.strategy,
                                           fusion=system.fusion, data_fraction=system.fraction),
-                     cache_dir=str(self.cfg.out / "cache" / "train"))
+                     cache_dir=str(self.cfg.out / "cache" / "train"),
+                     trunk_cache=str(self.cfg.out / "cache" / "catalogue"))  # clean views shared with indexing
         started = time.perf_counter()
         train_system(self.train_catalogue, out, run, resume=True)
         self.train_seconds[system.name] = time.perf_counter() - started
