@@ -203,6 +203,19 @@ def member_diversity(index_dir: Path, texts: list[str], k: int = 10) -> dict:
             "queries": len(texts)}
 
 
+def cluster_balance(model_dir: Path) -> list[dict]:
+    """Per specialist of a cluster ensemble: its cluster's size and main article types, the items it trained on
+    (its cluster plus the mixed-in share of others) and its own best validation R@10 over the whole catalogue."""
+    summary = json.loads((model_dir / "clusters" / "summary.json").read_text())
+    rows = []
+    for entry in summary:
+        member = json.loads((model_dir / "members" / str(entry["cluster"]) / "model.json").read_text())
+        rows.append({"cluster": entry["cluster"], "size": entry["size"], "member_items": member["member_items"],
+                     "train_items": member["train_items"], "val_R@10": member.get("best_val_recall_at_10"),
+                     "article_types": [name for name, _ in entry["top"].get("articleType", [])]})
+    return rows
+
+
 def figure(result: dict, key: str) -> dict:
     return {name: result[key][name] for name in ("mean", "low", "high")}
 
@@ -243,6 +256,8 @@ def run_quality(bench: Bench) -> dict:
         report["fusion"][f"{name}/hard-route@val"] = figure(hard, "title2img/R@10")
     val_titles = [bench.catalogue.titles[p] for p in split_indices(bench.catalogue.ids)["val"][:200]]
     report["diversity"] = {name: member_diversity(bench.index(systems[name]), val_titles) for name in ensembles}
+    if "ens-cluster" in systems:
+        report["clusters"] = cluster_balance(bench.model_dir(systems["ens-cluster"]))
     best_name, best_rule = max(((n, r) for n in ensembles for r in (*FUSION_RULES, "hard-route")),
                                key=lambda nr: report["fusion"][f"{nr[0]}/{nr[1]}@val"]["mean"])
     report["chosen"] = {"system": best_name, "fusion": best_rule, "by": "validation title2img R@10"}

@@ -26,11 +26,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import report  # noqa: E402
-from bench.quality import Bench, BenchCfg, run_limited_data, run_quality  # noqa: E402
+from bench.quality import Bench, BenchCfg, cluster_balance, run_limited_data, run_quality  # noqa: E402
 from enclip.cli import default_data  # noqa: E402
 from enclip.data.catalogue import load_catalogue  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+REPORTED_CFG = ("members", "epochs", "train_share", "max_queries", "lq_queries", "severities")  # what the report reads
 
 
 def quick_cfg(out: Path) -> BenchCfg:
@@ -64,6 +67,7 @@ def write_report(path: Path, results: dict, cfg: BenchCfg, command: str, name: s
         "## Ablations: strategies and fusion rules (title2img R@10)\n", report.ablation_table(q), "",
         "## Each member alone\n", report.members_table(q), "",
         "## Member diversity (200 validation titles, whole catalogue)\n", report.diversity_table(q), "",
+        *(["## Cluster balance (ens-cluster)\n", report.cluster_table(q["clusters"]), ""] if q.get("clusters") else []),
         "## Attribute queries (attr2img)\n", report.attribute_table(q, k), "",
     ]
     if "data" in results:
@@ -96,6 +100,8 @@ def main(argv=None) -> int:
     parser.add_argument("--severities", type=int, nargs="+", help="override the degradation severities")
     parser.add_argument("--val-queries", type=int, help="override the validation queries (all: reuse full caches)")
     parser.add_argument("--name", help="report name (docs/RESULTS-NAME.md); default quick or full")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report again from OUT/results.json of a finished run, measuring nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("faiss").setLevel(logging.WARNING)
@@ -105,6 +111,9 @@ def main(argv=None) -> int:
                   strategies=tuple(args.strategies or cfg.strategies),
                   max_queries=args.max_queries or cfg.max_queries, lq_queries=args.lq_queries or cfg.lq_queries,
                   severities=tuple(args.severities or cfg.severities), val_queries=args.val_queries or cfg.val_queries)
+    name = args.name or ("quick" if args.quick else "full")
+    if args.report_only:
+        return rewrite_report(out, cfg, name, f"python bench/run_all.py{' --quick' * args.quick} --out {out}")
     started = time.perf_counter()
     catalogue, skipped = load_catalogue(args.data)
     logging.info(skipped.summary_line())
@@ -125,11 +134,31 @@ def main(argv=None) -> int:
         sections["speed"] = time.perf_counter() - started - sum(sections.values())
     results["seconds"] = time.perf_counter() - started
     results["phase_seconds"] = dict(bench.seconds)
+    results["bench_cfg"] = {name: getattr(cfg, name) for name in REPORTED_CFG}
+    results["command"] = ("python bench/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1))
-    command = "python bench/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    name = args.name or ("quick" if args.quick else "full")
-    write_report(DOCS / f"RESULTS-{name}.md", results, cfg, command.strip(), name)
+    write_report(DOCS / f"RESULTS-{name}.md", results, cfg, results["command"], name)
     print(f"report written to docs/RESULTS-{name}.md")
+    return 0
+
+
+def rewrite_report(out: Path, cfg: BenchCfg, name: str, command: str) -> int:
+    """The report of a finished run again (e.g. after a change to its layout), from the figures it saved."""
+    path = out / "results.json"
+    if not path.exists():
+        raise SystemExit(f"error: {path} not found: --report-only needs a finished run in --out (run without it)")
+    results = json.loads(path.read_text())
+    saved = results.get("bench_cfg", {})  # runs from before it was saved: the flags given now must match the run's
+    cfg = replace(cfg, **{name: tuple(v) if isinstance(v, list) else v for name, v in saved.items()})
+    quality = results["quality"]
+    model = out / "models" / "ens-cluster"
+    if "clusters" not in quality and (model / "clusters" / "summary.json").exists():  # runs from before the table
+        quality["clusters"] = cluster_balance(model)
+    if "data" in results:  # json keys are strings; the report wants the fractions back as numbers
+        results["data"] = {system: {float(f): v for f, v in curve.items()} for system, curve in results["data"].items()}
+    results.setdefault("command", command)  # runs from before the command was saved
+    write_report(DOCS / f"RESULTS-{name}.md", results, cfg, results["command"], name)
+    print(f"report written again to docs/RESULTS-{name}.md from {path}")
     return 0
 
 

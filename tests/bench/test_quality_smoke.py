@@ -3,6 +3,8 @@ indexed and scored, the default is chosen on validation only, and the report ren
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -52,9 +54,36 @@ def test_report_renders_every_section(results, tmp_path, monkeypatch):
                "phase_seconds": dict(bench.seconds)}
     run_all.write_report(tmp_path / "RESULTS-smoke.md", figures, bench.cfg, "python bench/run_all.py", "smoke")
     text = (tmp_path / "RESULTS-smoke.md").read_text()
-    for heading in ("## Headline", "## Ablations", "## Each member alone", "## Limited data", "## Low-quality"):
+    for heading in ("## Headline", "## Ablations", "## Each member alone", "## Cluster balance", "## Limited data",
+                    "## Low-quality"):
         assert heading in text
     assert (tmp_path / "limited_data-smoke.png").stat().st_size > 0
+
+
+def test_cluster_balance_has_a_row_per_specialist(results):
+    bench, quality, _ = results
+    clusters = quality["clusters"]
+    assert [row["cluster"] for row in clusters] == [0, 1]
+    assert sum(row["size"] for row in clusters) == clusters[0]["train_items"]  # every training item in one cluster
+    assert all(row["size"] <= row["member_items"] <= row["train_items"] for row in clusters)  # own cluster + mixing
+
+
+def test_report_only_rewrites_the_report_from_saved_figures(results, tmp_path, monkeypatch):
+    bench, quality, curves = results
+    monkeypatch.setattr(run_all, "DOCS", tmp_path)
+    saved = {"quality": quality, "data": curves, "seconds": 60.0, "section_seconds": {"quality": 50.0},
+             "phase_seconds": dict(bench.seconds), "command": "python bench/run_all.py --members 2",
+             "bench_cfg": {name: getattr(bench.cfg, name) for name in run_all.REPORTED_CFG}}
+    (bench.cfg.out / "results.json").write_text(json.dumps(run_all._jsonable(saved)))
+    assert run_all.main(["--out", str(bench.cfg.out), "--name", "again", "--report-only"]) == 0
+    text = (tmp_path / "RESULTS-again.md").read_text()
+    assert "Command: `python bench/run_all.py --members 2`" in text and "K=2 members" in text
+    assert "| single | " in text and (tmp_path / "low_quality-again.png").stat().st_size > 0
+
+
+def test_report_only_without_a_finished_run_says_what_to_do(tmp_path):
+    with pytest.raises(SystemExit, match="needs a finished run"):
+        run_all.main(["--out", str(tmp_path), "--report-only"])
 
 
 def test_remembered_texts_encode_each_distinct_text_once():
