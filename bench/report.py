@@ -125,8 +125,8 @@ def diversity_table(quality: dict) -> str:
 def cluster_table(clusters: list[dict]) -> str:
     """Cluster balance: how much of the data each specialist saw and how well it searches the whole catalogue."""
     total = clusters[0]["train_items"] if clusters else 0
-    rows = ["| specialist | cluster size | trained on (share of train) | its validation R@10 in training (all categories) "
-            "| main article types |", "|---|---|---|---|---|"]
+    rows = ["| specialist | cluster size | trained on (share of train) | its validation R@10 in training "
+            "(all categories) | main article types |", "|---|---|---|---|---|"]
     for c in clusters:
         recall = "–" if c["val_R@10"] is None else f"{c['val_R@10']:.3f}"
         rows.append(f"| {c['cluster']} | {c['size']:,} | {c['member_items']:,} ({c['member_items'] / total:.0%}) "
