@@ -216,6 +216,17 @@ def cluster_balance(model_dir: Path) -> list[dict]:
     return rows
 
 
+def training_costs(out: Path) -> dict[str, dict]:
+    """Training wall time of every system under ``out/models``: the whole run (its first trunk caching included)
+    and each member's epochs (with their validation), as saved in the system's ``ensemble.json``."""
+    costs = {}
+    for path in sorted((out / "models").glob("*/ensemble.json")):
+        saved = json.loads(path.read_text())
+        costs[path.parent.name] = {"members": len(saved["members"]), "seconds": saved.get("train_seconds"),
+                                   "member_seconds": saved.get("member_train_seconds")}
+    return costs
+
+
 def figure(result: dict, key: str) -> dict:
     return {name: result[key][name] for name in ("mean", "low", "high")}
 

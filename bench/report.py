@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -131,4 +132,18 @@ def cluster_table(clusters: list[dict]) -> str:
         recall = "–" if c["val_R@10"] is None else f"{c['val_R@10']:.3f}"
         rows.append(f"| {c['cluster']} | {c['size']:,} | {c['member_items']:,} ({c['member_items'] / total:.0%}) "
                     f"| {recall} | {', '.join(c['article_types'])} |")
+    return "\n".join(rows)
+
+
+def training_table(costs: dict[str, dict], systems: list[str]) -> str:
+    """Training wall time per system and per member (median, min–max over the members) for ``systems``."""
+    rows = ["| system | members | wall time, min | per member, min: median (min–max) |", "|---|---|---|---|"]
+    for name in systems:
+        if name not in costs:
+            continue
+        cost, members = costs[name], costs[name]["member_seconds"]
+        per_member = "–" if not members else (f"{np.median(members) / 60:.1f} ({min(members) / 60:.1f}–"
+                                              f"{max(members) / 60:.1f})")
+        total = "–" if cost["seconds"] is None else f"{cost['seconds'] / 60:.1f}"
+        rows.append(f"| {name} | {cost['members']} | {total} | {per_member} |")
     return "\n".join(rows)

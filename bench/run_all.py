@@ -26,7 +26,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import report  # noqa: E402
-from bench.quality import Bench, BenchCfg, cluster_balance, run_limited_data, run_quality  # noqa: E402
+from bench.quality import (  # noqa: E402
+    Bench,
+    BenchCfg,
+    cluster_balance,
+    run_limited_data,
+    run_quality,
+    systems_for,
+    training_costs,
+)
 from enclip.cli import default_data  # noqa: E402
 from enclip.data.catalogue import load_catalogue  # noqa: E402
 
@@ -76,6 +84,11 @@ def write_report(path: Path, results: dict, cfg: BenchCfg, command: str, name: s
                      f"![limited data](limited_data-{name}.png)\n"]
     sections += ["## Low-quality photos (img2img_lq R@10, test)\n", report.lq_table(q, k, severities), "",
                  f"![low quality](low_quality-{name}.png)\n"]
+    if results.get("training"):
+        systems = [*systems_for(cfg), *(f"{n}-f{f}" for n in systems_for(cfg) for f in cfg.fractions if f != 1)]
+        sections += ["## Training time\n", "Wall time of each system's training run; the first system trained "
+                     "(`single`) also pays for the trunk caching that every later system reuses.\n",
+                     report.training_table(results["training"], systems), ""]
     if "speed" in results:
         sections += ["## Speed and cost\n", results["speed"]["markdown"], ""]
     path.write_text("\n".join(sections))
@@ -134,6 +147,7 @@ def main(argv=None) -> int:
         sections["speed"] = time.perf_counter() - started - sum(sections.values())
     results["seconds"] = time.perf_counter() - started
     results["phase_seconds"] = dict(bench.seconds)
+    results["training"] = training_costs(out)
     results["bench_cfg"] = {name: getattr(cfg, name) for name in REPORTED_CFG}
     results["command"] = ("python bench/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     (out / "results.json").write_text(json.dumps(_jsonable(results), indent=1))
@@ -154,6 +168,7 @@ def rewrite_report(out: Path, cfg: BenchCfg, name: str, command: str) -> int:
     model = out / "models" / "ens-cluster"
     if "clusters" not in quality and (model / "clusters" / "summary.json").exists():  # runs from before the table
         quality["clusters"] = cluster_balance(model)
+    results.setdefault("training", training_costs(out))
     if "data" in results:  # json keys are strings; the report wants the fractions back as numbers
         results["data"] = {system: {float(f): v for f, v in curve.items()} for system, curve in results["data"].items()}
     results.setdefault("command", command)  # runs from before the command was saved

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench import run_all
-from bench.quality import Bench, BenchCfg, RememberedTexts, run_limited_data, run_quality
+from bench.quality import Bench, BenchCfg, RememberedTexts, run_limited_data, run_quality, training_costs
 from tests.conftest import synthetic_catalogue, tiny_run_cfg
 
 
@@ -51,12 +51,13 @@ def test_report_renders_every_section(results, tmp_path, monkeypatch):
     bench, quality, curves = results
     monkeypatch.setattr(run_all, "DOCS", tmp_path)
     figures = {"quality": quality, "data": curves, "seconds": 60.0, "section_seconds": {"quality": 50.0},
-               "phase_seconds": dict(bench.seconds)}
+               "phase_seconds": dict(bench.seconds), "training": training_costs(bench.cfg.out)}
     run_all.write_report(tmp_path / "RESULTS-smoke.md", figures, bench.cfg, "python bench/run_all.py", "smoke")
     text = (tmp_path / "RESULTS-smoke.md").read_text()
     for heading in ("## Headline", "## Ablations", "## Each member alone", "## Cluster balance", "## Limited data",
-                    "## Low-quality"):
+                    "## Low-quality", "## Training time"):
         assert heading in text
+    assert "| ens-seeds | 2 |" in text and "| single-f0.5 | 1 |" in text
     assert (tmp_path / "limited_data-smoke.png").stat().st_size > 0
 
 
@@ -79,6 +80,7 @@ def test_report_only_rewrites_the_report_from_saved_figures(results, tmp_path, m
     text = (tmp_path / "RESULTS-again.md").read_text()
     assert "Command: `python bench/run_all.py --members 2`" in text and "K=2 members" in text
     assert "| single | " in text and (tmp_path / "low_quality-again.png").stat().st_size > 0
+    assert "## Training time" in text  # filled from the saved models when results.json predates it
 
 
 def test_report_only_without_a_finished_run_says_what_to_do(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -42,6 +44,9 @@ def test_training_writes_a_loadable_model_that_beats_its_start(tmp_path, catalog
     recalls = [h["val_R@10"] for h in state["history"]]
     losses = [h["loss"] for h in state["history"]]
     assert len(recalls) == 3 and losses[-1] < losses[0]
+    manifest = json.loads((out / "ensemble.json").read_text())
+    epochs = sum(h["seconds"] for h in state["history"])
+    assert manifest["member_train_seconds"] == [pytest.approx(epochs, abs=0.1)] and epochs > 0
     assert not (out / "cache").exists(), "the feature cache is removed after a finished run"
 
 

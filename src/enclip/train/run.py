@@ -131,15 +131,17 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
     groups = title_groups([catalogue.titles[p] for p in train_cache.positions])
     fingerprint = catalogue.fingerprint()
     info = {"data_fingerprint": fingerprint, "train_items": int(len(rows))}
+    member_seconds = []  # each member's epochs and validations, summed over resumed runs
     for i, run in enumerate(member_runs(ens, rows, out_dir, cfg.train.seed, clustering)):
         log.info("training member %d of %d on %d items", i + 1, ens.members, len(run.rows))
-        train_member(ensemble, i, train_cache, groups, val_cache, run, cfg.train, resume,
-                     info={**info, "member": i, "strategy": ens.strategy, "member_items": int(len(run.rows))})
+        state = train_member(ensemble, i, train_cache, groups, val_cache, run, cfg.train, resume,
+                             info={**info, "member": i, "strategy": ens.strategy, "member_items": int(len(run.rows))})
+        member_seconds.append(round(sum(entry.get("seconds", 0.0) for entry in state["history"]), 1))
     write_json(out_dir / "ensemble.json", manifest(
         "ensemble", members=[f"members/{i}" for i in range(ens.members)], strategy=ens.strategy,
         weights=[], fusion=ens.fusion, data_fingerprint=fingerprint,
         clusters="clusters" if clustering is not None else None,
-        train_seconds=round(time.perf_counter() - started, 1),
+        train_seconds=round(time.perf_counter() - started, 1), member_train_seconds=member_seconds,
     ))
     if not cfg.cache_dir and not cfg.keep_cache:
         shutil.rmtree(cache_dir, ignore_errors=True)

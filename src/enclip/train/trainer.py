@@ -164,11 +164,12 @@ def train_member(
     val_rows = _val_sample(val, cfg)
     distractors = (train, _distractor_rows(train, cfg)) if cfg.val_distractors else None
     while state["epoch"] < cfg.epochs and not state["done"]:
-        epoch = state["epoch"]
+        epoch, started = state["epoch"], time.perf_counter()
         torch.manual_seed(int(np.random.default_rng([run.seed, epoch, 2]).integers(2**31)))
         loss = _run_epoch(ensemble, member, train, group_tensor, run, epoch, optimizer, scheduler, cfg, index)
         recall = validation_recall(ensemble, index, val, val_rows, distractors=distractors)
-        state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall})
+        seconds = round(time.perf_counter() - started, 2)  # the epoch and its validation
+        state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall, "seconds": seconds})
         state["epoch"] = epoch + 1
         if recall > state["best"]:
             state["best"], state["bad_epochs"] = recall, 0
