@@ -87,33 +87,45 @@ def plot_data(curves: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_low_quality(quality: dict, members: int, path: Path, severities) -> None:
+LQ_TASKS = {"img2img_lq": "Degraded photo → clean catalogue image",
+            "both2img": "Degraded photo + its title → clean catalogue image"}
+
+
+def plot_low_quality(quality: dict, members: int, path: Path, severities, task: str = "img2img_lq") -> None:
+    """``task`` R@10 against severity: a panel per degradation, a line per system."""
     names = ["single", f"single-{members}x", "enclip"]
     fig, axes = plt.subplots(2, 3, figsize=(11, 6.5), sharey=True)
     for ax, degradation in zip(axes.flat, DEGRADATIONS):
         for name in names:
             result = quality["systems"][name]
-            means = [result[f"img2img_lq/{degradation}/{s}/R@10"]["mean"] for s in severities]
+            means = [result[f"{task}/{degradation}/{s}/R@10"]["mean"] for s in severities]
             ax.plot(severities, means, marker="o", label=name)
         ax.set_title(degradation)
         ax.set_xlabel("severity")
-    axes[0, 0].set_ylabel("img2img_lq R@10")
-    axes[1, 0].set_ylabel("img2img_lq R@10")
+    for row in axes:
+        row[0].set_ylabel(f"{task} R@10")
     axes[0, 0].legend()
-    fig.suptitle("Degraded photo → clean catalogue image, by degradation and severity")
+    fig.suptitle(f"{LQ_TASKS[task]}, by degradation and severity")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def lq_table(quality: dict, members: int, severities) -> str:
+def lq_table(quality: dict, members: int, severities, task: str = "img2img_lq") -> str:
     names = ["single", f"single-{members}x", "enclip"]
     rows = ["| degradation | severity | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for degradation in DEGRADATIONS:
         for s in severities:
-            key = f"img2img_lq/{degradation}/{s}/R@10"
-            rows.append(f"| {degradation} | {s} | " + " | ".join(fmt(quality["systems"][n][key]) for n in names) + " |")
+            key = f"{task}/{degradation}/{s}/R@10"
+            if key in quality["systems"]["enclip"]:
+                rows.append(f"| {degradation} | {s} | " + " | ".join(fmt(quality["systems"][n][key]) for n in names)
+                            + " |")
     return "\n".join(rows)
+
+
+def has_task_by_severity(quality: dict, task: str) -> bool:
+    """Whether the run measured ``task`` per degradation and severity (both2img was pooled-only before)."""
+    return any(key.startswith(f"{task}/{DEGRADATIONS[0]}/") for key in quality["systems"]["enclip"])
 
 
 def diversity_table(quality: dict) -> str:

@@ -60,6 +60,9 @@ def write_report(path: Path, results: dict, cfg: BenchCfg, command: str, name: s
     q, k = results["quality"], cfg.members
     severities = cfg.severities
     report.plot_low_quality(q, k, DOCS / f"low_quality-{name}.png", severities)
+    both = report.has_task_by_severity(q, "both2img")
+    if both:
+        report.plot_low_quality(q, k, DOCS / f"low_quality_both-{name}.png", severities, task="both2img")
     sections = [
         f"# Benchmark results ({name})\n",
         f"Command: `{command}`  \nMachine: {machine()}  \nDate: {time.strftime('%Y-%m-%d')}; "
@@ -84,6 +87,10 @@ def write_report(path: Path, results: dict, cfg: BenchCfg, command: str, name: s
                      f"![limited data](limited_data-{name}.png)\n"]
     sections += ["## Low-quality photos (img2img_lq R@10, test)\n", report.lq_table(q, k, severities), "",
                  f"![low quality](low_quality-{name}.png)\n"]
+    if both:
+        sections += ["## Degraded photo plus title (both2img R@10, text share 0.5, test)\n",
+                     report.lq_table(q, k, severities, task="both2img"), "",
+                     f"![degraded photo plus title](low_quality_both-{name}.png)\n"]
     if results.get("training"):
         systems = [*systems_for(cfg), *(f"{n}-f{f}" for n in systems_for(cfg) for f in cfg.fractions if f != 1)]
         sections += ["## Training time\n", "Wall time of each system's training run; the first system trained "

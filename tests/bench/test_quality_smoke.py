@@ -59,6 +59,7 @@ def test_report_renders_every_section(results, tmp_path, monkeypatch):
         assert heading in text
     assert "| ens-seeds | 2 |" in text and "| single-f0.5 | 1 |" in text
     assert (tmp_path / "limited_data-smoke.png").stat().st_size > 0
+    assert "## Degraded photo plus title" in text and (tmp_path / "low_quality_both-smoke.png").stat().st_size > 0
 
 
 def test_cluster_balance_has_a_row_per_specialist(results):

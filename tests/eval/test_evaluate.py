@@ -14,7 +14,7 @@ from enclip.data.catalogue import Catalogue
 from enclip.data.degrade import degrade
 from enclip.data.split import split_indices
 from enclip.errors import EnclipError
-from enclip.eval.evaluate import EvalCfg, encode_rows, evaluate_index
+from enclip.eval.evaluate import EvalCfg, both_severities, encode_rows, evaluate_index
 from enclip.eval.tasks import (
     ATTRIBUTE_TASK_KEYS,
     QueryGroup,
@@ -61,6 +61,23 @@ def test_metrics_json_has_flat_keys_with_intervals(evaluated, catalogue):
         assert figure["low"] <= figure["mean"] <= figure["high"], key
         assert figure["mean"] == pytest.approx(result["per_query"][key].mean())
         assert len(result["per_query"][key]) == figure["n"]
+
+
+def test_both2img_is_reported_per_degradation_and_severity_and_pooled(evaluated):
+    result, written = evaluated
+    for name in FAST["degradations"]:
+        for severity in FAST["severities"]:
+            assert written[f"both2img/{name}/{severity}/R@10"]["n"] == FAST["lq_queries"]
+    # the headline pools every degradation at the default both_severity (3), in degradation order
+    pooled = np.concatenate([result["per_query"][f"both2img/{name}/3/R@10"] for name in FAST["degradations"]])
+    assert np.array_equal(result["per_query"]["both2img/R@10"], pooled)
+    labels = result["query_labels"]["both2img"]
+    assert labels[:3] == [f"{item}/blur" for item in result["query_labels"]["both2img/blur/3"]]
+
+
+def test_both2img_is_also_measured_at_its_headline_severity():
+    assert both_severities(EvalCfg(severities=(1, 5), both_severity=3)) == (1, 3, 5)
+    assert both_severities(EvalCfg(severities=(3,), both_severity=3)) == (3,)
 
 
 def test_meta_records_index_tasks_and_query_counts(evaluated, searcher):

@@ -29,10 +29,11 @@ from enclip.eval.tasks import (
     BadLine,
     QueryGroup,
     attribute_groups,
-    both_group,
+    both_groups,
     check_degradations,
     custom_group,
     lq_groups,
+    pool_both,
     sample_positions,
     title_group,
 )
@@ -48,9 +49,9 @@ class EvalCfg:
     queries_file: str | None = None  # JSONL of your own queries; when set, only the "custom" task runs
     fusion: str | None = None  # fusion rule to rank with (None = the index's default)
     lq_queries: int = 500  # test items sampled (seeded) as photo queries for img2img_lq and both2img
-    severities: tuple[int, ...] = (1, 2, 3, 4, 5)  # img2img_lq degradation severities
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)  # degradation severities of img2img_lq and both2img
     degradations: tuple[str, ...] = DEGRADATIONS  # degradations used by img2img_lq and both2img
-    both_severity: int = 3  # severity of the degraded photo in both2img
+    both_severity: int = 3  # severity whose both2img figures, pooled over degradations, make the headline both2img
     both_weight: float = 0.5  # text's share of the score in both2img
     batch_size: int = 256  # queries encoded per model call
     n_resamples: int = 1000  # bootstrap resamples per figure
@@ -95,8 +96,13 @@ def build_groups(catalogue, cfg: EvalCfg) -> tuple[list[QueryGroup], list[BadLin
     if "img2img_lq" in cfg.tasks:
         groups.extend(lq_groups(catalogue, photos, cfg.degradations, cfg.severities, cfg.seed))
     if "both2img" in cfg.tasks:
-        groups.append(both_group(catalogue, photos, cfg.degradations, cfg.both_severity, cfg.both_weight, cfg.seed))
+        groups.extend(both_groups(catalogue, photos, cfg.degradations, both_severities(cfg), cfg.both_weight, cfg.seed))
     return groups, []
+
+
+def both_severities(cfg: EvalCfg) -> tuple[int, ...]:
+    """The severities both2img is measured at: the sweep's, and the headline's."""
+    return tuple(sorted({*cfg.severities, cfg.both_severity}))
 
 
 # -- encoding and ranking ----------------------------------------------------------------------------------------
@@ -177,7 +183,7 @@ def format_table(metrics: dict[str, dict]) -> str:
     return "\n".join(lines).lstrip("\n")
 
 
-def _meta(searcher, index_dir: Path, cfg: EvalCfg, groups: list[QueryGroup], bad: list[BadLine],
+def _meta(searcher, index_dir: Path, cfg: EvalCfg, labels: dict[str, list[str]], bad: list[BadLine],
           seconds: float) -> dict:
     manifest = getattr(searcher, "manifest", None) or {}
     return {
@@ -185,7 +191,7 @@ def _meta(searcher, index_dir: Path, cfg: EvalCfg, groups: list[QueryGroup], bad
         "data_fingerprint": manifest.get("data_fingerprint"),
         "model_fingerprint": manifest.get("model_fingerprint"),
         "tasks": [CUSTOM] if cfg.queries_file else list(cfg.tasks),
-        "queries": {j.key: len(g) for g in groups for j in g.judgements},
+        "queries": {key: len(values) for key, values in labels.items()},
         "fusion": cfg.fusion or getattr(searcher, "default_fusion", None),
         "seconds": round(seconds, 2),
         "cfg": asdict(cfg),
@@ -237,8 +243,10 @@ def evaluate_index(index_dir: str | Path | None, cfg: EvalCfg | None = None, out
     index_dir = Path(index_dir if index_dir is not None else searcher.path)
     groups, bad = build_groups(searcher.catalogue, cfg)
     per_query, labels = run_groups(searcher, groups, cfg)
+    if "both2img" in cfg.tasks and not cfg.queries_file:
+        pool_both(per_query, labels, cfg.degradations, cfg.both_severity)
     metrics = summarise(per_query, cfg.n_resamples, cfg.seed)
-    metrics["_meta"] = _meta(searcher, index_dir, cfg, groups, bad, time.perf_counter() - started)
+    metrics["_meta"] = _meta(searcher, index_dir, cfg, labels, bad, time.perf_counter() - started)
     path = _output_path(index_dir, out)
     write_json(path, metrics)
     print(format_table(metrics))

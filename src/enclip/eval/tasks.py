@@ -151,19 +151,32 @@ def lq_groups(catalogue: Catalogue, positions: np.ndarray, degradations: Sequenc
     return groups
 
 
-def both_group(catalogue: Catalogue, positions: np.ndarray, degradations: Sequence[str], severity: int,
-               weight: float, seed: int) -> QueryGroup:
-    """``both2img``: a degraded test photo plus its title (text share ``weight``), pooled over degradations."""
-    labels, texts, images = [], [], []
+def both_groups(catalogue: Catalogue, positions: np.ndarray, degradations: Sequence[str], severities: Sequence[int],
+                weight: float, seed: int) -> list[QueryGroup]:
+    """``both2img``: each sampled test photo degraded by each degradation and severity, plus its title (text share
+    ``weight``); relevant = that item. The photos are the ones ``img2img_lq`` degrades."""
+    ids = [catalogue.ids[int(p)] for p in positions]
+    texts = [catalogue.titles[int(p)] for p in positions]
+    relevant = [frozenset({item_id}) for item_id in ids]
+    groups = []
     for name in degradations:
-        for p in positions:
-            item_id = catalogue.ids[int(p)]
-            labels.append(f"{item_id}/{name}")
-            texts.append(catalogue.titles[int(p)])
-            images.append(partial(_degraded_photo, catalogue, int(p), name, int(severity), item_seed(item_id, seed)))
-    relevant = [frozenset({label.rsplit("/", 1)[0]}) for label in labels]
-    return QueryGroup("both2img", labels, texts, images, [weight] * len(labels),
-                      [Judgement("both2img", relevant, LQ_METRICS)])
+        for severity in severities:
+            key = f"both2img/{name}/{severity}"
+            images = [partial(_degraded_photo, catalogue, int(p), name, int(severity), item_seed(i, seed))
+                      for p, i in zip(positions, ids)]
+            groups.append(QueryGroup(key, list(ids), list(texts), images, [weight] * len(ids),
+                                     [Judgement(key, relevant, LQ_METRICS)]))
+    return groups
+
+
+def pool_both(per_query: dict[str, np.ndarray], labels: dict[str, list[str]], degradations: Sequence[str],
+              severity: int) -> None:
+    """Add the headline ``both2img/<metric>`` figures: every degradation at ``severity``, pooled (in place)."""
+    keys = [f"both2img/{name}/{severity}" for name in degradations]
+    metrics = {key.rsplit("/", 1)[1] for key in per_query if key.startswith(f"{keys[0]}/")}
+    for metric in sorted(metrics):
+        per_query[f"both2img/{metric}"] = np.concatenate([per_query[f"{key}/{metric}"] for key in keys])
+    labels["both2img"] = [f"{item}/{key.split('/')[1]}" for key in keys for item in labels[key]]
 
 
 # -- user query files --------------------------------------------------------------------------------------------
