@@ -156,7 +156,7 @@ def training_table(costs: dict[str, dict], systems: list[str]) -> str:
         cost, members = costs[name], costs[name]["member_seconds"]
         total = "–" if cost["seconds"] is None else f"{cost['seconds'] / 60:.1f}"
         mean = "–" if cost["seconds"] is None else f"{cost['seconds'] / 60 / cost['members']:.1f}"
-        spread = "–" if not members else (f"{np.median(members) / 60:.1f} ({min(members) / 60:.1f}–"
-                                          f"{max(members) / 60:.1f})")
+        spread = "–" if not members or None in members else (
+            f"{np.median(members) / 60:.1f} ({min(members) / 60:.1f}–{max(members) / 60:.1f})")
         rows.append(f"| {name} | {cost['members']} | {total} | {mean} | {spread} |")
     return "\n".join(rows)

@@ -131,12 +131,13 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
     groups = title_groups([catalogue.titles[p] for p in train_cache.positions])
     fingerprint = catalogue.fingerprint()
     info = {"data_fingerprint": fingerprint, "train_items": int(len(rows))}
-    member_seconds = []  # each member's epochs and validations, summed over resumed runs
+    member_seconds = []  # each member's epochs and validations, summed over resumed runs (None: not all timed)
     for i, run in enumerate(member_runs(ens, rows, out_dir, cfg.train.seed, clustering)):
         log.info("training member %d of %d on %d items", i + 1, ens.members, len(run.rows))
         state = train_member(ensemble, i, train_cache, groups, val_cache, run, cfg.train, resume,
                              info={**info, "member": i, "strategy": ens.strategy, "member_items": int(len(run.rows))})
-        member_seconds.append(round(sum(entry.get("seconds", 0.0) for entry in state["history"]), 1))
+        timed = [entry.get("seconds") for entry in state["history"]]
+        member_seconds.append(None if None in timed else round(sum(timed), 1))
     write_json(out_dir / "ensemble.json", manifest(
         "ensemble", members=[f"members/{i}" for i in range(ens.members)], strategy=ens.strategy,
         weights=[], fusion=ens.fusion, data_fingerprint=fingerprint,
