@@ -71,7 +71,9 @@ def write_report(path: Path, results: dict, cfg: BenchCfg, command: str, name: s
         f"Budgets: one member = {cfg.epochs} epochs on {cfg.train_share:.0%} of the train split; ensembles have "
         f"K={k} members; `single-{k}x` trains one model for {k * cfg.epochs} epochs (the ensemble's total budget). "
         f"Test queries: {cfg.max_queries or 'all 4,443'} titles; {cfg.lq_queries} photos per degradation and severity. "
-        "Intervals are 95% bootstrap over queries (1,000 resamples). Settings were chosen on validation queries.\n",
+        "Intervals are 95% bootstrap over queries (1,000 resamples). Settings were chosen on validation queries. "
+        "The headline `both2img` is a photo degraded at severity 3 plus its title, pooled over the six "
+        "degradations.\n",
         "## Headline (test split)\n", report.headline_table(q, k), "",
         f"Chosen default on validation: **{q['chosen']['system']}** with **{q['chosen']['fusion']}** fusion.\n",
         report.diff_table(q), "",
