@@ -101,6 +101,25 @@ def write_report(path: Path, results: dict, cfg: BenchCfg, command: str, name: s
     if "speed" in results:
         sections += ["## Speed and cost\n", results["speed"]["markdown"], ""]
     path.write_text("\n".join(sections))
+    splice(DOCS / "RESULTS.md", name, "\n".join(sections))
+
+
+def splice(results_md: Path, name: str, text: str) -> bool:
+    """Put ``text`` (headings one level down) between ``<!-- bench NAME start -->`` and ``<!-- bench NAME end -->``
+    in ``results_md``, keeping everything around the markers; False when the file has no such markers."""
+    start, end = f"<!-- bench {name} start -->", f"<!-- bench {name} end -->"
+    if not results_md.exists():
+        return False
+    current = results_md.read_text()
+    if start not in current or end not in current.split(start, 1)[1]:
+        return False
+    before, rest = current.split(start, 1)
+    after = rest.split(end, 1)[1]
+    demoted = "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+    tmp = results_md.with_suffix(".md.tmp")
+    tmp.write_text(f"{before}{start}\n{demoted}\n{end}{after}")
+    tmp.replace(results_md)
+    return True
 
 
 def _durations(seconds: dict[str, float]) -> str:

@@ -102,3 +102,13 @@ def test_remembered_texts_encode_each_distinct_text_once():
     again = model.encode_texts(["abc", "x"])
     assert Counting.calls == [["ab", "abc"], ["x"]]
     assert first[0, :, 0].tolist() == [2.0, 3.0, 2.0] and again[0, :, 0].tolist() == [3.0, 1.0]
+
+
+def test_report_is_spliced_between_its_markers_in_results_md(tmp_path):
+    page = tmp_path / "RESULTS.md"
+    page.write_text("# Results\nhand-written\n<!-- bench full start -->\nold\n<!-- bench full end -->\ntail\n")
+    assert run_all.splice(page, "full", "# Benchmark results (full)\n## Headline\n| a |")
+    assert page.read_text() == ("# Results\nhand-written\n<!-- bench full start -->\n## Benchmark results (full)\n"
+                                "### Headline\n| a |\n<!-- bench full end -->\ntail\n")
+    assert not run_all.splice(page, "quick", "anything")  # no markers for this run: the page is left alone
+    assert "anything" not in page.read_text()
