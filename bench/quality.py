@@ -217,13 +217,23 @@ def cluster_balance(model_dir: Path) -> list[dict]:
 
 
 def training_costs(out: Path) -> dict[str, dict]:
-    """Training wall time of every system under ``out/models``: the whole run (its first trunk caching included)
-    and each member's epochs (with their validation), as saved in the system's ``ensemble.json``."""
+    """Training wall time of every system under ``out/models``: the whole run (its first trunk caching included),
+    from ``ensemble.json``, and each member's epochs with their validation, from the member checkpoints' history.
+    A system whose members were partly trained by an earlier, interrupted run is marked ``resumed``: its wall time
+    covers only the last run and its members' time is unknown."""
+    import torch
+
     costs = {}
     for path in sorted((out / "models").glob("*/ensemble.json")):
         saved = json.loads(path.read_text())
+        members, resumed = [], False
+        for member in saved["members"]:
+            history = torch.load(path.parent / member / "checkpoint.pt", weights_only=False)["state"]["history"]
+            timed = [entry.get("seconds") for entry in history]
+            resumed |= None in timed and any(t is not None for t in timed)
+            members.append(None if None in timed else sum(timed))
         costs[path.parent.name] = {"members": len(saved["members"]), "seconds": saved.get("train_seconds"),
-                                   "member_seconds": saved.get("member_train_seconds")}
+                                   "member_seconds": members, "resumed": resumed}
     return costs
 
 

@@ -154,6 +154,9 @@ def training_table(costs: dict[str, dict], systems: list[str]) -> str:
             "|---|---|---|---|---|"]
     for name in (name for name in systems if name in costs):
         cost, members = costs[name], costs[name]["member_seconds"]
+        if cost.get("resumed"):
+            rows.append(f"| {name} | {cost['members']} | – (resumed after an interruption: not timed whole) | – | – |")
+            continue
         total = "–" if cost["seconds"] is None else f"{cost['seconds'] / 60:.1f}"
         mean = "–" if cost["seconds"] is None else f"{cost['seconds'] / 60 / cost['members']:.1f}"
         spread = "–" if not members or None in members else (

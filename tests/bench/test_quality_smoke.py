@@ -112,3 +112,13 @@ def test_report_is_spliced_between_its_markers_in_results_md(tmp_path):
                                 "### Headline\n| a |\n<!-- bench full end -->\ntail\n")
     assert not run_all.splice(page, "quick", "anything")  # no markers for this run: the page is left alone
     assert "anything" not in page.read_text()
+
+
+def test_training_table_does_not_time_a_resumed_system():
+    from bench import report
+
+    costs = {"single": {"members": 1, "seconds": 120.0, "member_seconds": [100.0], "resumed": False},
+             "ens": {"members": 2, "seconds": 60.0, "member_seconds": [None, 50.0], "resumed": True}}
+    table = report.training_table(costs, ["single", "ens", "absent"])
+    assert "| single | 1 | 2.0 | 2.0 | 1.7 (1.7–1.7) |" in table
+    assert "| ens | 2 | – (resumed" in table and "absent" not in table
