@@ -1,6 +1,6 @@
 """One command for the whole benchmark suite: quality, limited data, low quality, speed → docs/RESULTS.md.
 
-    python bench/run_all.py            # full protocol (estimated about 3 hours on 2 cores)
+    python bench/run_all.py            # full protocol (118 minutes measured on 2 cores)
     python bench/run_all.py --quick    # small budgets and samples (19 minutes measured on 2 cores)
 
 Artefacts (models, indexes, caches, per-system metrics) go to --out and are reused when the command is run again,
@@ -196,7 +196,7 @@ def rewrite_report(out: Path, cfg: BenchCfg, name: str, command: str) -> int:
     model = out / "models" / "ens-cluster"
     if "clusters" not in quality and (model / "clusters" / "summary.json").exists():  # runs from before the table
         quality["clusters"] = cluster_balance(model)
-    results.setdefault("training", training_costs(out))
+    results["training"] = training_costs(out) or results.get("training", {})  # the saved models are the truth
     if "data" in results:  # json keys are strings; the report wants the fractions back as numbers
         results["data"] = {system: {float(f): v for f, v in curve.items()} for system, curve in results["data"].items()}
     results.setdefault("command", command)  # runs from before the command was saved
