@@ -122,3 +122,20 @@ def test_training_table_does_not_time_a_resumed_system():
     table = report.training_table(costs, ["single", "ens", "absent"])
     assert "| single | 1 | 2.0 | 2.0 | 1.7 (1.7–1.7) |" in table
     assert "| ens | 2 | – (resumed" in table and "absent" not in table
+
+
+def test_budget_comparison_trains_three_systems_on_one_share(results):
+    from bench import budget
+
+    bench, _, _ = results
+    table = budget.run(bench, fraction=0.5, members=2, epochs=1, strategy="seeds")
+    assert "| single | 1 × 1 |" in table and "| single-2x | 1 × 2 |" in table and "| enclip | 2 × 1 |" in table
+    assert "| enclip − single |" in table and "| enclip − single-2x |" in table
+    assert (bench.cfg.out / "models" / "ens-seeds-f0.5-e1" / "ensemble.json").exists()
+
+
+def test_budget_rejects_a_share_outside_0_1():
+    from bench import budget
+
+    with pytest.raises(SystemExit):
+        budget.main(["--fraction", "1.5"])
