@@ -138,30 +138,28 @@ def sample_positions(test: np.ndarray, n: int, seed: int) -> np.ndarray:
 def lq_groups(catalogue: Catalogue, positions: np.ndarray, degradations: Sequence[str], severities: Sequence[int],
               seed: int) -> list[QueryGroup]:
     """``img2img_lq``: each sampled test photo degraded by each degradation and severity; relevant = that item."""
-    groups = []
-    ids = [catalogue.ids[int(p)] for p in positions]
-    relevant = [frozenset({item_id}) for item_id in ids]
-    for name in degradations:
-        for severity in severities:
-            key = f"img2img_lq/{name}/{severity}"
-            images = [partial(_degraded_photo, catalogue, int(p), name, int(severity), item_seed(i, seed))
-                      for p, i in zip(positions, ids)]
-            groups.append(QueryGroup(key, list(ids), [None] * len(ids), images, [0.0] * len(ids),
-                                     [Judgement(key, relevant, LQ_METRICS)]))
-    return groups
+    return _degraded_groups("img2img_lq", catalogue, positions, degradations, severities, seed, None, 0.0)
 
 
 def both_groups(catalogue: Catalogue, positions: np.ndarray, degradations: Sequence[str], severities: Sequence[int],
                 weight: float, seed: int) -> list[QueryGroup]:
     """``both2img``: each sampled test photo degraded by each degradation and severity, plus its title (text share
     ``weight``); relevant = that item. The photos are the ones ``img2img_lq`` degrades."""
+    titles = [catalogue.titles[int(p)] for p in positions]
+    return _degraded_groups("both2img", catalogue, positions, degradations, severities, seed, titles, weight)
+
+
+def _degraded_groups(task: str, catalogue: Catalogue, positions: np.ndarray, degradations: Sequence[str],
+                     severities: Sequence[int], seed: int, texts: list[str] | None, weight: float) -> list[QueryGroup]:
+    """One group per degradation and severity (``task/name/severity``) of the sampled photos, each query's own item
+    being the one relevant; ``texts`` (or none) go with the photos at text share ``weight``."""
     ids = [catalogue.ids[int(p)] for p in positions]
-    texts = [catalogue.titles[int(p)] for p in positions]
     relevant = [frozenset({item_id}) for item_id in ids]
+    texts = list(texts) if texts is not None else [None] * len(ids)
     groups = []
     for name in degradations:
         for severity in severities:
-            key = f"both2img/{name}/{severity}"
+            key = f"{task}/{name}/{severity}"
             images = [partial(_degraded_photo, catalogue, int(p), name, int(severity), item_seed(i, seed))
                       for p, i in zip(positions, ids)]
             groups.append(QueryGroup(key, list(ids), list(texts), images, [weight] * len(ids),
