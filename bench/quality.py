@@ -20,12 +20,12 @@ from enclip.data.catalogue import Catalogue
 from enclip.data.split import split_indices
 from enclip.eval.bootstrap import paired_bootstrap_diff
 from enclip.eval.evaluate import EvalCfg, evaluate_index
-from enclip.index import IndexCfg
 from enclip.indexing import IndexBuildCfg, build_index, write_index
 from enclip.models.registry import BackboneCfg
 from enclip.search import FUSION_RULES, SearchCfg, Searcher
 from enclip.train.run import EnsembleCfg, RunCfg, train_system
 from enclip.train.trainer import TrainCfg
+from enclip.vectors import IndexCfg
 
 log = logging.getLogger("bench.quality")
 

@@ -5,7 +5,7 @@ its min–max spread:
 
 1. query latency end to end (``Searcher.encode_query`` + ``Searcher.search_vectors``, which is what
    ``Searcher.search`` does) p50/p99 for text, image and combined queries, with the encode/search split;
-2. catalogue embedding throughput (images/s, decoding included) with ``enclip.indexing.encode_catalogue``;
+2. catalogue embedding throughput (images/s, decoding included) with ``enclip.embed.catalogue.encode_catalogue``;
 3. build time, size on disk, single-query search latency and recall@k vs flat of the flat/hnsw/ivf index kinds
    over each index's stored vectors;
 4. the same at ``--synthetic-n`` (1M) items with seeded synthetic vectors (stored as float16; the dimension is
@@ -42,11 +42,12 @@ import torch
 
 from enclip.artifacts import library_versions
 from enclip.data.catalogue import Catalogue, load_catalogue
+from enclip.embed.catalogue import encode_catalogue
 from enclip.errors import EnclipError
-from enclip.index import IndexCfg, VectorIndex, create_index
-from enclip.index.base import STORAGE_DTYPES, cfg_from_params
-from enclip.indexing import IndexBuildCfg, encode_catalogue
+from enclip.indexing import IndexBuildCfg
 from enclip.search import Searcher, load_searcher
+from enclip.vectors import IndexCfg, VectorIndex, create_index
+from enclip.vectors.base import STORAGE_DTYPES, cfg_from_params
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ def latency_vs_baseline(latency: dict[str, dict]) -> dict:
 def _encode_seconds(searcher: Searcher, catalogue: Catalogue, build_cfg: IndexBuildCfg) -> float:
     with tempfile.TemporaryDirectory() as work_dir:  # a fresh work dir: encode_catalogue resumes from shards
         started = time.perf_counter()
-        encode_catalogue(searcher.model, catalogue, Path(work_dir), build_cfg)
+        encode_catalogue(searcher.model, catalogue, Path(work_dir), batch_size=build_cfg.batch_size)
         return time.perf_counter() - started
 
 

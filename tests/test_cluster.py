@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from enclip.cluster import ClusterCfg, Clustering, fit_clusters, summarise_clusters, write_cluster_report
+from enclip.cluster.kmeans import ClusterCfg, Clustering, fit_clusters, summarise_clusters, write_cluster_report
 from enclip.errors import EnclipError
 
 
@@ -55,7 +55,7 @@ def test_ids_are_ordered_by_size_descending():
 
 def test_k_above_distinct_rows_is_reduced_with_warning(caplog):
     rows = np.repeat(np.eye(3, 6, dtype=np.float32), 10, axis=0)  # 30 rows, 3 distinct images
-    with caplog.at_level(logging.WARNING, logger="enclip.cluster"):
+    with caplog.at_level(logging.WARNING, logger="enclip.cluster.kmeans"):
         clustering = fit_clusters(rows, ClusterCfg(k=5))
     assert "distinct" in caplog.text
     assert clustering.k == 3 and clustering.sizes.tolist() == [10, 10, 10]

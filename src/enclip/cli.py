@@ -121,8 +121,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_index(args) -> int:
-    from enclip.index import IndexCfg
     from enclip.indexing import IndexBuildCfg, build_index
+    from enclip.vectors import IndexCfg
 
     out = Path(args.out)
     catalogue, report = load_data(args)
@@ -134,7 +134,7 @@ def cmd_index(args) -> int:
 
 
 def cmd_cluster(args) -> int:
-    from enclip.train.clusters import cluster_catalogue
+    from enclip.cluster.catalogue import cluster_catalogue
 
     catalogue, _ = load_data(args, Path(args.out))
     cluster_catalogue(catalogue, Path(args.out), k=args.k, k_range=tuple(args.k_range), model=args.model)

@@ -18,16 +18,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from enclip.artifacts import atomic_dir, manifest, read_json, recover_dir, write_json
 from enclip.data.catalogue import Catalogue, SkipReport
+from enclip.embed.catalogue import encode_catalogue
+from enclip.embed.runner import StageTimes
 from enclip.errors import EnclipError
-from enclip.index import IndexCfg, create_index
-from enclip.models.ensemble import Ensemble, EnsembleInfo, load_model, read_model_info
-from enclip.pipeline import StageTimes, run_sharded
-from enclip.train.features import catalogue_image_features
-from enclip.train.trainer import resolve_device
+from enclip.models.device import resolve_device
+from enclip.models.ensemble import EnsembleInfo, load_model, read_model_info
+from enclip.vectors import IndexCfg, create_index
 
 log = logging.getLogger(__name__)
 
@@ -57,38 +56,6 @@ class IndexBuildCfg:
     shard_size: int = 4096  # images per resumable shard
     device: str = "auto"  # "auto", "cpu", "cuda"
     trunk_cache: str | None = None  # keep catalogue image trunk outputs here; models on the same trunk reuse them
-
-
-def encode_catalogue(ensemble: Ensemble, catalogue: Catalogue, work_dir: Path, cfg: IndexBuildCfg,
-                     times: StageTimes | None = None) -> np.ndarray:
-    """(n, K*d) concatenated, per-member normalised image embeddings of every catalogue item."""
-    dtype = np.float16 if cfg.index.dtype == "float16" else np.float32
-
-    def read(rows: np.ndarray) -> torch.Tensor:
-        return ensemble.pixels([catalogue.image(int(r)) for r in rows])
-
-    def encode(pixels: torch.Tensor) -> dict[str, np.ndarray]:
-        with torch.no_grad():
-            members = ensemble.encode_image_features(ensemble.image_trunk(pixels))  # (K, B, d)
-        return {"vectors": members.permute(1, 0, 2).reshape(len(pixels), -1).cpu().numpy().astype(dtype)}
-
-    if cfg.trunk_cache:
-        return _encode_from_trunk_cache(ensemble, catalogue, cfg, dtype, times)
-    return run_sharded(len(catalogue), read, encode, work_dir, batch_size=cfg.batch_size,
-                       shard_size=cfg.shard_size, desc="embed catalogue", times=times)["vectors"]
-
-
-def _encode_from_trunk_cache(ensemble: Ensemble, catalogue: Catalogue, cfg: IndexBuildCfg, dtype,
-                             times: StageTimes | None) -> np.ndarray:
-    features = catalogue_image_features(ensemble, catalogue, Path(cfg.trunk_cache), cfg.batch_size, times)
-    chunks = []
-    for start in range(0, len(features), 1024):
-        batch = torch.from_numpy(features[start : start + 1024]).to(ensemble.device, torch.float32)
-        if batch.ndim == 4:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        members = ensemble.encode_image_features(batch)
-        chunks.append(members.permute(1, 0, 2).reshape(len(batch), -1).cpu().numpy().astype(dtype))
-    return np.concatenate(chunks)
 
 
 def items_table(catalogue: Catalogue) -> pa.Table:
@@ -164,7 +131,8 @@ def build_index(model_dir: str | Path, catalogue: Catalogue, out_dir: str | Path
     started = time.perf_counter()
     ensemble, info = load_model(model_dir, device=str(resolve_device(cfg.device)))
     times = StageTimes()
-    vectors = encode_catalogue(ensemble, catalogue, work_dir, cfg, times)
+    vectors = encode_catalogue(ensemble, catalogue, work_dir, batch_size=cfg.batch_size, shard_size=cfg.shard_size,
+                               dtype=cfg.index.dtype, trunk_cache=cfg.trunk_cache, times=times)
     log.info("embedding: %s", times.summary())
     write_index(model_dir, catalogue, vectors, out_dir, cfg, skip_report=skip_report,
                 embed_items_per_second=round(times.items / max(1e-9, times.encode + times.read), 1),

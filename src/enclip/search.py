@@ -27,9 +27,9 @@ from enclip import fusion
 from enclip.artifacts import read_json, recover_dir
 from enclip.data.images import load_image
 from enclip.errors import EnclipError
-from enclip.index import load_index
 from enclip.indexing import catalogue_from_table, check_index_dir
 from enclip.models.ensemble import load_model
+from enclip.vectors import load_index
 
 log = logging.getLogger(__name__)
 

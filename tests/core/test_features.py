@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from enclip.embed.runner import run_sharded
 from enclip.errors import EnclipError
 from enclip.models.ensemble import Ensemble, HeadCfg
 from enclip.models.registry import create_backbone
-from enclip.pipeline import run_sharded
 from enclip.train.features import _cache_texts
 from tests.conftest import tiny_run_cfg
 

@@ -115,7 +115,7 @@ def test_index_directory_is_self_describing(tiny_index_dir):
 
 def test_interrupted_indexing_resumes_to_the_same_index(tmp_path, catalogue, tiny_ensemble_dir, monkeypatch):
     from enclip import indexing
-    from enclip.index import IndexCfg
+    from enclip.vectors import IndexCfg
 
     cfg = indexing.IndexBuildCfg(index=IndexCfg(), shard_size=16, batch_size=8)
     straight = build_index(tiny_ensemble_dir, catalogue, tmp_path / "a", cfg)
@@ -168,8 +168,8 @@ def test_trunk_cache_shared_by_training_and_indexing_gives_the_same_index(tmp_pa
 
 
 def test_auto_index_kind_is_exact_when_small_and_hnsw_when_large():
-    from enclip.index import IndexCfg
     from enclip.indexing import AUTO_FLAT_LIMIT, resolve_kind
+    from enclip.vectors import IndexCfg
 
     assert resolve_kind(IndexCfg(kind="auto"), 44_441, 256).kind == "flat"  # one model over the catalogue
     assert resolve_kind(IndexCfg(kind="auto"), 44_441, 5 * 256).kind == "hnsw"  # K=5 members

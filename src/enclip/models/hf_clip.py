@@ -19,7 +19,7 @@ from torch import nn
 
 from enclip.errors import EnclipError
 from enclip.models import towers
-from enclip.models.registry import Backbone, BackboneCfg
+from enclip.models.registry import Backbone, BackboneCfg, register_prefix
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class HFTokenize:
         return encoded["input_ids"]
 
 
+@register_prefix("hf-clip:")
 def build_hf_clip(cfg: BackboneCfg) -> Backbone:
     """Load ``hf-clip:PATH_OR_ID`` with its tokenizer and image preprocessing; splits are frozen+adapter or all."""
     source = cfg.name[len(PREFIX):] if cfg.name.startswith(PREFIX) else cfg.name

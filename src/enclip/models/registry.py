@@ -55,6 +55,7 @@ class Backbone:
 
 
 _BUILDERS: dict[str, Callable[[BackboneCfg], Backbone]] = {}
+_PREFIX_BUILDERS: dict[str, Callable[[BackboneCfg], Backbone]] = {}  # "hf-clip:" -> builder of "hf-clip:DIR" names
 
 
 def register_backbone(name: str):
@@ -62,6 +63,16 @@ def register_backbone(name: str):
 
     def wrap(fn):
         _BUILDERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def register_prefix(prefix: str):
+    """Decorator registering a builder for every name that starts with ``prefix`` (e.g. ``"hf-clip:"``)."""
+
+    def wrap(fn):
+        _PREFIX_BUILDERS[prefix] = fn
         return fn
 
     return wrap
@@ -77,10 +88,9 @@ def create_backbone(cfg: BackboneCfg | str | None = None, **overrides) -> Backbo
     cfg = replace(cfg, **overrides)
     if cfg.name in _BUILDERS:
         return _BUILDERS[cfg.name](cfg)
-    if cfg.name.startswith("hf-clip:"):
-        from enclip.models.hf_clip import build_hf_clip
-
-        return build_hf_clip(cfg)
+    prefix, sep, _ = cfg.name.partition(":")
+    if sep and f"{prefix}:" in _PREFIX_BUILDERS:
+        return _PREFIX_BUILDERS[f"{prefix}:"](cfg)
     return _build_open_clip(cfg)
 
 

@@ -15,9 +15,10 @@ import torch
 
 from enclip.data.captions import CaptionCfg, build_captions
 from enclip.data.catalogue import Catalogue
-from enclip.data.degrade import AugmentCfg, random_degrade
+from enclip.data.degrade import AugmentCfg
+from enclip.embed.runner import run_sharded
+from enclip.embed.trunk_cache import cache_image_features, half
 from enclip.models.ensemble import Ensemble
-from enclip.pipeline import StageTimes, run_sharded
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +61,11 @@ class FeatureCache:
         return hidden, torch.from_numpy(mask[:, :used]).to(device)
 
 
-def _half(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.to(torch.float16).cpu().numpy()
-
-
 def _text_arrays(output) -> dict[str, np.ndarray]:
     if isinstance(output, tuple):
         hidden, mask = output
-        return {"hidden": _half(hidden), "mask": mask.to(torch.uint8).cpu().numpy()}
-    return {"pooled": _half(output)}
+        return {"hidden": half(hidden), "mask": mask.to(torch.uint8).cpu().numpy()}
+    return {"pooled": half(output)}
 
 
 def cache_features(
@@ -91,29 +88,6 @@ def cache_features(
     with torch.no_grad():
         return _cache(ensemble, catalogue, positions, Path(work_dir), views, augment or AugmentCfg(),
                       captions or CaptionCfg(), seed, batch_size, clean)
-
-
-def catalogue_image_features(ensemble: Ensemble, catalogue: Catalogue, cache_root: Path, batch_size: int = 256,
-                             times: StageTimes | None = None) -> np.ndarray:
-    """Clean image trunk outputs of the whole catalogue, kept under ``cache_root`` by trunk and data fingerprint.
-
-    Training (its clean view) and indexing share this cache, so each catalogue image passes the trunk once. It is
-    keyed by the image trunk and its preprocessing, so runs that change only the text side or the heads reuse it.
-    """
-    directory = Path(cache_root) / f"{ensemble.image_cache_key()}-{catalogue.fingerprint()}"
-    return cache_image_features(ensemble, catalogue, np.arange(len(catalogue)), directory, batch_size=batch_size,
-                                times=times)
-
-
-def cache_image_features(ensemble: Ensemble, catalogue: Catalogue, positions: np.ndarray, work_dir: Path, *,
-                         view: int = 0, augment: AugmentCfg | None = None, seed: int = 0, batch_size: int = 256,
-                         times: StageTimes | None = None) -> np.ndarray:
-    """(n, ...) float16 image trunk outputs for one view (0 = clean), resumably."""
-    reader = _image_reader(ensemble, catalogue, positions, view, augment or AugmentCfg(), seed)
-    with torch.no_grad():
-        return run_sharded(len(positions), reader, lambda px: {"features": _half(ensemble.image_trunk(px))},
-                           Path(work_dir) / f"image-view{view}", batch_size=batch_size,
-                           desc=f"cache images ({view})", times=times)["features"]
 
 
 def _cache(ensemble, catalogue, positions, work_dir, views, augment, captions, seed, batch_size,

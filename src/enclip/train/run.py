@@ -22,15 +22,17 @@ import numpy as np
 import torch
 
 from enclip.artifacts import manifest, read_json, write_json
-from enclip.cluster import ClusterCfg, Clustering
+from enclip.cluster.kmeans import ClusterCfg, Clustering
 from enclip.data.catalogue import Catalogue
 from enclip.data.split import split_indices
+from enclip.embed.trunk_cache import catalogue_image_features
 from enclip.errors import EnclipError
+from enclip.models.device import resolve_device
 from enclip.models.ensemble import Ensemble
 from enclip.models.registry import BackboneCfg, create_backbone
-from enclip.train.clusters import member_clusters
-from enclip.train.features import FeatureCache, cache_features, catalogue_image_features
-from enclip.train.trainer import MemberRun, TrainCfg, resolve_device, title_groups, train_member
+from enclip.train.features import FeatureCache, cache_features
+from enclip.train.specialists import member_clusters
+from enclip.train.trainer import MemberRun, TrainCfg, title_groups, train_member
 
 log = logging.getLogger(__name__)
 

@@ -48,12 +48,6 @@ class TrainCfg:
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def title_groups(titles: list[str]) -> np.ndarray:
     """Integer label per item; items with the same normalised title share it."""
     seen: dict[str, int] = {}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from enclip.errors import EnclipError
-from enclip.index import INDEX_KINDS, ExactIndex, IndexCfg, create_index
-from tests.index.conftest import normalise
+from enclip.vectors import INDEX_KINDS, ExactIndex, IndexCfg, create_index
+from tests.vectors.conftest import normalise
 
 DIM = 32
 N = 2000
@@ -212,7 +212,7 @@ def test_incremental_adds_equal_one_add(kind, data):
 
 
 def test_ivf_reduces_lists_for_small_catalogues_and_says_why(data, caplog):
-    caplog.set_level("INFO", logger="enclip.index.faiss_backend")
+    caplog.set_level("INFO", logger="enclip.vectors.faiss_backend")
     index = build("ivf", data[0][:400], ivf_nlist=64)
     index.search(data[1][:1], 1)
     assert index.nlist == 400 // 39

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from enclip.index.base import VectorIndex
+from enclip.vectors.base import VectorIndex
 
 QUERY_BLOCK = 256  # queries scored together (bounds the temporary score matrix)
 ROW_BLOCK = 32768  # stored rows scored together (also bounds the float16 -> float32 upcast)

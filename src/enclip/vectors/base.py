@@ -139,7 +139,7 @@ class VectorIndex(ABC):
         directory = Path(directory)
         info = read_json(directory / INFO_FILE)
         if cls is VectorIndex:
-            from enclip.index import index_class
+            from enclip.vectors import index_class
 
             return index_class(info.get("kind")).load(directory, mmap=mmap)
         if info.get("kind") != cls.kind:

@@ -9,7 +9,7 @@ import pytest
 
 from enclip.artifacts import atomic_dir
 from enclip.errors import EnclipError
-from enclip.index import (
+from enclip.vectors import (
     ExactIndex,
     FaissFlatIndex,
     FaissHNSWIndex,
@@ -18,7 +18,7 @@ from enclip.index import (
     create_index,
     load_index,
 )
-from tests.index.conftest import normalise
+from tests.vectors.conftest import normalise
 
 DIM = 16
 N = 600

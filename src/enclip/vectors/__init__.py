@@ -10,9 +10,9 @@ from pathlib import Path
 
 from enclip.artifacts import read_json
 from enclip.errors import EnclipError
-from enclip.index.base import INFO_FILE, IndexCfg, VectorIndex
-from enclip.index.exact import ExactIndex, brute_force_topk
-from enclip.index.faiss_backend import FaissFlatIndex, FaissHNSWIndex, FaissIVFIndex
+from enclip.vectors.base import INFO_FILE, IndexCfg, VectorIndex
+from enclip.vectors.exact import ExactIndex, brute_force_topk
+from enclip.vectors.faiss_backend import FaissFlatIndex, FaissHNSWIndex, FaissIVFIndex
 
 INDEX_KINDS: dict[str, type[VectorIndex]] = {
     "exact": ExactIndex,

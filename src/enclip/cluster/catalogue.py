@@ -7,13 +7,12 @@ costs nothing extra); ``enclip cluster --model DIR`` clusters a fine-tuned model
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from enclip.artifacts import write_json
-from enclip.cluster import ClusterCfg, Clustering, fit_clusters, write_cluster_report
+from enclip.cluster.kmeans import ClusterCfg, Clustering, fit_clusters, write_cluster_report
 from enclip.data.catalogue import Catalogue
 from enclip.data.split import split_indices
 from enclip.errors import EnclipError
@@ -64,17 +63,3 @@ def cluster_catalogue(catalogue: Catalogue, out_dir: Path, k: int | None = None,
     features = _embed_train_images(catalogue, positions, model)
     cfg = ClusterCfg(k=k, k_range=k_range, seed=seed)
     return cluster_and_report(features, positions, catalogue, Path(out_dir), cfg)
-
-
-def member_clusters(pooled: np.ndarray, positions: np.ndarray, catalogue: Catalogue, directory: Path,
-                    members: int, cfg: ClusterCfg) -> Clustering:
-    """One cluster per ensemble member, on the cached trunk features of the train items (reused on resume)."""
-    if (directory / "clusters.json").exists():
-        return Clustering.load(directory)
-    clustering = cluster_and_report(pooled, positions, catalogue, directory, replace(cfg, k=members))
-    if clustering.k != members:
-        raise EnclipError(
-            f"clustering found only {clustering.k} usable clusters for {members} members; "
-            "use fewer members or the seeds/bagging strategy"
-        )
-    return clustering

@@ -16,8 +16,8 @@ import faiss
 import numpy as np
 
 from enclip.errors import EnclipError
-from enclip.index.base import IndexCfg, VectorIndex
-from enclip.index.exact import brute_force_topk
+from enclip.vectors.base import IndexCfg, VectorIndex
+from enclip.vectors.exact import brute_force_topk
 
 logger = logging.getLogger(__name__)
 

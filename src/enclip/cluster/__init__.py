@@ -1,0 +1,1 @@
+"""Image clustering: k-means with model selection (``kmeans``), and the ``enclip cluster`` command (``catalogue``)."""
