@@ -129,18 +129,6 @@ def _cache_texts(ensemble: Ensemble, texts: list[str], work_dir: Path, batch_siz
     return {name: array[rows] for name, array in arrays.items()}
 
 
-def _image_reader(ensemble: Ensemble, catalogue: Catalogue, positions: np.ndarray, view: int,
-                  augment: AugmentCfg, seed: int):
-    def read(rows: np.ndarray) -> torch.Tensor:
-        images = [catalogue.image(int(positions[r])) for r in rows]
-        if view > 0:
-            images = [random_degrade(im, augment, np.random.default_rng([seed, view, int(r)]))
-                      for im, r in zip(images, rows)]
-        return ensemble.pixels(images)
-
-    return read
-
-
 def _caption_table(catalogue: Catalogue, positions: np.ndarray, cfg: CaptionCfg) -> tuple[list[str], np.ndarray]:
     texts: list[str] = []
     owner: list[int] = []

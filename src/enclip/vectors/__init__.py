@@ -10,7 +10,7 @@ from pathlib import Path
 
 from enclip.artifacts import read_json
 from enclip.errors import EnclipError
-from enclip.vectors.base import INFO_FILE, IndexCfg, VectorIndex
+from enclip.vectors.base import INFO_FILE, IndexCfg, VectorIndex, Where
 from enclip.vectors.exact import ExactIndex, brute_force_topk
 from enclip.vectors.faiss_backend import FaissFlatIndex, FaissHNSWIndex, FaissIVFIndex
 
@@ -49,6 +49,7 @@ __all__ = [
     "FaissIVFIndex",
     "IndexCfg",
     "VectorIndex",
+    "Where",
     "brute_force_topk",
     "create_index",
     "index_class",

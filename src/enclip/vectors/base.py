@@ -40,6 +40,17 @@ class IndexCfg:
     filter_exact_fraction: float = 0.05  # ... or allowing at most this fraction of all rows
 
 
+@dataclass(frozen=True)
+class Where:
+    """Which rows a search may return, in two equivalent forms: the condition itself, for engines that filter on
+    stored fields (Milvus expressions), and the same condition as a boolean mask over row positions, for in-process
+    backends. Attribute keys are ANDed, the values of one key ORed."""
+
+    attributes: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # attribute -> allowed values
+    clusters: tuple[int, ...] | None = None  # allowed item clusters (None = any)
+    mask: np.ndarray | None = None  # (n,) bool over row positions; None = every row
+
+
 def _validate_cfg(dim: int, cfg: IndexCfg) -> None:
     if int(dim) <= 0:
         raise EnclipError(f"index dimension must be positive, got {dim}")
@@ -92,13 +103,15 @@ class VectorIndex(ABC):
         self._on_add(rows)
 
     def search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | Where | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows by inner product, best first, as (scores float32 (q,k), positions int64 (q,k)).
 
-        Missing results are padded with score -inf and position -1. ``allowed`` (a boolean mask over all rows or an
-        array of positions) restricts the results; removed rows never come back.
+        Missing results are padded with score -inf and position -1. ``allowed`` (a boolean mask over all rows, an
+        array of positions, or a :class:`Where`) restricts the results; removed rows never come back.
         """
+        if isinstance(allowed, Where):
+            allowed = allowed.mask
         queries = self._check_queries(queries)
         k = _check_k(k)
         candidates = self._candidates(allowed)
