@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -174,14 +174,18 @@ def _to_builtin_key(key: Any) -> Any:
     return key if isinstance(key, (str, int, float, bool)) or key is None else str(key)
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON (sorted keys, indent 2) so the file is either the old one or the complete new one."""
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """Yield a handle on a temporary sibling of ``path``; on success it is fsync'd and renamed over ``path`` (and the
+    directory fsync'd), on error it vanishes. Readers see the old complete file or the new complete one.
+
+    The one write pattern for every file enclip replaces: JSON manifests, shards, heads, reports.
+    """
     path = Path(path)
-    text = json.dumps(_to_builtin(obj), sort_keys=True, indent=2) + "\n"
     temp = _sibling_name(path, "tmp")
     try:
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(temp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
@@ -189,6 +193,13 @@ def write_json(path: Path, obj: Any) -> None:
         temp.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON (sorted keys, indent 2) so the file is either the old one or the complete new one."""
+    text = json.dumps(_to_builtin(obj), sort_keys=True, indent=2) + "\n"
+    with atomic_file(path, "w") as handle:
+        handle.write(text)
 
 
 def read_json(path: Path) -> dict:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from sklearn.metrics import davies_bouldin_score, silhouette_score
 
+from enclip.artifacts import atomic_file, write_json
 from enclip.errors import EnclipError
 
 logger = logging.getLogger(__name__)
@@ -70,15 +71,16 @@ class Clustering:
         """Write centroids.npy, assignments.npy and clusters.json so the clustering reloads from disk alone."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        np.save(directory / "centroids.npy", self.centroids)
-        np.save(directory / "assignments.npy", self.assignments)
+        for name, array in (("centroids.npy", self.centroids), ("assignments.npy", self.assignments)):
+            with atomic_file(directory / name) as handle:
+                np.save(handle, array)
         meta = {
             "k": self.k,
             "sizes": self.sizes.tolist(),
             "scores": {str(k): v for k, v in self.scores.items()},
             "cfg": asdict(self.cfg) if self.cfg is not None else None,
         }
-        (directory / "clusters.json").write_text(json.dumps(meta, indent=2))
+        write_json(directory / "clusters.json", meta)
 
     @classmethod
     def load(cls, directory: Path) -> "Clustering":
@@ -306,8 +308,9 @@ def write_cluster_report(directory: Path, clustering: Clustering, attributes: di
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     summary = summarise_clusters(clustering, attributes)
-    (directory / "summary.json").write_text(json.dumps(summary, indent=2))
-    (directory / "summary.md").write_text(_summary_markdown(summary))
+    write_json(directory / "summary.json", summary)
+    with atomic_file(directory / "summary.md", "w") as handle:
+        handle.write(_summary_markdown(summary))
     samples = [_sample_members(clustering, c, per_cluster, seed) for c in range(clustering.k)]
     labels = [_label(entry) for entry in summary]
     for cluster, (rows, label) in enumerate(zip(samples, labels)):

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +21,7 @@ from typing import Any
 
 from PIL import Image
 
+from enclip.artifacts import write_json
 from enclip.data.images import ImageDecodeError, decode_image
 from enclip.data.readers import TABLE_SUFFIXES, ColumnMap, _read_file, _read_folder, _resolve_source, _Table, _text
 from enclip.errors import EnclipError
@@ -151,15 +150,7 @@ class SkipReport:
 
     def write(self, path: Path) -> None:
         """Write as JSON atomically, so a crash never leaves a half-written report beside a run's outputs."""
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, indent=2)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_json(path, self.to_dict())
 
 
 # ---- assembly --------------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ decodes and preprocesses the next batch while the current one is encoded.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -18,7 +17,7 @@ from typing import Callable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from enclip.artifacts import read_json, write_json
+from enclip.artifacts import atomic_file, read_json, write_json
 from enclip.errors import EnclipError
 
 log = logging.getLogger(__name__)
@@ -75,12 +74,8 @@ def _prefetch(reader: Reader, batches: list[np.ndarray], depth: int = 2) -> Iter
 
 
 def _save_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_file(path) as handle:
         np.savez(handle, **arrays)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def run_sharded(

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from enclip.artifacts import manifest, read_json, write_json
+from enclip.artifacts import atomic_file, manifest, read_json, write_json
 from enclip.errors import EnclipError
 from enclip.models import towers
 from enclip.models.registry import Backbone, BackboneCfg, create_backbone
@@ -137,8 +137,8 @@ class Ensemble(nn.Module):
         """Write member ``index`` as a standalone enclip model directory."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save(self.members[index].state_dict(), directory / "heads.pt.tmp")
-        (directory / "heads.pt.tmp").replace(directory / "heads.pt")
+        with atomic_file(directory / "heads.pt") as handle:
+            torch.save(self.members[index].state_dict(), handle)
         write_json(
             directory / "model.json",
             manifest("model", backbone=asdict(self.backbone.cfg), heads=asdict(self.head_cfg),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from enclip.artifacts import atomic_file
 from enclip.data.captions import CaptionCfg
 from enclip.data.degrade import AugmentCfg
 from enclip.models.ensemble import Ensemble, HeadCfg
@@ -254,9 +254,6 @@ def validation_recall(ensemble: Ensemble, index: int, val: FeatureCache, rows: n
 
 
 def _save_checkpoint(path: Path, member, optimizer, scheduler, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"member": member.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "state": state}, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with atomic_file(path) as handle:
+        torch.save({"member": member.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "state": state}, handle)
