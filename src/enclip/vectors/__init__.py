@@ -6,11 +6,12 @@ from its self-describing ``index_info.json``.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from enclip.artifacts import read_json
 from enclip.errors import EnclipError
-from enclip.vectors.base import INFO_FILE, IndexCfg, VectorIndex, Where
+from enclip.vectors.base import INFO_FILE, IndexCfg, ItemFields, VectorIndex, Where
 from enclip.vectors.exact import ExactIndex, brute_force_topk
 from enclip.vectors.faiss_backend import FaissFlatIndex, FaissHNSWIndex, FaissIVFIndex
 
@@ -22,10 +23,17 @@ INDEX_KINDS: dict[str, type[VectorIndex]] = {
 }
 
 
+# Backends on external engines, imported on first use (their clients are optional extras: enclip[scale]).
+ENGINE_KINDS: dict[str, str] = {"milvus": "enclip.vectors.milvus:MilvusIndex"}
+
+
 def index_class(kind: str) -> type[VectorIndex]:
     """The backend class registered under ``kind``."""
+    if kind in ENGINE_KINDS:
+        module, name = ENGINE_KINDS[kind].split(":")
+        return getattr(importlib.import_module(module), name)
     if kind not in INDEX_KINDS:
-        raise EnclipError(f"unknown index kind {kind!r}; choose one of {sorted(INDEX_KINDS)}")
+        raise EnclipError(f"unknown index kind {kind!r}; choose one of {sorted([*INDEX_KINDS, *ENGINE_KINDS])}")
     return INDEX_KINDS[kind]
 
 
@@ -42,12 +50,14 @@ def load_index(directory: str | Path, mmap: bool = False) -> VectorIndex:
 
 
 __all__ = [
+    "ENGINE_KINDS",
     "INDEX_KINDS",
     "ExactIndex",
     "FaissFlatIndex",
     "FaissHNSWIndex",
     "FaissIVFIndex",
     "IndexCfg",
+    "ItemFields",
     "VectorIndex",
     "Where",
     "brute_force_topk",

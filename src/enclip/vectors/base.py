@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -38,6 +39,9 @@ class IndexCfg:
     ivf_nprobe: int = 16  # IVF lists probed per query
     filter_exact_rows: int = 4096  # approximate kinds score a filter allowing at most this many rows exactly
     filter_exact_fraction: float = 0.05  # ... or allowing at most this fraction of all rows
+    milvus_uri: str | None = None  # milvus: a ``.db`` file (embedded Milvus Lite) or http(s)://host:19530 (a server)
+    milvus_collection: str = "enclip_items"  # milvus: collection name prefix (each build gets its own collection)
+    milvus_index: str = "flat"  # milvus: "flat" (exact) or "hnsw" (uses the hnsw_* fields above)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,19 @@ class Where:
     attributes: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)  # attribute -> allowed values
     clusters: tuple[int, ...] | None = None  # allowed item clusters (None = any)
     mask: np.ndarray | None = None  # (n,) bool over row positions; None = every row
+
+
+@dataclass(frozen=True)
+class ItemFields:
+    """Scalar fields of the rows being added, for engines that filter on stored fields (Milvus); in-process
+    backends filter by position and ignore them."""
+
+    ids: Sequence[str]  # catalogue id of each row
+    attributes: dict[str, Sequence[str]] = dataclasses.field(default_factory=dict)  # attribute -> value per row
+    clusters: Sequence[int] | None = None  # item cluster of each row (None = no clusters)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 def _validate_cfg(dim: int, cfg: IndexCfg) -> None:
@@ -95,8 +112,9 @@ class VectorIndex(ABC):
     def n_removed(self) -> int:
         return int(self._removed.sum())
 
-    def add(self, vectors: np.ndarray) -> None:
-        """Append rows at positions len(self)..; rows are rounded to the storage dtype before indexing."""
+    def add(self, vectors: np.ndarray, fields: ItemFields | None = None) -> None:
+        """Append rows at positions len(self)..; rows are rounded to the storage dtype before indexing. ``fields``
+        (ids, attributes, clusters of the rows) are stored by backends that filter on them, ignored here."""
         rows = self._check_rows(vectors)
         self._append(rows)
         self._removed = np.concatenate([self._removed, np.zeros(len(rows), dtype=bool)])
