@@ -166,7 +166,9 @@ def _print_result(result, as_json: bool) -> None:
 
 def cmd_search(args) -> int:
     from enclip.search import load_searcher
+    from enclip.search_request import check_limits
 
+    check_limits(args.k, args.weight)  # before loading the index: a huge k is refused at once
     searcher = load_searcher(args.index)
     options = dict(k=args.k, filters=_filters(args.filter), weight=args.weight, fusion=args.fusion,
                    clusters=args.clusters)
@@ -178,9 +180,13 @@ def cmd_search(args) -> int:
 
 
 def _batch_search(searcher, path: Path, options: dict) -> int:
-    """One JSON result per input line; a bad line gets an error line and the rest still answer."""
+    """One JSON result per input line; a bad line gets an error line and the rest still answer.
+
+    Each line is validated with the HTTP API's schema (plus an ``image`` path); fields it leaves out take the
+    command line's values.
+    """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_bytes().splitlines()
     except OSError as error:
         raise EnclipError(f"cannot read --queries file {path}: {error}") from error
     failures = 0
@@ -188,16 +194,31 @@ def _batch_search(searcher, path: Path, options: dict) -> int:
         if not line.strip():
             continue
         try:
-            query = json.loads(line)
-            if not isinstance(query, dict):
-                raise EnclipError('each line must be a JSON object like {"text": ..., "image": ...}')
-            merged = {**options, **{k: query[k] for k in ("k", "weight", "fusion", "filters") if k in query}}
-            result = searcher.search(text=query.get("text"), image=query.get("image"), **merged)
+            result = _search_line(searcher, line, options)
             print(json.dumps({"line": number, **result.to_dict()}, ensure_ascii=False))
-        except (EnclipError, json.JSONDecodeError) as error:
+        except EnclipError as error:
             failures += 1
             print(json.dumps({"line": number, "error": str(error)}, ensure_ascii=False))
     return 1 if failures else 0
+
+
+def _search_line(searcher, line: bytes, options: dict):
+    from enclip.search_request import QueryLine, check_limits, parse_request
+
+    try:
+        text = line.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise EnclipError("the line is not UTF-8 text; save the queries file as UTF-8") from None
+    request = parse_request(text, QueryLine)
+    given = request.model_dump(include=request.model_fields_set & {"k", "weight", "fusion", "filters"})
+    merged = {**options, **given}
+    check_limits(merged["k"], merged["weight"])
+    image = request.image
+    if request.image_id is not None:
+        if image is not None:
+            raise EnclipError("give either 'image' (a path) or 'image_id' (a catalogue item), not both")
+        image = searcher.image_bytes(request.image_id)
+    return searcher.search(text=request.text, image=image, **merged)
 
 
 def cmd_eval(args) -> int:

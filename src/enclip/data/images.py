@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from enclip.errors import EnclipError
 
@@ -24,6 +24,9 @@ MAX_PIXELS: int = 40_000_000
 """Largest image (width x height) we decode; product photos are far smaller, bigger ones are treated as bombs."""
 
 DECODE_REASONS: tuple[str, ...] = ("undecodable_image", "truncated_image", "decompression_bomb", "not_an_image")
+
+PHOTO_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO")
+"""PIL formats a product photo is decoded from; the others (EPS via ghostscript, PSD, ...) never see our bytes."""
 
 # Leading bytes of the formats PIL reads that product photos come in: data that starts like an image but
 # cannot be decoded is "undecodable"; data that starts like nothing we know is "not an image" (a text file...).
@@ -57,16 +60,16 @@ def _looks_like_image(data: bytes) -> bool:
     return any(head.startswith(prefix) for prefix in _MAGIC_PREFIXES)
 
 
-def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+def _open_checked(data: bytes, max_pixels: int, formats: tuple[str, ...]) -> Image.Image:
     """Parse the header only and refuse oversized images before any pixel is decoded."""
     try:
         with _OPEN_LOCK, warnings.catch_warnings(record=True):
             # PIL warns above its own global limit; ours (max_pixels) decides, so the warning is just recorded.
             warnings.simplefilter("always", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=formats)
     except Image.DecompressionBombError as err:
         raise ImageDecodeError("decompression_bomb", f"image refused as a decompression bomb: {err}") from err
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
+    except Exception as err:  # untrusted bytes: a plugin may raise anything (struct.error, ...); all mean unusable
         if _looks_like_image(data):
             raise ImageDecodeError("undecodable_image", f"image header is corrupt ({err})") from err
         head = bytes(data[:12])
@@ -88,7 +91,7 @@ def _load_pixels(img: Image.Image) -> None:
         img.load()
     except Image.DecompressionBombError as err:
         raise ImageDecodeError("decompression_bomb", f"image refused as a decompression bomb: {err}") from err
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError) as err:
+    except Exception as err:  # untrusted bytes: a decoder may raise anything; all mean the pixels are unusable
         reason = "truncated_image" if "truncated" in str(err).lower() else "undecodable_image"
         raise ImageDecodeError(reason, f"image data cannot be decoded ({err})") from err
 
@@ -121,19 +124,24 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         raise ImageDecodeError("undecodable_image", f"cannot convert image mode {img.mode} to RGB ({err})") from err
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[Image.Image, str | None]:
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS,
+                 formats: tuple[str, ...] = PHOTO_FORMATS) -> tuple[Image.Image, str | None]:
     """Fully decode encoded image bytes to RGB; return ``(rgb_image, converted_from)``.
 
     ``converted_from`` is the original mode ("L", "RGBA", "CMYK", "P", ...) when it was not RGB, else None, so the
     loader can report how many photos were converted. Pixels are decoded eagerly so a truncated file fails here.
+    This is the one decoder of enclip: catalogue rows, command-line queries and HTTP uploads (which narrow
+    ``formats``) all come through it, so a photo looks the same to the model whichever way it arrives.
     Raises ``ImageDecodeError`` whose ``reason`` is one of ``DECODE_REASONS``.
     """
     if not data:
         raise ImageDecodeError("not_an_image", "image data is empty (0 bytes)")
-    img = _open_checked(data, max_pixels)
+    img = _open_checked(data, max_pixels, formats)
     _load_pixels(img)
     original_mode = img.mode
     rgb = _to_rgb(img)
+    if rgb is img:
+        rgb = img.copy()  # a plain image, detached from the file object and its encoded bytes
     return rgb, (None if original_mode == "RGB" else original_mode)
 
 

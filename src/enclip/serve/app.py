@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -194,8 +195,9 @@ class ServiceState:
 
 def create_app(searcher, cfg: ServeCfg) -> FastAPI:
     """Build the service around a loaded searcher (or None: then /health answers 503 until `attach_searcher`)."""
-    app = FastAPI(title="enclip search", version="1", description="Multimodal fashion search over an ENCLIP "
-                  "ensemble index. Errors are JSON objects {\"error\": message}.")
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from this service, not a CDN, so they work offline.
+    app = FastAPIOffline(title="enclip search", version="1", description="Multimodal fashion search over an "
+                         "ENCLIP ensemble index. Errors are JSON objects {\"error\": message}.")
     state = ServiceState(cfg=cfg)
     app.state.enclip = state
     if cfg.changelog_path is not None:

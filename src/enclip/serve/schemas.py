@@ -6,13 +6,16 @@ search, and to admin uploads.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import dataclass, field
 
-from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, Field, ValidationError
+from PIL import Image
+from pydantic import BaseModel, Field
+
+from enclip.data import images
+from enclip.errors import EnclipError
+from enclip.search_request import SearchRequest, check_limits, parse_request
 
 # Formats a shopper's photo can reasonably be in; restricting PIL's openers also keeps exotic decoders
 # (EPS via ghostscript, PSD, ...) away from untrusted bytes.
@@ -30,17 +33,6 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.headers = headers
-
-
-class SearchRequest(BaseModel):
-    """JSON body of ``POST /search``."""
-
-    text: str | None = Field(None, description="free-text query")
-    image_id: str | None = Field(None, description="use this catalogue item's image as the image query (similar)")
-    weight: float = Field(0.5, description="share of the text score when both text and an image are given (0..1)")
-    k: int = Field(10, description="number of hits (1..max_k)")
-    fusion: str | None = Field(None, description="ensemble fusion rule; the index default when omitted")
-    filters: dict[str, str | list[str]] = Field(default_factory=dict, description="attribute -> value(s)")
 
 
 class HitOut(BaseModel):
@@ -115,9 +107,9 @@ def image_url(item_id: str) -> str:
 def query_from_json(body: bytes) -> SearchQuery:
     """Parse the JSON form of a search."""
     try:
-        request = SearchRequest.model_validate_json(body or b"{}")
-    except ValidationError as error:
-        raise ApiError(422, "invalid JSON search request: " + _summarise(error)) from None
+        request = parse_request(body)
+    except EnclipError as error:
+        raise ApiError(422, str(error).replace("invalid search request", "invalid JSON search request", 1)) from None
     return SearchQuery(text=_blank_to_none(request.text), image_id=_blank_to_none(request.image_id),
                        weight=request.weight, k=request.k, fusion=_blank_to_none(request.fusion),
                        filters=request.filters)
@@ -159,10 +151,10 @@ def check_query(query: SearchQuery, filter_keys: list[str], fusion_rules: list[s
         raise ApiError(400, "empty query: give 'text', an 'image' upload, or an 'image_id' (or several)")
     if query.text is not None and len(query.text) > max_text_chars:
         raise ApiError(422, f"text is {len(query.text)} characters long; the limit is {max_text_chars}")
-    if not 1 <= query.k <= max_k:
-        raise ApiError(422, f"k must be between 1 and {max_k}, got {query.k}")
-    if not 0.0 <= query.weight <= 1.0:
-        raise ApiError(422, f"weight must be between 0 and 1 (share of the text score), got {query.weight}")
+    try:
+        check_limits(query.k, query.weight, max_k)
+    except EnclipError as error:
+        raise ApiError(422, str(error)) from None
     if query.fusion is not None and query.fusion not in fusion_rules:
         raise ApiError(422, f"unknown fusion rule {query.fusion!r}; valid rules: {', '.join(fusion_rules)}")
     unknown = sorted(set(query.filters) - set(filter_keys))
@@ -171,27 +163,21 @@ def check_query(query: SearchQuery, filter_keys: list[str], fusion_rules: list[s
 
 
 def decode_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
-    """Decode untrusted bytes into an RGB image, or refuse them.
+    """Decode an upload with the one decoder the command line and the catalogue use, or refuse it.
 
     The type is decided by decoding, never by file name or declared content type, and the pixel count is checked
     from the header before any pixel is decompressed, so a tiny file declaring a huge canvas costs nothing.
     """
     if not data:
         raise ApiError(400, f"upload {name!r} is empty")
-    limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)  # stay under PIL's own warning threshold
     try:
-        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
-            width, height = image.size
-            if width * height > limit:
-                raise ApiError(400, f"upload {name!r} declares {width}x{height} pixels, over the limit of "
-                                    f"{limit}; refusing a possible decompression bomb")
-            image.load()
-            return image.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(400, f"upload {name!r} is too large in pixels (possible decompression bomb)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
-        raise ApiError(400, f"upload {name!r} is not a readable image; send a {'/'.join(ACCEPTED_FORMATS)} "
-                            "file") from None
+        return images.decode_image(data, max_pixels, formats=ACCEPTED_FORMATS)[0]
+    except images.ImageDecodeError as error:
+        if error.reason == "decompression_bomb":
+            raise ApiError(400, f"upload {name!r} is too large in pixels ({error}); refusing a possible "
+                                "decompression bomb") from None
+        raise ApiError(400, f"upload {name!r} is not a readable image ({error}); send a "
+                            f"{'/'.join(ACCEPTED_FORMATS)} file") from None
 
 
 def sniff_image_type(data: bytes) -> str:
@@ -254,8 +240,3 @@ def _number_field(form, name: str, kind: type, default):
 
 def _blank_to_none(value: str | None) -> str | None:
     return value if value is not None and value.strip() else None
-
-
-def _summarise(error: ValidationError) -> str:
-    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()]
-    return "; ".join(parts)
