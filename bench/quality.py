@@ -116,7 +116,7 @@ class Bench:
         """Member ``member`` of an ensemble as its own single-model index (its slice of the ensemble vectors)."""
         out = self.cfg.out / "indexes" / f"{system.name}-member{member}"
         if not (out / "index.json").exists():
-            searcher = Searcher(self.index(system))
+            searcher = Searcher.load(self.index(system))
             d = searcher.dim
             vectors = searcher.index.reconstruct(np.arange(len(searcher.index)))[:, member * d : (member + 1) * d]
             write_index(self.model_dir(system) / "members" / str(member), self.catalogue, vectors, out)
@@ -143,7 +143,7 @@ class Bench:
         the rules differ only in how member scores combine, so re-encoding the same queries would be waste."""
         if self._loaded is None or self._loaded[0] != str(index_dir):
             self._loaded = None  # release the previous index before loading the next
-            searcher = Searcher(index_dir)
+            searcher = Searcher.load(index_dir)
             searcher.model = RememberedTexts(searcher.model)
             self._loaded = (str(index_dir), searcher)
         searcher = self._loaded[1]
@@ -189,7 +189,7 @@ def _cached_evaluation(out: Path, run) -> dict:
 
 def member_diversity(index_dir: Path, texts: list[str], k: int = 10) -> dict:
     """How differently the members rank: mean pairwise top-k overlap and score correlation over all items."""
-    searcher = Searcher(index_dir)
+    searcher = Searcher.load(index_dir)
     m, d = searcher.members, searcher.dim
     items = searcher.index.reconstruct(np.arange(len(searcher.index))).reshape(-1, m, d)
     overlaps, correlations = [], []

@@ -6,10 +6,7 @@ import pytest
 from enclip.errors import EnclipError
 from enclip.fusion import (
     agreement,
-    concat_for_single_index,
-    fit_mean_weights,
     fuse_item_routed,
-    fuse_mean,
     fuse_routed,
     fuse_rrf,
     item_routing_weights,
@@ -25,43 +22,6 @@ def unit(x):
 @pytest.fixture
 def scores():
     return np.random.default_rng(0).uniform(-1, 1, size=(3, 4, 7))
-
-
-def test_fuse_mean_matches_loop_and_normalises_weights(scores):
-    weights = np.array([2.0, 1.0, 1.0])
-    expected = np.zeros((4, 7))
-    for i in range(3):
-        for q in range(4):
-            for n in range(7):
-                expected[q, n] += weights[i] / weights.sum() * scores[i, q, n]
-    np.testing.assert_allclose(fuse_mean(scores, weights), expected, atol=1e-12)
-    np.testing.assert_allclose(fuse_mean(scores, weights * 10), expected, atol=1e-12)
-    np.testing.assert_allclose(fuse_mean(scores), scores.mean(axis=0), atol=1e-12)
-
-
-def test_fuse_mean_is_pure_and_rejects_bad_weights(scores):
-    before = scores.copy()
-    fuse_mean(scores, np.array([1.0, 0.0, 0.0]))
-    np.testing.assert_array_equal(scores, before)
-    for bad in ([1.0, -1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0]):
-        with pytest.raises(EnclipError):
-            fuse_mean(scores, np.array(bad))
-
-
-def test_concat_single_index_reproduces_mean_scores_and_ranking():
-    rng = np.random.default_rng(1)
-    dims, weights = (8, 5, 12), np.array([0.5, 0.2, 0.3]) * 7
-    items = [rng.normal(size=(200, d)) for d in dims]
-    queries = [rng.normal(size=(6, d)) for d in dims]
-    member_cosines = np.stack([unit(qv) @ unit(iv).T for qv, iv in zip(queries, items)])
-    reference = fuse_mean(member_cosines, weights)
-    concat_items = concat_for_single_index(items, weights)
-    concat_queries = concat_for_single_index(queries, weights)
-    assert concat_items.shape == (200, sum(dims))
-    single = concat_queries @ concat_items.T
-    np.testing.assert_allclose(single, reference, atol=1e-5)
-    np.testing.assert_array_equal(np.argsort(-single, axis=1, kind="stable"),
-                                  np.argsort(-reference, axis=1, kind="stable"))
 
 
 def test_routing_weights_are_a_softmax_and_harden_to_nearest_centroid():
@@ -129,7 +89,7 @@ def _agreeing_and_disagreeing_scores():
 
 def test_agreement_and_low_confidence_on_agreeing_vs_disagreeing_members():
     scores = _agreeing_and_disagreeing_scores()
-    top = np.argsort(-fuse_mean(scores), axis=1, kind="stable")[:, :5]
+    top = np.argsort(-scores.mean(axis=0), axis=1, kind="stable")[:, :5]
     result = agreement(scores, top, k=5)
     assert result["spread"].shape == (2, 5) and result["votes"].shape == (2, 5)
     for q in range(2):
@@ -150,29 +110,3 @@ def test_low_confidence_flags_top_hit_with_few_votes_and_ignores_padding():
     assert result["votes"].tolist() == [[1, 0]] and np.isnan(result["spread"][0, 1])
     np.testing.assert_array_equal(low_confidence(result, spread_threshold=1.0, min_votes_share=0.5), [True])
     np.testing.assert_array_equal(low_confidence(result, spread_threshold=1.0, min_votes_share=0.3), [False])
-
-
-def test_fit_mean_weights_prefers_informative_member():
-    rng = np.random.default_rng(5)
-    q, n = 120, 60
-    targets = rng.integers(0, n, size=q)
-    informative = rng.normal(0, 1, size=(q, n))
-    informative[np.arange(q), targets] += 2.5
-    noise = rng.normal(0, 1, size=(q, n))
-    scores = np.stack([informative, noise])
-    weights = fit_mean_weights(scores, targets, grid_steps=5, k=5)
-    assert weights.sum() == pytest.approx(1.0)
-    assert weights[0] > 0.5
-
-    def recall(w):
-        fused = fuse_mean(scores, w)
-        return np.mean([(fused[i] > fused[i, targets[i]]).sum() < 5 for i in range(q)])
-
-    assert recall(weights) > recall(np.array([0.5, 0.5]))
-
-
-def test_fit_mean_weights_keeps_equal_weights_for_identical_members():
-    rng = np.random.default_rng(6)
-    member = rng.normal(size=(30, 40))
-    weights = fit_mean_weights(np.stack([member, member, member]), rng.integers(0, 40, size=30), k=3)
-    np.testing.assert_allclose(weights, [1 / 3, 1 / 3, 1 / 3])

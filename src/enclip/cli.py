@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from enclip.errors import EnclipError
+from enclip.fusion import FUSION_RULES
 
 log = logging.getLogger("enclip")
 
@@ -41,7 +42,8 @@ def load_data(args, out_dir: Path | None = None):
     source = args.data or default_data()
     if source is None:
         raise EnclipError(f"no catalogue given and none at {SHARED_CATALOGUE}; pass --data PATH")
-    catalogue, report = load_catalogue(source, _columns(args.columns), limit=args.limit)
+    catalogue, report = load_catalogue(source, _columns(args.columns), limit=args.limit,
+                                       confine_images=getattr(args, "confine_images", False))
     log.info(report.summary_line())
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -54,6 +56,8 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
                         "(default: the shared Fashion Product Images copy when present)")
     parser.add_argument("--columns", help="column mapping for generic tables: id=COL,title=COL,image=COL")
     parser.add_argument("--limit", type=int, help="read only the first N rows (quick trials)")
+    parser.add_argument("--confine-images", action="store_true", help="skip rows whose image path leaves the "
+                        "catalogue's folder (absolute elsewhere, or ..); for catalogues from others")
 
 
 def _trainable(value: str) -> int:
@@ -75,7 +79,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--members", type=int, default=e.members, help="ensemble size K (1 = single model)")
     parser.add_argument("--strategy", default=e.strategy, choices=["seeds", "bagging", "cluster"])
     parser.add_argument("--mix", type=float, default=e.mix, help="cluster strategy: share of out-of-cluster items")
-    parser.add_argument("--fusion", default=e.fusion, choices=["mean", "routed", "item-routed", "rrf"])
+    parser.add_argument("--fusion", default=e.fusion, choices=FUSION_RULES)
     parser.add_argument("--data-fraction", type=float, default=e.data_fraction)
     parser.add_argument("--epochs", type=int, default=t.epochs)
     parser.add_argument("--batch-size", type=int, default=t.batch_size)
@@ -236,15 +240,17 @@ def cmd_serve(args) -> int:
 
     searcher = load_searcher(args.index)
     cfg = ServeCfg(host=args.host, port=args.port, admin_token=resolve_admin_token(),
-                   changelog_path=Path(args.changelog) if args.changelog else Path(args.index) / "changes.jsonl")
+                   changelog_path=Path(args.changelog) if args.changelog else searcher.changelog_path)
     serve(searcher, cfg)
     return 0
 
 
 def cmd_demo(args) -> int:
-    from enclip.demo import run_demo
+    from enclip.demo import DemoCfg, run_demo
 
-    return run_demo(args)
+    out = Path(args.out)
+    catalogue, report = load_data(args, out)
+    return run_demo(catalogue, DemoCfg(out=out, quick=args.quick, eval_queries=args.eval_queries), report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -286,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight", type=float, default=0.5, help="text share of the score when both are given")
     p.add_argument("--filter", action="append", help="KEY=VALUE; repeat for more (same key: any of the values)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--fusion", choices=["mean", "routed", "item-routed", "rrf"])
+    p.add_argument("--fusion", choices=FUSION_RULES)
     p.add_argument("--clusters", type=int, help="score only the items of the query's nearest C clusters")
     p.add_argument("--queries", help="JSONL file, one {\"text\": ..., \"image\": ...} per line")
     p.add_argument("--json", action="store_true")
@@ -297,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", nargs="+", default=["title2img", "title2img_dup", "attr2img", "img2img_lq", "both2img"])
     p.add_argument("--queries", help="JSONL of {text, image, relevant: [ids]} to evaluate instead")
     p.add_argument("--max-queries", type=int, help="evaluate only the first N test queries")
-    p.add_argument("--fusion", choices=["mean", "routed", "item-routed", "rrf"])
+    p.add_argument("--fusion", choices=FUSION_RULES)
     p.add_argument("--out", help="where to write metrics.json (default: the index directory)")
     p.set_defaults(func=cmd_eval)
 
@@ -305,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--changelog", help="durable admin change log (default: INDEX/changes.jsonl)")
+    p.add_argument("--changelog", help="durable admin change log (default: INDEX.changes.jsonl beside the index "
+                   "directory, "
+                   "which rebuilding the index leaves alone)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="train the default system on the catalogue, index it and show searches")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from enclip.data.catalogue import Catalogue, SkipReport
 from enclip.data.degrade import degrade
 from enclip.data.split import split_indices
+from enclip.train.run import RunCfg
 
 log = logging.getLogger(__name__)
 
@@ -20,21 +23,31 @@ def _show(title: str, result) -> None:
         print(f"  {rank}. {hit.score:.3f}  {hit.id:>6}  {hit.title}")
 
 
-def run_demo(args) -> int:
-    from enclip.cli import build_parser, load_data, run_cfg
+@dataclass
+class DemoCfg:
+    out: Path = Path("runs/demo")  # where the model, the trunk cache and the index go
+    quick: bool = False  # a smaller run for a first look
+    eval_queries: int | None = None  # held-out queries in the closing quality summary (None = all)
+
+
+def demo_run_cfg(out: Path, quick: bool) -> RunCfg:
+    """The default system's training config (see README: why these defaults); the catalogue's images pass the
+    frozen trunk once, for training and index alike."""
+    cfg = RunCfg(trunk_cache=str(out / "trunk-cache"))
+    return replace(cfg, train=replace(cfg.train, epochs=2)) if quick else cfg
+
+
+def run_demo(catalogue: Catalogue, cfg: DemoCfg, report: SkipReport | None = None) -> int:
     from enclip.eval.evaluate import EvalCfg, evaluate_index
     from enclip.indexing import IndexBuildCfg, build_index
     from enclip.search import load_searcher
     from enclip.train.run import train_system
 
     started = time.perf_counter()
-    out = Path(args.out)
-    catalogue, report = load_data(args, out)
-    trunk_cache = str(out / "trunk-cache")  # the catalogue's images pass the frozen trunk once, for training and index
-    train_args = build_parser().parse_args(["train", "--out", str(out / "model"), "--trunk-cache", trunk_cache,
-                                            *demo_train_flags(args.quick)])
-    model_dir = train_system(catalogue, out / "model", run_cfg(train_args), resume=True)
-    index_dir = build_index(model_dir, catalogue, out / "index", IndexBuildCfg(trunk_cache=trunk_cache),
+    out = Path(cfg.out)
+    run_cfg = demo_run_cfg(out, cfg.quick)
+    model_dir = train_system(catalogue, out / "model", run_cfg, resume=True)
+    index_dir = build_index(model_dir, catalogue, out / "index", IndexBuildCfg(trunk_cache=run_cfg.trunk_cache),
                             resume=True, skip_report=report)
     searcher = load_searcher(index_dir)
     for query in TEXT_QUERIES:
@@ -48,14 +61,9 @@ def run_demo(args) -> int:
           searcher.search(image=photo, k=5))
     _show("same photo + text 'women'", searcher.search(image=photo, text="women", k=5))
     print("\n== quality on held-out (test) items")
-    evaluate_index(index_dir, EvalCfg(tasks=("title2img", "img2img_lq"), max_queries=args.eval_queries,
+    evaluate_index(index_dir, EvalCfg(tasks=("title2img", "img2img_lq"), max_queries=cfg.eval_queries,
                                       lq_queries=300, severities=(3,)), searcher=searcher)
     print(f"\ndemo finished in {(time.perf_counter() - started) / 60:.1f} min. Search it:")
     print(f"  enclip search --index {index_dir} --text \"navy check shirt\" --filter gender=Men")
     print(f"  enclip serve --index {index_dir}   # then open http://127.0.0.1:8000")
     return 0
-
-
-def demo_train_flags(quick: bool) -> list[str]:
-    """The default system's training flags (see README: why these defaults)."""
-    return ["--epochs", "2"] if quick else []

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from enclip.embed.space import l2_normalise
 from enclip.errors import EnclipError
+
+FUSION_RULES = ("mean", "routed", "item-routed", "rrf")  # the rules a search may ask for, in one place
+
+
+def check_rule(rule: str) -> str:
+    """``rule`` if it names a fusion rule, else an error listing them."""
+    if rule not in FUSION_RULES:
+        raise EnclipError(f"unknown fusion rule {rule!r}; choose one of {', '.join(FUSION_RULES)}")
+    return rule
 
 
 def _check_scores(scores: np.ndarray) -> np.ndarray:
@@ -20,31 +30,11 @@ def _check_scores(scores: np.ndarray) -> np.ndarray:
     return scores
 
 
-def _simplex(weights: np.ndarray | None, m: int) -> np.ndarray:
-    """Non-negative weights rescaled to sum 1 (None = equal weights)."""
-    if weights is None:
-        return np.full(m, 1.0 / m)
-    w = np.asarray(weights, dtype=np.float64)
-    if w.shape != (m,) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise EnclipError(f"member weights must be {m} finite non-negative numbers with a positive sum, got {weights}")
-    return w / w.sum()
-
-
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
     x = np.asarray(vectors, dtype=np.float64)
     if x.ndim != 2:
         raise EnclipError(f"expected a 2-D (rows, dim) vector array, got shape {x.shape}")
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def fuse_mean(scores: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """(q, n) weighted mean of member scores; weights are rescaled to sum 1, None means equal weights.
-
-    This is the ensemble's default rule and the one a single concatenated index reproduces exactly.
-    """
-    scores = _check_scores(scores)
-    w = _simplex(weights, scores.shape[0]).astype(np.result_type(scores.dtype, np.float32))
-    return np.tensordot(w, scores, axes=1)
+    return l2_normalise(x)
 
 
 def routing_weights(query_vectors: np.ndarray, centroids: np.ndarray, temperature: float = 0.05) -> np.ndarray:
@@ -127,23 +117,6 @@ def fuse_rrf(rankings: np.ndarray, n_items: int, k: int = 60) -> tuple[np.ndarra
     return fused, np.argsort(-fused, axis=1, kind="stable")
 
 
-def concat_for_single_index(member_vectors: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
-    """(n, sum d_i) float32 concatenation of each member's unit vectors scaled by sqrt(w_i), weights summing to 1.
-
-    Then <concat(query), concat(item)> = sum_i w_i cos_i(query, item) = fuse_mean of the member cosines,
-    so one ordinary inner-product index over the concatenation serves the weighted-mean ensemble exactly.
-    Apply it to items and queries alike, with the same weights.
-    """
-    if not member_vectors:
-        raise EnclipError("need at least one member's vectors to concatenate")
-    w = _simplex(weights, len(member_vectors))
-    units = [_unit_rows(v) for v in member_vectors]
-    if len({u.shape[0] for u in units}) != 1:
-        raise EnclipError(f"members embedded different row counts {[u.shape[0] for u in units]}; "
-                          "encode the same items with every member")
-    return np.hstack([np.sqrt(wi) * u for wi, u in zip(w, units)]).astype(np.float32)
-
-
 def _member_top_mask(scores: np.ndarray, k: int) -> np.ndarray:
     """(m, q, n) bool: item is inside that member's own top-k for that query (ties by ascending position)."""
     order = np.argsort(-scores, axis=2, kind="stable")[:, :, :k]
@@ -183,44 +156,3 @@ def low_confidence(agreement: dict, spread_threshold: float = 0.08, min_votes_sh
     valid = np.isfinite(spread)
     mean_spread = np.where(valid, spread, 0.0).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
     return few_votes | (mean_spread > spread_threshold)
-
-
-def _recall_at_k(fused: np.ndarray, targets: np.ndarray, k: int) -> float:
-    """Share of queries whose target has fewer than k items scored strictly above it."""
-    target_scores = fused[np.arange(len(targets)), targets]
-    above = (fused > target_scores[:, None]).sum(axis=1)
-    return float((above < k).mean())
-
-
-def fit_mean_weights(val_scores: np.ndarray, val_targets: np.ndarray, grid_steps: int = 5, k: int = 10) -> np.ndarray:
-    """Member weights for :func:`fuse_mean` learned on a VALIDATION split (never the test split).
-
-    Coordinate search on the simplex lattice {c / (m * grid_steps) : c >= 0 integer, sum c = m * grid_steps},
-    which contains equal weights exactly (c_i = grid_steps): start there and, each round, try every move of
-    one lattice unit from one member to another; take the move with the highest recall@k, and among equal
-    recalls the one closest (L2) to equal weights; stop when no move strictly improves recall@k. So a member
-    can be dropped in grid_steps moves, and weights leave equal only when the validation data pays for it.
-    ``val_targets`` (q,) holds the position of each query's relevant item among the n candidates.
-    """
-    scores = _check_scores(val_scores)
-    m, q, n = scores.shape
-    targets = np.asarray(val_targets, dtype=np.int64)
-    if targets.shape != (q,) or ((targets < 0) | (targets >= n)).any() or grid_steps < 1 or k < 1:
-        raise EnclipError(f"val_targets must be {q} positions in [0, {n}), grid_steps >= 1 and k >= 1")
-    total = m * grid_steps
-    counts = np.full(m, grid_steps, dtype=np.int64)
-    best = _recall_at_k(fuse_mean(scores, counts / total), targets, k)
-    while True:
-        candidates = []
-        for source in np.flatnonzero(counts > 0):
-            for target in range(m):
-                if target != source:
-                    moved = counts.copy()
-                    moved[source] -= 1
-                    moved[target] += 1
-                    recall = _recall_at_k(fuse_mean(scores, moved / total), targets, k)
-                    candidates.append((-recall, float(np.sum((moved - grid_steps) ** 2)), moved.tolist()))
-        if not candidates or -min(candidates)[0] <= best:
-            return counts / total
-        negative_recall, _, moved = min(candidates)
-        best, counts = -negative_recall, np.asarray(moved, dtype=np.int64)

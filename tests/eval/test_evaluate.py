@@ -25,6 +25,7 @@ from enclip.eval.tasks import (
     sample_positions,
     title_group,
 )
+from enclip.search import QueryEncoder
 
 FAST = dict(lq_queries=3, severities=(1, 3), degradations=("blur", "noise"), n_resamples=200)
 
@@ -140,6 +141,7 @@ class FakeSearcher:
 
     def __init__(self, catalogue: Catalogue, shift: int = 0):
         self.catalogue, self.model = catalogue, OneHotModel(catalogue.titles, shift)
+        self.encoder = QueryEncoder(self.model)
         self.path, self.manifest, self.default_fusion = "fake", {}, "mean"
 
     def search_batch(self, queries, k=10, filters=None, fusion=None):
@@ -170,7 +172,7 @@ def test_batched_query_vectors_match_the_searchers_own_encoding(searcher, catalo
     photo = catalogue.image(4)
     group = QueryGroup("mixed", ["a", "b", "c"], [catalogue.titles[0], None, catalogue.titles[2]],
                        [None, lambda: photo, lambda: photo], [1.0, 0.0, 0.25])
-    vectors = encode_rows(searcher.model, group, range(3))
+    vectors = encode_rows(searcher.encoder, group, range(3))
     expected = [searcher.encode_query(text=catalogue.titles[0]), searcher.encode_query(image=photo),
                 searcher.encode_query(text=catalogue.titles[2], image=photo, weight=0.25)]
     for j, want in enumerate(expected):

@@ -16,6 +16,7 @@ import threading
 from PIL import Image, ImageDraw, ImageStat
 
 from enclip.errors import EnclipError
+from enclip.fusion import FUSION_RULES
 from enclip.search import Hit, SearchResult  # the real result types, so the API is tested on them
 
 COLOURS = {"Red": (200, 30, 40), "Blue": (30, 60, 200), "Green": (30, 160, 60), "Black": (20, 20, 20),
@@ -25,7 +26,6 @@ ARTICLES = {"Tshirts": "Apparel", "Shirts": "Apparel", "Jeans": "Apparel", "Dres
 GENDERS = ("Men", "Women", "Unisex")
 USAGES = ("Casual", "Formal", "Sports")
 FILTER_KEYS = ["gender", "masterCategory", "articleType", "baseColour", "usage"]
-FUSION_RULES = ["mean", "routed", "item-routed", "rrf"]
 MEMBER_FACTORS = (1.0, 0.9, 1.1)  # three "ensemble members" that scale the base score differently
 LOW_CONFIDENCE_BELOW = 0.34
 _MAX_COLOUR_DISTANCE = (3 * 255**2) ** 0.5
@@ -68,7 +68,7 @@ class FakeSearcher:
     """Implements the Searcher interface the service relies on; records each search call in `calls`."""
 
     filter_keys = FILTER_KEYS
-    fusion_rules = FUSION_RULES
+    fusion_rules = list(FUSION_RULES)
 
     def __init__(self, n: int = 24, seed: int = 0) -> None:
         self._lock = threading.Lock()

@@ -15,6 +15,7 @@ from enclip.artifacts import write_json
 from enclip.cluster.kmeans import ClusterCfg, Clustering, fit_clusters, write_cluster_report
 from enclip.data.catalogue import Catalogue
 from enclip.data.split import split_indices
+from enclip.embed.space import l2_normalise
 from enclip.errors import EnclipError
 from enclip.models.ensemble import Ensemble, HeadCfg, load_model
 from enclip.models.registry import create_backbone
@@ -22,14 +23,10 @@ from enclip.models.registry import create_backbone
 log = logging.getLogger(__name__)
 
 
-def normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def cluster_and_report(features: np.ndarray, positions: np.ndarray, catalogue: Catalogue, directory: Path,
                        cfg: ClusterCfg) -> Clustering:
     """Fit clusters on ``features`` (rows = catalogue ``positions``) and write centroids, summary and contact sheets."""
-    clustering = fit_clusters(normalise(features.astype(np.float32)), cfg)
+    clustering = fit_clusters(l2_normalise(features.astype(np.float32)), cfg)
     attributes = {name: [values[p] for p in positions] for name, values in catalogue.attributes.items()}
     write_cluster_report(directory, clustering, attributes, lambda row: catalogue.image(int(positions[row])))
     clustering.save(directory)

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from sklearn.metrics import davies_bouldin_score, silhouette_score
 
 from enclip.artifacts import atomic_file, write_json
+from enclip.embed.space import l2_normalise
 from enclip.errors import EnclipError
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Clustering:
 
     def similarities(self, vectors: np.ndarray) -> np.ndarray:
         """(n, k) cosine similarity of each vector to each centroid; used for routing queries to members."""
-        unit = _normalise(vectors, expected_dim=self.centroids.shape[1])
+        unit = _checked_unit_rows(vectors, expected_dim=self.centroids.shape[1])
         return unit @ self.centroids.T
 
     def assign(self, vectors: np.ndarray) -> np.ndarray:
@@ -103,7 +104,7 @@ class Clustering:
         )
 
 
-def _normalise(vectors: np.ndarray, expected_dim: int | None = None) -> np.ndarray:
+def _checked_unit_rows(vectors: np.ndarray, expected_dim: int | None = None) -> np.ndarray:
     """Float32 unit rows; zero or non-finite rows are a user error (they have no direction to cluster on)."""
     x = np.asarray(vectors, dtype=np.float32)
     if x.ndim != 2:
@@ -116,7 +117,7 @@ def _normalise(vectors: np.ndarray, expected_dim: int | None = None) -> np.ndarr
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if (norms == 0).any():
         raise EnclipError(f"{int((norms == 0).sum())} embedding rows are all zero; drop or re-encode those images")
-    return np.ascontiguousarray(x / np.maximum(norms, 1e-12))
+    return np.ascontiguousarray(l2_normalise(x))
 
 
 def _kmeans(unit: np.ndarray, k: int, cfg: ClusterCfg) -> np.ndarray:
@@ -128,7 +129,7 @@ def _kmeans(unit: np.ndarray, k: int, cfg: ClusterCfg) -> np.ndarray:
         init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
     )
     km.train(unit)
-    return _normalise(km.centroids)
+    return _checked_unit_rows(km.centroids)
 
 
 def _prune_and_order(unit: np.ndarray, centroids: np.ndarray, min_size: int) -> Clustering:
@@ -211,7 +212,7 @@ def fit_clusters(embeddings: np.ndarray, cfg: ClusterCfg) -> Clustering:
         raise EnclipError(f"n_init={cfg.n_init} and max_iter={cfg.max_iter} must both be at least 1")
     if np.asarray(embeddings).size == 0:
         raise EnclipError("cannot cluster an empty embedding array; embed the catalogue images first")
-    unit = _normalise(embeddings)
+    unit = _checked_unit_rows(embeddings)
     distinct = len(np.unique(unit, axis=0))
     if cfg.k is None:
         clustering = _select_k(unit, distinct, cfg)

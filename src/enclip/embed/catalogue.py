@@ -19,7 +19,7 @@ from enclip.models.ensemble import Ensemble
 
 def encode_catalogue(ensemble: Ensemble, catalogue: Catalogue, work_dir: Path, *, batch_size: int = 256,
                      shard_size: int = 4096, dtype: str = "float32", trunk_cache: str | Path | None = None,
-                     times: StageTimes | None = None) -> np.ndarray:
+                     times: StageTimes | None = None, job: dict | None = None) -> np.ndarray:
     """(n, K*d) concatenated, per-member normalised image embeddings of every catalogue item."""
     dtype = np.float16 if dtype == "float16" else np.float32
 
@@ -34,7 +34,7 @@ def encode_catalogue(ensemble: Ensemble, catalogue: Catalogue, work_dir: Path, *
     if trunk_cache:
         return _encode_from_trunk_cache(ensemble, catalogue, Path(trunk_cache), batch_size, dtype, times)
     return run_sharded(len(catalogue), read, encode, work_dir, batch_size=batch_size,
-                       shard_size=shard_size, desc="embed catalogue", times=times)["vectors"]
+                       shard_size=shard_size, desc="embed catalogue", times=times, job=job)["vectors"]
 
 
 def _encode_from_trunk_cache(ensemble: Ensemble, catalogue: Catalogue, cache_root: Path, batch_size: int, dtype,

@@ -6,6 +6,7 @@ decodes and preprocesses the next batch while the current one is encoded.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -88,11 +89,15 @@ def run_sharded(
     shard_size: int = 4096,
     desc: str = "encode",
     times: StageTimes | None = None,
+    job: dict | None = None,
 ) -> dict[str, np.ndarray]:
-    """Encode positions 0..n-1 shard by shard into ``work_dir``; shards already there are reused (resume)."""
+    """Encode positions 0..n-1 shard by shard into ``work_dir``; shards already there are reused (resume).
+
+    ``job`` identifies what is encoded (e.g. model and catalogue fingerprints): shards of another job are refused.
+    """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    _check_layout(work_dir, n, shard_size)
+    _check_layout(work_dir, n, shard_size, job or {})
     times = times if times is not None else StageTimes()
     n_shards = max(1, -(-n // shard_size))
     done = sum((work_dir / f"shard-{s:05d}.npz").exists() for s in range(n_shards))
@@ -109,16 +114,19 @@ def run_sharded(
     return load_shards(work_dir, n_shards)
 
 
-def _check_layout(work_dir: Path, n: int, shard_size: int) -> None:
-    """Shards are only reusable by the job that wrote them: record its size, refuse a different one."""
-    layout = {"items": n, "shard_size": shard_size}
+def _check_layout(work_dir: Path, n: int, shard_size: int, job: dict) -> None:
+    """Shards are only reusable by the job that wrote them: record its size and identity, refuse a different one."""
+    layout = {"items": n, "shard_size": shard_size, "job": job}
     path = work_dir / "shards.json"
     if path.exists():
         found = read_json(path)
-        if found != layout:
+        if found != json.loads(json.dumps(layout)):
+            differ = sorted(key for key in ("items", "shard_size") if found.get(key) != layout[key])
+            differ += sorted(f"job.{key}" for key in {*job, *found.get("job", {})}
+                             if found.get("job", {}).get(key) != job.get(key))
             raise EnclipError(
-                f"{work_dir} holds shards of another job ({found['items']} items in shards of {found['shard_size']}, "
-                f"this one has {n} in shards of {shard_size}); delete the directory or choose another one"
+                f"{work_dir} holds shards of another job (it differs in {', '.join(differ)}: {found} against "
+                f"{layout}); run without --resume to start afresh, or delete the directory"
             )
     elif any(work_dir.glob("shard-*.npz")):
         raise EnclipError(f"{work_dir} holds shards written by an older enclip without a layout record; delete it")

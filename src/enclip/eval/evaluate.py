@@ -37,6 +37,8 @@ from enclip.eval.tasks import (
     sample_positions,
     title_group,
 )
+from enclip.fusion import check_rule
+from enclip.search.query import QueryEncoder
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +74,8 @@ class EvalCfg:
         self.degradations = check_degradations(tuple(self.degradations))
         if not 0.0 <= self.both_weight <= 1.0:
             raise EnclipError(f"both_weight is the text's share and must lie in [0, 1], got {self.both_weight}")
-        from enclip.search import FUSION_RULES
-
-        if self.fusion is not None and self.fusion not in FUSION_RULES:
-            raise EnclipError(f"unknown fusion rule {self.fusion!r}; choose one of {', '.join(FUSION_RULES)}")
+        if self.fusion is not None:
+            check_rule(self.fusion)
 
 
 # -- building ----------------------------------------------------------------------------------------------------
@@ -106,24 +106,10 @@ def both_severities(cfg: EvalCfg) -> tuple[int, ...]:
 
 
 # -- encoding and ranking ----------------------------------------------------------------------------------------
-def encode_rows(model, group: QueryGroup, rows: range) -> np.ndarray:
-    """(K, B, d) query vectors for ``rows`` of ``group``, mixed as ``Searcher.encode_query`` mixes them."""
-    text_rows = [j for j, r in enumerate(rows) if group.texts[r] is not None]
-    image_rows = [j for j, r in enumerate(rows) if group.images[r] is not None]
-    parts = []
-    if text_rows:
-        vectors = model.encode_texts([group.texts[rows[j]] for j in text_rows])
-        shares = [group.weights[rows[j]] if group.images[rows[j]] is not None else 1.0 for j in text_rows]
-        parts.append((text_rows, vectors, shares))
-    if image_rows:
-        vectors = model.encode_images([group.images[rows[j]]() for j in image_rows])
-        shares = [1.0 - group.weights[rows[j]] if group.texts[rows[j]] is not None else 1.0 for j in image_rows]
-        parts.append((image_rows, vectors, shares))
-    first = parts[0][1]
-    out = np.zeros((first.shape[0], len(rows), first.shape[2]), dtype=np.float32)
-    for where, vectors, shares in parts:
-        out[:, where] += vectors * np.asarray(shares, dtype=np.float32)[None, :, None]
-    return out
+def encode_rows(encoder: QueryEncoder, group: QueryGroup, rows: range) -> np.ndarray:
+    """(K, B, d) query vectors for ``rows`` of ``group``, mixed exactly as ``enclip search`` mixes them."""
+    images = [group.images[r]() if group.images[r] is not None else None for r in rows]
+    return encoder.encode([group.texts[r] for r in rows], images, [group.weights[r] for r in rows])
 
 
 def rank_group(searcher, group: QueryGroup, k: int, cfg: EvalCfg, bar=None) -> list[list[str]]:
@@ -131,7 +117,7 @@ def rank_group(searcher, group: QueryGroup, k: int, cfg: EvalCfg, bar=None) -> l
     rankings: list[list[str]] = []
     for start in range(0, len(group), cfg.batch_size):
         rows = range(start, min(start + cfg.batch_size, len(group)))
-        vectors = encode_rows(searcher.model, group, rows)
+        vectors = encode_rows(searcher.encoder, group, rows)
         rankings += [[hit.id for hit in hits] for hits in searcher.search_batch(vectors, k=k, fusion=cfg.fusion)]
         if bar is not None:
             bar.update(len(rows))

@@ -155,6 +155,10 @@ class Ensemble(nn.Module):
             self._trunk_fingerprint = _digest(self.image_trunk, self.text_trunk)
         return self._trunk_fingerprint
 
+    def fingerprint(self) -> str:
+        """Hash of every weight the model embeds with (trunks and member heads): what its vectors depend on."""
+        return _digest(*self.members, extra=self.trunk_fingerprint())
+
     def image_cache_key(self) -> str:
         """Hash of what a cached image trunk output depends on: the image trunk's weights and the preprocessing
         (input size, normalisation). Models that differ only in their text split or heads share image caches."""

@@ -30,6 +30,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from enclip.errors import EnclipError
+from enclip.search.protocol import SearchService
 from enclip.serve import schemas
 from enclip.serve.changelog import Changelog, delete_record, replay, upsert_record
 from enclip.serve.schemas import AdminOut, ApiError, ItemOut, SearchOut
@@ -174,7 +175,7 @@ class ServiceState:
     """What the routes share: settings, the searcher once ready, the changelog and the metrics."""
 
     cfg: ServeCfg
-    searcher: Any = None  # enclip.search.Searcher once attached
+    searcher: SearchService | None = None  # the searcher, once attached
     changelog: Changelog | None = None
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     write_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -193,7 +194,7 @@ class ServiceState:
             return seq
 
 
-def create_app(searcher, cfg: ServeCfg) -> FastAPI:
+def create_app(searcher: SearchService | None, cfg: ServeCfg) -> FastAPI:
     """Build the service around a loaded searcher (or None: then /health answers 503 until `attach_searcher`)."""
     # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from this service, not a CDN, so they work offline.
     app = FastAPIOffline(title="enclip search", version="1", description="Multimodal fashion search over an "
@@ -216,14 +217,14 @@ def create_app(searcher, cfg: ServeCfg) -> FastAPI:
     return app
 
 
-def attach_searcher(app: FastAPI, searcher) -> None:
+def attach_searcher(app: FastAPI, searcher: SearchService) -> None:
     """Replay the changelog onto the searcher, then start answering with it."""
     state: ServiceState = app.state.enclip
     replay(searcher, state.cfg.changelog_path)
     state.searcher = searcher
 
 
-def serve(searcher, cfg: ServeCfg) -> None:
+def serve(searcher: SearchService, cfg: ServeCfg) -> None:
     """Run the service with uvicorn until interrupted (what ``enclip serve`` calls)."""
     import uvicorn
 

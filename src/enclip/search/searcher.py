@@ -1,0 +1,279 @@
+"""Rank an opened index for text, photo or combined queries, with filters and a choice of fusion rule.
+
+One query costs one trunk pass per modality, K member heads, and one inner-product search over the stored
+concatenated member vectors: with the member weights on the query side, ``<[w1 q1, .., wK qK], [x1, .., xK]>`` is
+exactly the weighted mean of member cosines, for fixed (``mean``) and query-dependent (``routed``) weights alike.
+The top candidates are then re-scored member by member, which gives each hit its member agreement and lets
+``rrf`` and ``item-routed`` re-rank them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from enclip import fusion
+from enclip.data.images import load_image
+from enclip.embed.space import concat_members, to_joint
+from enclip.errors import EnclipError
+from enclip.models.ensemble import load_model
+from enclip.search.filters import FilterIndex
+from enclip.search.query import QueryEncoder, check_query
+from enclip.store import IndexDir
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1000  # most hits one search may ask for; more is a mistake, not a use (and would cost memory)
+
+
+@dataclass
+class SearchCfg:
+    fusion: str | None = None  # default fusion rule (None = the one stored with the index)
+    route_temperature: float = 0.05  # softmax temperature of query → cluster routing
+    own_weight: float = 0.6  # item-routed: weight of an item's own cluster specialist
+    candidates: int = 100  # candidates re-scored per member (at least 5 k)
+    spread_threshold: float = 0.08  # low-confidence: mean member score spread over the hits above this
+    min_votes_share: float = 0.5  # low-confidence: top hit in fewer members' top-k than this share
+    device: str = "cpu"  # where the query encoders run
+    query_threads: int = 1  # faiss threads for a one-query search (batches use every core; see _faiss_threads)
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    title: str
+    attributes: dict[str, str]
+    member_scores: list[float]  # each member's cosine for this hit
+    spread: float  # standard deviation of member scores (0 for a single model)
+    votes: int  # members ranking this hit in their own top-k
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    low_confidence: bool  # the members disagree: treat the ranking with care
+    fusion: str
+    took_ms: float
+
+    def to_dict(self) -> dict:
+        return {"hits": [hit.to_dict() for hit in self.hits], "low_confidence": self.low_confidence,
+                "fusion": self.fusion, "took_ms": self.took_ms}
+
+
+class Searcher:
+    """An opened index: model, items, vectors and routing. Thread-safe; live changes are serialised."""
+
+    def __init__(self, index_dir: IndexDir, cfg: SearchCfg | None = None):
+        self.cfg = cfg or SearchCfg()
+        self.path, self.manifest = index_dir.path, index_dir.manifest
+        self.changelog_path = index_dir.changelog_path
+        self.model, self.info = load_model(index_dir.model_dir, device=self.cfg.device)
+        self.encoder = QueryEncoder(self.model)
+        self.catalogue = index_dir.load_items()
+        self.index = index_dir.load_vectors()
+        self.centroids, self.item_clusters = index_dir.load_routing()
+        self.filters = FilterIndex(self.catalogue)
+        self.members = len(self.model)
+        self.dim = self.index.dim // self.members
+        weights = np.asarray(self.info.weights or [1.0] * self.members, dtype=np.float32)
+        self.weights = weights / weights.sum()
+        self.default_fusion = fusion.check_rule(self.cfg.fusion or self.info.fusion or "mean")
+        self._lock = threading.RLock()
+
+    @classmethod
+    def load(cls, path: str | Path, **cfg) -> Searcher:
+        return cls(IndexDir.open(path), SearchCfg(**cfg))
+
+    def __len__(self) -> int:
+        return self.catalogue.live_count
+
+    @property
+    def filter_keys(self) -> list[str]:
+        return self.filters.keys
+
+    @property
+    def fusion_rules(self) -> list[str]:
+        return list(fusion.FUSION_RULES)
+
+    # -- queries -----------------------------------------------------------------------------------------------
+    def encode_query(self, text: str | None = None, image=None, weight: float = 0.5) -> np.ndarray:
+        """(K, d) member query vectors; with both inputs, ``weight`` is the text's share of the score."""
+        return self.encoder.encode_one(text, image, weight)
+
+    def search(self, text: str | None = None, image=None, k: int = 10, filters: dict | None = None,
+               weight: float = 0.5, fusion: str | None = None, clusters: int | None = None) -> SearchResult:
+        started = time.perf_counter()
+        rule = self._check(k, fusion, clusters)
+        check_query(text, image, weight)
+        query = self.encoder.encode_one(text, image, weight)
+        with self._lock, _faiss_threads(self.cfg.query_threads):
+            where = self._where(filters, query, clusters)
+            hits, low = self._rank_many([query], k, rule, where)[0]
+        return SearchResult(hits, low, rule, round(1000 * (time.perf_counter() - started), 2))
+
+    def search_vectors(self, query: np.ndarray, k: int = 10, filters: dict | None = None,
+                       fusion: str | None = None, clusters: int | None = None) -> list[Hit]:
+        """Rank for already encoded (K, d) member query vectors."""
+        rule = self._check(k, fusion, clusters)
+        with self._lock, _faiss_threads(self.cfg.query_threads):
+            return self._rank_many([query], k, rule, self._where(filters, query, clusters))[0][0]
+
+    def search_batch(self, queries: np.ndarray, k: int = 10, filters: dict | None = None,
+                     fusion: str | None = None) -> list[list[Hit]]:
+        """Rank many encoded queries, (K, B, d), with one index search: the hits ``search_vectors`` gives each query,
+        at a fraction of the cost (the index scores the whole batch in one matrix product)."""
+        rule = self._check(k, fusion, None)
+        batch = [queries[:, j] for j in range(queries.shape[1])]
+        if not batch:
+            return []
+        with self._lock, _faiss_threads(os.cpu_count() or 1):
+            return [hits for hits, _ in self._rank_many(batch, k, rule, self._where(filters, None, None))]
+
+    def _check(self, k, rule: str | None, clusters: int | None) -> str:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
+            raise EnclipError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
+        if clusters is not None and (isinstance(clusters, bool) or not isinstance(clusters, (int, np.integer))
+                                     or clusters < 1):
+            raise EnclipError(f"clusters must be a whole number of at least 1 (the nearest clusters searched), "
+                              f"got {clusters!r}")
+        return fusion.check_rule(rule or self.default_fusion)
+
+    def _where(self, filters: dict | None, query: np.ndarray | None, clusters: int | None):
+        nearest = None if clusters is None else self._nearest_clusters(query, clusters)
+        return self.filters.where(filters, nearest, self.item_clusters)
+
+    def _nearest_clusters(self, query: np.ndarray, count: int) -> tuple[int, ...]:
+        """Cluster-restricted search: the query's ``count`` nearest clusters (all of them when there are fewer)."""
+        if not len(self.centroids):
+            raise EnclipError("this index has no clusters (train with --strategy cluster to use --clusters)")
+        similarity = self.centroids @ to_joint(query.reshape(-1), self.members)
+        return tuple(int(c) for c in np.argsort(-similarity)[:count])
+
+    def _member_weights(self, query: np.ndarray, rule: str) -> np.ndarray:
+        if rule != "routed" or not len(self.centroids):
+            return self.weights
+        joint = to_joint(query.reshape(1, -1), self.members)
+        return fusion.routing_weights(joint, self.centroids, self.cfg.route_temperature)[0]
+
+    def _rank_many(self, queries: list[np.ndarray], k: int, rule: str, where) -> list[tuple[list[Hit], bool]]:
+        """One index search for every (K, d) query, member weights on the query side; then each query's candidates
+        are re-scored per member."""
+        weights = [self._member_weights(query, rule) for query in queries]
+        weighted = np.stack([(q * w[:, None]).reshape(-1) for q, w in zip(queries, weights)]).astype(np.float32)
+        _, candidates = self.index.search(weighted, max(self.cfg.candidates, 5 * k), where)
+        return [self._finish(q, c, k, rule, w) for q, c, w in zip(queries, candidates, weights)]
+
+    def _finish(self, query: np.ndarray, candidates: np.ndarray, k: int, rule: str,
+                weights: np.ndarray) -> tuple[list[Hit], bool]:
+        """Re-score one query's candidates per member, fuse, and report agreement: the final top-``k``."""
+        candidates = candidates[candidates >= 0]
+        if not len(candidates):
+            return [], False
+        stored = self.index.reconstruct(candidates).reshape(len(candidates), self.members, self.dim)
+        member_scores = np.einsum("cmd,md->mc", stored, query)[:, None, :]  # (K, 1, C)
+        final = self._fuse(member_scores, rule, weights, candidates)
+        order = np.argsort(-final, kind="stable")[:k]
+        agree = fusion.agreement(member_scores, order[None, :], k)
+        low = self.members > 1 and bool(
+            fusion.low_confidence(agree, self.cfg.spread_threshold, self.cfg.min_votes_share)[0])
+        hits = [self._hit(candidates[o], final[o], agree, j) for j, o in enumerate(order)]
+        return hits, low
+
+    def _fuse(self, member_scores: np.ndarray, rule: str, weights: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        if rule == "rrf":
+            rankings = np.argsort(-member_scores, axis=2, kind="stable")
+            return fusion.fuse_rrf(rankings, member_scores.shape[2])[0][0]
+        if rule == "item-routed" and len(self.centroids):
+            item_weights = fusion.item_routing_weights(self.item_clusters[candidates], self.members,
+                                                       self.cfg.own_weight)
+            return fusion.fuse_item_routed(member_scores, item_weights)[0]
+        return fusion.fuse_routed(member_scores, weights[None, :])[0]
+
+    def _hit(self, position: int, score: float, agree: dict, j: int) -> Hit:
+        item = self.catalogue.item(int(position))
+        return Hit(item["id"], float(score), item["title"], item["attributes"],
+                   [float(s) for s in agree["member_scores"][:, 0, j]], float(agree["spread"][0, j]),
+                   int(agree["votes"][0, j]))
+
+    # -- items -------------------------------------------------------------------------------------------------
+    def item(self, item_id: str) -> dict:
+        with self._lock:
+            return self.catalogue.item(self.catalogue.index_of(item_id))
+
+    def image_bytes(self, item_id: str) -> bytes:
+        with self._lock:
+            return self.catalogue.image_bytes(self.catalogue.index_of(item_id))
+
+    def attribute_values(self) -> dict[str, list[str]]:
+        with self._lock:
+            return self.catalogue.attribute_values()
+
+    def stats(self) -> dict:
+        return {"items": len(self), "members": self.members, "member_dim": self.dim,
+                "strategy": self.info.strategy, "fusion": self.default_fusion,
+                "backbone": self.manifest.get("backbone", {}).get("name"),
+                "index": {**self.manifest.get("index", {}), "vectors": len(self.index)},
+                "data_fingerprint": self.manifest.get("data_fingerprint")}
+
+    # -- live changes ------------------------------------------------------------------------------------------
+    def add_items(self, items: Sequence[dict], images: Sequence[bytes]) -> None:
+        """Insert or replace items (by id); the caller makes the change durable (see enclip.serve.changelog)."""
+        if len(items) != len(images):
+            raise EnclipError("add_items needs one image per item")
+        vectors = self.model.encode_images([load_image(data) for data in images])  # (K, B, d)
+        stored = concat_members(vectors)
+        with self._lock:
+            replaced = [str(item["id"]) for item in items if self.catalogue.has(str(item["id"]))]
+            if replaced:
+                self.remove_items(replaced)
+            self.catalogue.append(items, images)
+            self.index.add(stored)
+            self.item_clusters = np.concatenate([self.item_clusters, self._assign_clusters(stored)])
+            self.filters.invalidate()
+
+    def _assign_clusters(self, stored: np.ndarray) -> np.ndarray:
+        if not len(self.centroids):
+            return np.full(len(stored), -1)
+        return np.argmax(to_joint(stored, self.members) @ self.centroids.T, axis=1)
+
+    def remove_items(self, ids: Sequence[str]) -> None:
+        """Remove live items by id (an unknown id is an error and nothing is removed)."""
+        with self._lock:
+            positions = self.catalogue.remove([str(item_id) for item_id in ids])
+            if len(positions):
+                self.index.remove(positions)
+            self.filters.invalidate()
+
+
+@contextmanager
+def _faiss_threads(n: int):
+    """Run faiss with ``n`` OpenMP threads inside the block.
+
+    One query gains little from threads in the index search, and costs a lot after it: faiss's idle OpenMP threads
+    keep spinning for a while and take the cores the next query's encoder (torch) needs. On two cores this doubled
+    the median text-query latency (24 ms instead of 13 ms for one model over 44k items; docs/RESULTS.md).
+    """
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def load_searcher(path: str | Path, **cfg) -> Searcher:
+    """Open an index directory built by ``enclip index`` for searching."""
+    return Searcher.load(path, **cfg)
