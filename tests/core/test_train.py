@@ -99,3 +99,17 @@ def test_bad_strategy_and_fraction_are_clear_errors(tmp_path, catalogue):
     cfg.ensemble.data_fraction = 0
     with pytest.raises(EnclipError, match="fraction"):
         train_system(catalogue, tmp_path / "b", cfg)
+
+
+def test_bagging_gives_each_member_its_own_bootstrap_resample(tmp_path):
+    from enclip.train.run import EnsembleCfg, member_runs
+
+    rows = np.arange(1000)
+    runs = member_runs(EnsembleCfg(members=3, strategy="bagging"), rows, tmp_path, seed=0, clustering=None)
+    samples = [run.rows for run in runs]
+    for sample in samples:
+        assert len(sample) == len(rows) and set(sample.tolist()) <= set(rows.tolist())
+        assert 0.55 < len(np.unique(sample)) / len(rows) < 0.70  # a bootstrap keeps about 1 - 1/e of the items
+    assert not np.array_equal(samples[0], samples[1]) and not np.array_equal(samples[1], samples[2])
+    again = member_runs(EnsembleCfg(members=3, strategy="bagging"), rows, tmp_path, seed=0, clustering=None)
+    assert all(np.array_equal(a.rows, b.rows) for a, b in zip(runs, again))  # seeded: a resumed run redraws the same

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["Catalogue", "ColumnMap", "SkipReport", "SKIP_REASONS", "TABLE_SUFFIXES", "load_catalogue"]
 
 SKIP_REASONS: tuple[str, ...] = (
-    "malformed_row", "missing_id", "duplicate_id", "empty_title", "missing_image",
+    "malformed_row", "missing_id", "duplicate_id", "empty_title", "missing_image", "image_outside_folder",
     "not_an_image", "undecodable_image", "truncated_image", "decompression_bomb",
 )  # fmt: skip
 _VALIDATION_CHUNK = 512  # images per thread-pool task: big enough that pool overhead is negligible
@@ -122,8 +122,9 @@ class Catalogue:
 class SkipReport:
     skipped: dict[str, list[str]]  # reason -> row identifiers (id, or "line N"/"row N" when the id is unusable)
     converted: dict[str, list[str]]  # original image mode -> ids kept after conversion to RGB
-    total_rows: int  # data rows read from the source (within limit)
+    total_rows: int  # data rows read from the source (within limit); always kept + skipped
     kept: int  # rows in the resulting catalogue
+    repaired: dict[str, list[str]] = field(default_factory=dict)  # "not_utf8" -> lines read with U+FFFD for bad bytes
 
     def summary_line(self) -> str:
         skipped = sum(map(len, self.skipped.values()))
@@ -136,6 +137,9 @@ class SkipReport:
         if converted:
             modes = sorted(self.converted, key=lambda m: (-len(self.converted[m]), m))
             line += " (" + ", ".join(f"{m} {len(self.converted[m])}" for m in modes) + ")"
+        for reason, labels in sorted(self.repaired.items()):
+            shown = ", ".join(labels[:5]) + (f" and {len(labels) - 5} more" if len(labels) > 5 else "")
+            line += f"; repaired {len(labels)} ({reason}: {shown})"
         return line
 
     def to_dict(self) -> dict:
@@ -144,8 +148,10 @@ class SkipReport:
             "kept": self.kept,
             "skipped_counts": {reason: len(rows) for reason, rows in self.skipped.items()},
             "converted_counts": {mode: len(ids) for mode, ids in self.converted.items()},
+            "repaired_counts": {reason: len(rows) for reason, rows in self.repaired.items()},
             "skipped": {reason: list(rows) for reason, rows in self.skipped.items()},
             "converted": {mode: list(ids) for mode, ids in self.converted.items()},
+            "repaired": {reason: list(rows) for reason, rows in self.repaired.items()},
         }
 
     def write(self, path: Path) -> None:
@@ -156,20 +162,37 @@ class SkipReport:
 # ---- assembly --------------------------------------------------------------------------------------------------
 
 
-def _image_ref(value: Any, base_dir: Path) -> bytes | Path | None:
-    """Normalise an image cell to bytes or an existing file's Path; None when there is no image."""
+class _OutsideFolder:
+    """``_image_ref``'s answer for a path that leaves the catalogue's folder while images are confined to it."""
+
+
+OUTSIDE_FOLDER = _OutsideFolder()
+
+
+def _image_ref(value: Any, base_dir: Path, confine: bool = False) -> bytes | Path | _OutsideFolder | None:
+    """Normalise an image cell to bytes or an existing file's Path; None when there is no image.
+
+    With ``confine``, a path that resolves outside ``base_dir`` (absolute, ``..``, a symlink out) is refused before
+    it is looked at, so a catalogue cannot make enclip read, or reveal the existence of, files elsewhere.
+    """
     if isinstance(value, dict):
         data = value.get("bytes")
-        return bytes(data) if data else _image_ref(value.get("path"), base_dir)
+        if isinstance(data, (bytes, bytearray, memoryview)) and len(data):
+            return bytes(data)
+        return _image_ref(value.get("path"), base_dir, confine)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value) if len(value) else None
-    if isinstance(value, Path):
-        return value if value.is_file() else None
     if isinstance(value, str) and value.strip():
-        path = Path(value.strip()).expanduser()
-        path = path if path.is_absolute() else base_dir / path
+        value = Path(value.strip()).expanduser()
+    if not isinstance(value, Path):
+        return None
+    path = value if value.is_absolute() else base_dir / value
+    try:
+        if confine and not path.resolve().is_relative_to(base_dir.resolve()):
+            return OUTSIDE_FOLDER
         return path if path.is_file() else None
-    return None
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, a symlink loop: not a usable file
+        return None
 
 
 def _check_columns(table: _Table, columns: ColumnMap) -> list[str]:
@@ -204,8 +227,10 @@ def _screen_rows(ids: list[str], titles: list[str], images: list, labels: list[s
             continue
         if item_id in seen:
             reason = "duplicate_id"
+        elif not title:
+            reason = "empty_title"
         else:
-            reason = "empty_title" if not title else "missing_image" if image is None else None
+            reason = "missing_image" if image is None else "image_outside_folder" if image is OUTSIDE_FOLDER else None
         seen.add(item_id)
         if reason:
             skipped.setdefault(reason, []).append(item_id)
@@ -236,12 +261,12 @@ def _check_images(images: list[bytes | Path], workers: int) -> list[tuple[str | 
 
 
 def _assemble(
-    table: _Table, columns: ColumnMap, validate: bool, workers: int, source: str
+    table: _Table, columns: ColumnMap, validate: bool, workers: int, source: str, confine: bool = False
 ) -> tuple[Catalogue, SkipReport]:
     attribute_names = _check_columns(table, columns)
     ids = [_text(v) for v in table.data[columns.id]]
     titles = [_text(v) for v in table.data[columns.title]]
-    images = [_image_ref(v, table.base_dir) for v in table.data[columns.image]]
+    images = [_image_ref(v, table.base_dir, confine) for v in table.data[columns.image]]
     skipped: dict[str, list[str]] = {"malformed_row": list(table.malformed)} if table.malformed else {}
     rows = _screen_rows(ids, titles, images, table.labels, skipped)
     converted: dict[str, list[str]] = {}
@@ -254,7 +279,8 @@ def _assemble(
                 converted.setdefault(mode, []).append(ids[row])
         rows = [row for row, (reason, _) in zip(rows, checked) if reason is None]
     total = len(table.labels) + len(table.malformed)
-    report = SkipReport(skipped=skipped, converted=converted, total_rows=total, kept=len(rows))
+    report = SkipReport(skipped=skipped, converted=converted, total_rows=total, kept=len(rows),
+                        repaired={reason: list(labels) for reason, labels in table.repaired.items()})
     if not rows:
         raise EnclipError(f"the catalogue {source} has no usable rows ({report.summary_line()}); "
                           "fix the rows by the skip reasons above, or check --columns")  # fmt: skip
@@ -275,11 +301,15 @@ def load_catalogue(
     validate_images: bool = True,
     limit: int | None = None,
     workers: int = 2,
+    confine_images: bool = False,
 ) -> tuple[Catalogue, SkipReport]:
     """Load a catalogue from a parquet folder, hub id, Kaggle folder or table, with a report of skipped rows.
 
     ``limit`` reads only the first rows of the source (for quick runs). With ``validate_images`` every image is
     decoded once (``workers`` threads) so that broken ones are reported now rather than crashing training later.
+    With ``confine_images``, image paths must stay inside the catalogue's folder; rows whose path is absolute
+    elsewhere or climbs out with ``..`` are skipped as ``image_outside_folder`` (use it for catalogues you did not
+    write yourself).
     Raises ``EnclipError`` for an unreadable source, a missing required column, or no usable row.
     """
     if limit is not None and limit < 1:
@@ -290,7 +320,7 @@ def load_catalogue(
     table = _read_folder(path, columns, limit) if path.is_dir() else _read_file(path, limit)
     read_seconds = time.perf_counter() - started
     origin = str(source) if not Path(source).expanduser().exists() else str(path)
-    catalogue, report = _assemble(table, columns, validate_images, workers, origin)
+    catalogue, report = _assemble(table, columns, validate_images, workers, origin, confine_images)
     assemble_seconds = time.perf_counter() - started - read_seconds
     logger.debug("read %s in %.1f s, screened and validated in %.1f s", origin, read_seconds, assemble_seconds)
     return catalogue, report
