@@ -182,7 +182,7 @@ def test_selected_attributes_only(tmp_path, items):
         (lambda d: (d / "x.parquet").write_bytes(b"PAR1 not really") and d / "x.parquet", "cannot read parquet"),
         (lambda d: (d / "styles.csv").write_text("id,productDisplayName\n1,a\n") and d, "no images/ folder"),
         (lambda d: [(d / n).write_text("id\n") for n in ("a.csv", "b.csv")] and d, "several tables"),
-        (lambda d: (d / "latin.csv").write_bytes(b"id,t\n1,caf\xe9\n") and d / "latin.csv", "not UTF-8"),
+        (lambda d: (d / "wide.csv").write_bytes("id,t\n1,x\n".encode("utf-16")) and d / "wide.csv", "UTF-16"),
     ],
 )
 def test_bad_sources_raise_clear_errors(tmp_path, make, pattern):

@@ -7,14 +7,17 @@ assembles what they return.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
+import itertools
 import json
 import logging
 import math
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,7 @@ class _Table:
     malformed: list[str]  # labels of rows that could not be parsed at all
     base_dir: Path  # relative image paths resolve from here
     origin: str  # the file(s) read, for error messages
+    repaired: dict[str, list[str]] = field(default_factory=dict)  # reason -> labels of lines read with repairs
 
 
 def _text(value: Any) -> str:
@@ -86,13 +90,43 @@ def _read_parquet(files: list[Path], limit: int | None) -> _Table:
     return _Table(data, labels, [], files[0].parent, ", ".join(str(f) for f in files))
 
 
-def _read_text(path: Path) -> str:
+def _read_text(path: Path) -> tuple[str, list[str]]:
+    """The file as UTF-8 text, and the labels ("line N") of the lines whose bytes were not UTF-8.
+
+    One stray byte (a title pasted from a Latin-1 file) must not refuse the whole catalogue: such bytes become
+    U+FFFD and their lines are reported, so the user can find and fix them.
+    """
     try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise EnclipError(f"{path} is not UTF-8 text ({err}); re-save it as UTF-8") from err
+        data = path.read_bytes()
     except OSError as err:
         raise EnclipError(f"cannot read {path}: {err}") from err
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise EnclipError(f"{path} is UTF-16 text; re-save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig"), []
+    except UnicodeDecodeError:
+        pass
+    bad = []
+    for number, line in enumerate(data.splitlines(), start=1):  # bytes split at \n, \r\n, \r, like _lines
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(f"line {number}")
+    logger.warning("%s: %d line(s) hold bytes that are not UTF-8 (first: %s); they were read with U+FFFD in "
+                   "their place", path, len(bad), bad[0])
+    return data.decode("utf-8-sig", errors="replace"), bad
+
+
+def _lines(text: str) -> list[str]:
+    """Physical lines with their endings, split at \n, \r\n or \r only (``str.splitlines`` also splits at
+    U+2028, \x1c and others, which may sit inside a title)."""
+    return io.StringIO(text, newline=None).readlines()
+
+
+def _with_repairs(table: _Table, not_utf8: list[str]) -> _Table:
+    if not_utf8:
+        table.repaired["not_utf8"] = not_utf8
+    return table
 
 
 def _collect(header: list[str], parsed: Iterator[tuple[str, dict | None]], limit: int | None, base_dir: Path,
@@ -113,29 +147,80 @@ def _collect(header: list[str], parsed: Iterator[tuple[str, dict | None]], limit
 
 
 def _read_csv(path: Path, limit: int | None) -> _Table:
-    reader = csv.reader(_read_text(path).splitlines())
-    header = [name.strip() for name in next(reader, [])]
+    text, not_utf8 = _read_text(path)
+    lines = _lines(text)
+    header, body = _csv_header(lines, path)
 
     def parsed() -> Iterator[tuple[str, dict | None]]:
-        for row in reader:
-            if any(cell.strip() for cell in row):
-                yield f"line {reader.line_num}", dict(zip(header, row)) if len(row) == len(header) else None
+        for number, row in _csv_records(lines, body, len(header)):
+            if row is None:
+                yield f"line {number}", None
+            elif any(cell.strip() for cell in row):
+                yield f"line {number}", dict(zip(header, row)) if len(row) == len(header) else None
 
-    return _collect(header, parsed(), limit, path.parent, str(path))
+    return _with_repairs(_collect(header, parsed(), limit, path.parent, str(path)), not_utf8)
+
+
+def _csv_header(lines: list[str], path: Path) -> tuple[list[str], int]:
+    """The column names, and the number of lines the header takes."""
+    reader = csv.reader(lines)
+    try:
+        header = next(reader, [])
+    except csv.Error as err:
+        raise EnclipError(f"cannot read the header line of {path}: {err}; fix it or re-save the file as CSV") from err
+    return [name.strip() for name in header], reader.line_num
+
+
+def _csv_records(lines: list[str], first: int, width: int) -> Iterator[tuple[int, list[str] | None]]:
+    """(1-based first line, fields) of each record from ``lines[first:]``; fields are None for a malformed record.
+
+    A quoted field may legally span lines, but a stray quote swallows every row up to the next quote. A record that
+    spans lines is therefore kept only when it has ``width`` fields and none of the lines it swallowed is a complete
+    row by itself; otherwise its first line is reported malformed and reading resumes on the next line, so one stray
+    quote costs one row, not the rest of the file, and every physical line stays counted.
+    """
+    position = first
+    while position < len(lines):
+        reader = csv.reader(itertools.islice(lines, position, None))
+        start = position
+        try:
+            for fields in reader:
+                end = position + reader.line_num  # one past the record's last line
+                if end - start > 1 and not _plausible(fields, lines[start + 1 : end], width):
+                    break
+                yield start + 1, fields
+                start = end
+            else:
+                return
+        except csv.Error:  # a NUL byte, or a field over the size limit (a stray quote swallowing a large file)
+            pass
+        yield start + 1, None
+        position = start + 1
+
+
+def _plausible(fields: list[str], swallowed: list[str], width: int) -> bool:
+    """A multi-line record is genuine when it has the right width and no swallowed line is a row of its own."""
+    if len(fields) != width:
+        return False
+    try:
+        return not any(len(next(csv.reader([line]), [])) == width for line in swallowed)
+    except csv.Error:
+        return False
 
 
 def _json_object(line: str) -> dict | None:
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to read
         return None
     return record if isinstance(record, dict) else None
 
 
 def _read_jsonl(path: Path, limit: int | None) -> _Table:
-    lines = enumerate(_read_text(path).splitlines(), start=1)
+    text, not_utf8 = _read_text(path)
+    lines = enumerate(_lines(text), start=1)
     parsed = ((f"line {number}", _json_object(line)) for number, line in lines if line.strip())
-    return _collect([], parsed, limit, path.parent, str(path))
+    return _with_repairs(_collect([], parsed, limit, path.parent, str(path)), not_utf8)
 
 
 def _image_files_by_stem(folder: Path) -> dict[str, Path]:
@@ -152,7 +237,8 @@ def _image_files_by_stem(folder: Path) -> dict[str, Path]:
 def _read_kaggle(folder: Path, columns: ColumnMap, limit: int | None) -> _Table:
     """styles.csv does not quote titles containing commas, so each line splits on its first (n-1) commas only."""
     path = folder / "styles.csv"
-    lines = _read_text(path).splitlines()
+    text, not_utf8 = _read_text(path)
+    lines = [line.rstrip("\r\n") for line in _lines(text)]
     header = [name.strip() for name in lines[0].split(",")] if lines else []
 
     def parsed() -> Iterator[tuple[str, dict | None]]:
@@ -161,7 +247,7 @@ def _read_kaggle(folder: Path, columns: ColumnMap, limit: int | None) -> _Table:
             if line.strip():
                 yield f"line {number}", dict(zip(header, fields)) if len(fields) == len(header) else None
 
-    table = _collect(header, parsed(), limit, folder, str(path))
+    table = _with_repairs(_collect(header, parsed(), limit, folder, str(path)), not_utf8)
     if columns.id in table.data:
         files = _image_files_by_stem(folder / "images")
         table.data[columns.image] = [files.get(_text(item_id)) for item_id in table.data[columns.id]]
