@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
+
 from enclip.cli import main
+from enclip.errors import EnclipError
 
 WRONG_TYPED = [({"text": "shirt", "k": "five"}, "k"), ({"text": "shirt", "k": 1.5}, "k"),
-               ({"text": "shirt", "weight": "heavy"}, "weight"), ({"text": "shirt", "filters": "gender=Women"}, "filters"),
+               ({"text": "shirt", "weight": "heavy"}, "weight"),
+               ({"text": "shirt", "filters": "gender=Women"}, "filters"),
                ({"text": "shirt", "filters": {"gender": 5}}, "filters.gender")]
 
 
@@ -63,3 +67,17 @@ def test_batch_line_that_is_not_utf8_or_not_an_object_is_answered(tiny_index_dir
     assert [a["line"] for a in answers] == [1, 2, 3, 4]
     assert "UTF-8" in answers[0]["error"] and "object" in answers[1]["error"] and "error" in answers[2]
     assert len(answers[3]["hits"]) == 1
+
+
+def test_train_resume_with_more_epochs_on_a_finished_run_is_refused_not_recorded(tmp_path, catalogue):
+    from enclip.artifacts import read_json
+    from enclip.train.run import train_system
+    from tests.conftest import tiny_run_cfg
+
+    out = train_system(catalogue, tmp_path / "m", tiny_run_cfg(epochs=1))
+    with pytest.raises(EnclipError, match=r"train\.epochs 1 \(asked 3\).*another --out"):
+        train_system(catalogue, out, tiny_run_cfg(epochs=1 + 2), resume=True)
+    assert read_json(out / "train_config.json")["train"]["epochs"] == 1
+    again = tiny_run_cfg(epochs=1)
+    again.train.device = "cpu"  # where it runs may change
+    assert train_system(catalogue, out, again, resume=True) == out

@@ -37,6 +37,7 @@ from enclip.train.trainer import MemberRun, TrainCfg, title_groups, train_member
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("seeds", "bagging", "cluster")
+RESUME_MAY_CHANGE = ("train.device", "keep_cache", "cache_dir", "trunk_cache")  # where it runs, not what it learns
 
 
 @dataclass
@@ -117,6 +118,8 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
         raise EnclipError("--members must be at least 1")
     if not resume and (out_dir / "train_config.json").exists():
         raise EnclipError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
+    if resume and (out_dir / "train_config.json").exists():
+        _check_same_settings(out_dir, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "train_config.json", asdict(cfg))
     torch.manual_seed(cfg.train.seed)
@@ -149,6 +152,33 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
     if not cfg.cache_dir and not cfg.keep_cache:
         shutil.rmtree(cache_dir, ignore_errors=True)
     return out_dir
+
+
+def _check_same_settings(out_dir: Path, cfg: RunCfg) -> None:
+    """``--resume`` continues a run with the settings it began with; other settings are refused, not recorded.
+
+    Otherwise a finished 3-epoch run resumed with ``--epochs 5`` trains nothing yet records 5, and a run resumed
+    with another seed or member count mixes two configurations in one model.
+    """
+    saved = _flat(read_json(out_dir / "train_config.json"))
+    asked = _flat(json.loads(json.dumps(asdict(cfg))))  # as it would read back from disk (tuples become lists)
+    changed = [key for key in sorted(saved.keys() & asked.keys())
+               if saved[key] != asked[key] and key not in RESUME_MAY_CHANGE]
+    if changed:
+        listed = ", ".join(f"{key} {saved[key]!r} (asked {asked[key]!r})" for key in changed)
+        raise EnclipError(f"{out_dir} was trained with {listed}; --resume continues a run with its own settings. "
+                          "Repeat the run's original flags to continue it, or train with the new settings into "
+                          "another --out (a finished run cannot be extended to more epochs)")
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _caches(ensemble, catalogue, split, cache_dir: Path, cfg: RunCfg) -> tuple[FeatureCache, FeatureCache]:
