@@ -3,6 +3,7 @@ outside the catalogue when asked not to."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -84,3 +85,15 @@ def test_confine_images_skips_paths_outside_the_catalogue_folder(tmp_path):
     catalogue, report = load_data(args)
     assert report.skipped == {"image_outside_folder": [item.id for item in items[3:]]}
     assert report.kept == 4 and report.total_rows == 9 and "9999" in catalogue.ids
+
+
+def test_odd_image_cells_are_counted_as_missing_images_not_crashes(tmp_path):
+    items = make_items(2, seed=8)
+    photos = write_image_files(tmp_path / "photos", items)
+    odd = ["~nosuchuser0/x.jpg", "a\x00b.jpg", "x" * 5000 + ".jpg", {"bytes": 5}, {"bytes": "abc"}, [1, 2], 7]
+    records = [{"id": item.id, "productDisplayName": item.title, "image": str(photos[item.id])} for item in items]
+    records += [{"id": f"odd{n}", "productDisplayName": "Odd", "image": cell} for n, cell in enumerate(odd)]
+    path = tmp_path / "items.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    _, report = load_catalogue(path)
+    assert report.kept == 2 and report.skipped == {"missing_image": [f"odd{n}" for n in range(len(odd))]}

@@ -183,15 +183,16 @@ def _image_ref(value: Any, base_dir: Path, confine: bool = False) -> bytes | Pat
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value) if len(value) else None
     if isinstance(value, str) and value.strip():
-        value = Path(value.strip()).expanduser()
+        value = Path(value.strip())
     if not isinstance(value, Path):
         return None
-    path = value if value.is_absolute() else base_dir / value
     try:
+        value = value.expanduser()
+        path = value if value.is_absolute() else base_dir / value
         if confine and not path.resolve().is_relative_to(base_dir.resolve()):
             return OUTSIDE_FOLDER
         return path if path.is_file() else None
-    except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, a symlink loop: not a usable file
+    except (OSError, ValueError, RuntimeError):  # NUL byte, name too long, symlink loop, ~nobody: no usable file
         return None
 
 
