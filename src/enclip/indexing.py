@@ -18,11 +18,15 @@ import numpy as np
 from enclip.artifacts import read_json, recover_dir
 from enclip.data.catalogue import Catalogue, SkipReport
 from enclip.embed.catalogue import encode_catalogue
+from enclip.embed.item_text import encode_item_texts
 from enclip.embed.runner import StageTimes
 from enclip.embed.space import l2_normalise, to_joint
+from enclip.errors import EnclipError
 from enclip.models.device import resolve_device
 from enclip.models.ensemble import EnsembleInfo, load_model, read_model_info
 from enclip.store import IndexDir
+from enclip.store.index_dir import CHANNELS, KEYWORDS, TEXT_VECTORS
+from enclip.store.keywords import build_keywords
 from enclip.vectors import IndexCfg, create_index
 
 log = logging.getLogger(__name__)
@@ -53,6 +57,7 @@ class IndexBuildCfg:
     shard_size: int = 4096  # images per resumable shard
     device: str = "auto"  # "auto", "cpu", "cuda"
     trunk_cache: str | None = None  # keep catalogue image trunk outputs here; models on the same trunk reuse them
+    channels: tuple[str, ...] = CHANNELS  # search channels to build ("image" always; "text" and "keyword" optional)
 
 
 def routing_table(model_dir: Path, info: EnsembleInfo, catalogue: Catalogue, vectors: np.ndarray,
@@ -89,7 +94,11 @@ def build_index(model_dir: str | Path, catalogue: Catalogue, out_dir: str | Path
     vectors = encode_catalogue(ensemble, catalogue, work_dir, batch_size=cfg.batch_size, shard_size=cfg.shard_size,
                                dtype=cfg.index.dtype, trunk_cache=cfg.trunk_cache, times=times, job=job)
     log.info("embedding: %s", times.summary())
-    write_index(model_dir, catalogue, vectors, out_dir, cfg, skip_report=skip_report,
+    text_vectors = None
+    if "text" in cfg.channels:
+        text_vectors = encode_item_texts(ensemble, catalogue, work_dir / "item-texts", batch_size=cfg.batch_size,
+                                         dtype=cfg.index.dtype, job=job)
+    write_index(model_dir, catalogue, vectors, out_dir, cfg, skip_report=skip_report, text_vectors=text_vectors,
                 embed_items_per_second=round(times.items / max(1e-9, times.encode + times.read), 1),
                 build_seconds=round(time.perf_counter() - started, 1))
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -97,8 +106,9 @@ def build_index(model_dir: str | Path, catalogue: Catalogue, out_dir: str | Path
 
 
 def write_index(model_dir: Path, catalogue: Catalogue, vectors: np.ndarray, out_dir: Path,
-                cfg: IndexBuildCfg | None = None, skip_report: SkipReport | None = None, **extra) -> Path:
-    """Write an index directory atomically from already computed (n, K*d) item vectors."""
+                cfg: IndexBuildCfg | None = None, skip_report: SkipReport | None = None,
+                text_vectors: np.ndarray | None = None, **extra) -> Path:
+    """Write an index directory atomically from already computed (n, K*d) item vectors (and item-text vectors)."""
     cfg = cfg or IndexBuildCfg()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     info = read_model_info(model_dir)
@@ -113,5 +123,21 @@ def write_index(model_dir: Path, catalogue: Catalogue, vectors: np.ndarray, out_
                   index=asdict(index_cfg), **extra)
     IndexDir.write(out_dir, model_dir=model_dir, catalogue=catalogue, vectors=index,
                    routing=routing_table(model_dir, info, catalogue, vectors, members), fields=fields,
-                   skip_report=skip_report)
+                   skip_report=skip_report, parts=_channel_parts(catalogue, text_vectors, index_cfg, cfg.channels))
     return out_dir
+
+
+def _channel_parts(catalogue: Catalogue, text_vectors: np.ndarray | None, index_cfg: IndexCfg,
+                   channels: tuple[str, ...]) -> dict:
+    """Writers of the optional channel parts the index directory gets (see enclip.store.index_dir)."""
+    unknown = set(channels) - set(CHANNELS)
+    if unknown:
+        raise EnclipError(f"unknown channels {sorted(unknown)}; choose from {', '.join(CHANNELS)}")
+    parts = {}
+    if text_vectors is not None and "text" in channels:
+        text_index = create_index(text_vectors.shape[1], index_cfg)
+        text_index.add(text_vectors)
+        parts[TEXT_VECTORS] = text_index.save
+    if "keyword" in channels:
+        parts[KEYWORDS] = lambda directory: build_keywords(directory, catalogue)
+    return parts

@@ -149,12 +149,12 @@ def test_more_clusters_than_exist_searches_them_all(index_copy, catalogue):
     assert [h.id for h in searcher.search(text="shirt", k=len(catalogue), clusters=50).hits] == everything
 
 
-def test_weight_is_the_text_share_of_a_combined_query(index_copy, catalogue):
+def test_weight_is_the_text_share_of_a_combined_query_in_the_photo_channel(index_copy, catalogue):
     searcher = load_searcher(index_copy)
     photo, text = catalogue.image_bytes(9), "Women Black Jeans"
 
     def ranking(**query):
-        return [h.id for h in searcher.search(k=20, **query).hits]
+        return [h.id for h in searcher.search(k=20, channels="image", **query).hits]
 
     assert ranking(text=text, image=photo, weight=1.0) == ranking(text=text)
     assert ranking(text=text, image=photo, weight=0.0) == ranking(image=photo)

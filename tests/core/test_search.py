@@ -15,7 +15,7 @@ from enclip.models.ensemble import load_model
 
 @pytest.fixture(scope="module")
 def searcher(tiny_index_dir):
-    return load_searcher(tiny_index_dir)
+    return load_searcher(tiny_index_dir, channels=("image",))  # these tests are about the photo channel
 
 
 def _member_vectors(model_dir, catalogue):

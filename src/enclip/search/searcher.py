@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import faiss
@@ -23,9 +23,20 @@ import numpy as np
 
 from enclip import fusion
 from enclip.data.images import load_image
+from enclip.data.item_text import item_text
 from enclip.embed.space import concat_members, to_joint
 from enclip.errors import EnclipError
 from enclip.models.ensemble import load_model
+from enclip.search.channels import (
+    CHANNEL_FUSIONS,
+    HybridCfg,
+    check_channels,
+    check_weights,
+    explain,
+    fuse_rrf,
+    fuse_sum,
+    ranks,
+)
 from enclip.search.filters import FilterIndex
 from enclip.search.query import QueryEncoder, check_query
 from enclip.store import IndexDir
@@ -45,6 +56,8 @@ class SearchCfg:
     min_votes_share: float = 0.5  # low-confidence: top hit in fewer members' top-k than this share
     device: str = "cpu"  # where the query encoders run
     query_threads: int = 1  # faiss threads for a one-query search (batches use every core; see _faiss_threads)
+    channels: tuple[str, ...] | None = None  # channels a text query uses by default (None = every one the index has)
+    hybrid: HybridCfg = field(default_factory=HybridCfg)  # how channels are fused
 
 
 @dataclass
@@ -56,9 +69,15 @@ class Hit:
     member_scores: list[float]  # each member's cosine for this hit
     spread: float  # standard deviation of member scores (0 for a single model)
     votes: int  # members ranking this hit in their own top-k
+    channels: dict[str, int] = field(default_factory=dict)  # channel -> the hit's rank in that channel's own list
+
+    @property
+    def explanation(self) -> str:
+        """Which channels found the hit and where: 'photo #3, title #1, keyword #2'."""
+        return explain(self.channels)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "explanation": self.explanation}
 
 
 @dataclass
@@ -67,10 +86,11 @@ class SearchResult:
     low_confidence: bool  # the members disagree: treat the ranking with care
     fusion: str
     took_ms: float
+    channels: list[str] = field(default_factory=lambda: ["image"])  # the channels this search used
 
     def to_dict(self) -> dict:
         return {"hits": [hit.to_dict() for hit in self.hits], "low_confidence": self.low_confidence,
-                "fusion": self.fusion, "took_ms": self.took_ms}
+                "fusion": self.fusion, "took_ms": self.took_ms, "channels": self.channels}
 
 
 class Searcher:
@@ -86,6 +106,11 @@ class Searcher:
         self.index = index_dir.load_vectors()
         self.centroids, self.item_clusters = index_dir.load_routing()
         self.filters = FilterIndex(self.catalogue)
+        self.text_index = index_dir.load_text_vectors()
+        self.keywords = index_dir.load_keywords()
+        self.channels = tuple(c for c, part in (("image", self.index), ("text", self.text_index),
+                                                ("keyword", self.keywords)) if part is not None)
+        self.default_channels = check_channels(self.cfg.channels or self.channels, self.channels)
         self.members = len(self.model)
         self.dim = self.index.dim // self.members
         weights = np.asarray(self.info.weights or [1.0] * self.members, dtype=np.float32)
@@ -114,15 +139,41 @@ class Searcher:
         return self.encoder.encode_one(text, image, weight)
 
     def search(self, text: str | None = None, image=None, k: int = 10, filters: dict | None = None,
-               weight: float = 0.5, fusion: str | None = None, clusters: int | None = None) -> SearchResult:
+               weight: float = 0.5, fusion: str | None = None, clusters: int | None = None,
+               channels=None, channel_weights: dict | None = None, channel_fusion: str | None = None) -> SearchResult:
+        """Search by text, a photo or both. A text query is matched against photos, item text and keywords (the
+        index's channels, or ``channels``), fused by ``channel_fusion`` with ``channel_weights``; a photo is
+        matched against photos. ``fusion`` is the rule that combines ensemble members within the photo channel."""
         started = time.perf_counter()
         rule = self._check(k, fusion, clusters)
         check_query(text, image, weight)
-        query = self.encoder.encode_one(text, image, weight)
+        channels = self._channels(channels, text)
+        text_query = self.encoder.encode_one(text=text) if text is not None else None
+        image_query = self.encoder.encode_one(image=image) if image is not None else None
+        query = mix(text_query, image_query, weight)
         with self._lock, _faiss_threads(self.cfg.query_threads):
             where = self._where(filters, query, clusters)
-            hits, low = self._rank_many([query], k, rule, where)[0]
-        return SearchResult(hits, low, rule, round(1000 * (time.perf_counter() - started), 2))
+            if channels == ("image",):
+                hits, low = self._rank_many([query], k, rule, where)[0]
+            else:
+                hybrid = self._hybrid_cfg(channel_weights, channel_fusion)
+                hits, low = self._rank_channels(query, text, text_query, k, rule, where, channels, hybrid)
+        return SearchResult(hits, low, rule, round(1000 * (time.perf_counter() - started), 2), list(channels))
+
+    def _channels(self, channels, text: str | None) -> tuple[str, ...]:
+        if channels is None:
+            return self.default_channels if text is not None else ("image",)
+        chosen = check_channels(channels, self.channels)
+        if text is None and chosen != ("image",):
+            raise EnclipError("the text and keyword channels match query text; a photo-only query uses the image "
+                              "channel (leave --channels out, or give --text as well)")
+        return chosen
+
+    def _hybrid_cfg(self, weights: dict | None, channel_fusion: str | None) -> HybridCfg:
+        fusion_rule = channel_fusion or self.cfg.hybrid.fusion
+        if fusion_rule not in CHANNEL_FUSIONS:
+            raise EnclipError(f"unknown channel fusion {fusion_rule!r}; choose one of {', '.join(CHANNEL_FUSIONS)}")
+        return replace(self.cfg.hybrid, weights=check_weights(weights, self.cfg.hybrid.weights), fusion=fusion_rule)
 
     def search_vectors(self, query: np.ndarray, k: int = 10, filters: dict | None = None,
                        fusion: str | None = None, clusters: int | None = None) -> list[Hit]:
@@ -202,11 +253,58 @@ class Searcher:
             return fusion.fuse_item_routed(member_scores, item_weights)[0]
         return fusion.fuse_routed(member_scores, weights[None, :])[0]
 
-    def _hit(self, position: int, score: float, agree: dict, j: int) -> Hit:
+    def _hit(self, position: int, score: float, agree: dict, j: int, channels: dict | None = None) -> Hit:
         item = self.catalogue.item(int(position))
         return Hit(item["id"], float(score), item["title"], item["attributes"],
                    [float(s) for s in agree["member_scores"][:, 0, j]], float(agree["spread"][0, j]),
-                   int(agree["votes"][0, j]))
+                   int(agree["votes"][0, j]), channels or {"image": j + 1})
+
+    def _rank_channels(self, query: np.ndarray, text: str, text_query: np.ndarray, k: int, rule: str, where,
+                       channels: tuple[str, ...], hybrid: HybridCfg) -> tuple[list[Hit], bool]:
+        """Each channel's top candidates under the same filters; their union re-scored on every channel; fused."""
+        depth = max(hybrid.depth, k)
+        weights = self._member_weights(query, rule)
+        found: dict[str, np.ndarray] = {}
+        if "image" in channels:
+            found["image"] = _valid(self.index.search((query * weights[:, None]).reshape(1, -1), depth, where)[1][0])
+        if "text" in channels:
+            flat = (text_query / self.members).reshape(1, -1)  # equal member weights: the mean member cosine
+            found["text"] = _valid(self.text_index.search(flat, depth, where)[1][0])
+        if "keyword" in channels:
+            found["keyword"] = self.keywords.search(text, depth, where)[0]
+        union = np.unique(np.concatenate(list(found.values())))
+        if not len(union):
+            return [], False
+        scores, matched, member_scores = self._channel_scores(union, query, text, text_query, rule, weights, channels)
+        channel_ranks = {c: ranks(scores[c], matched[c]) for c in channels}
+        if hybrid.fusion == "rrf":
+            fused = fuse_rrf(channel_ranks, hybrid.weights, hybrid.rrf_k)
+        else:
+            fused = fuse_sum(scores, matched, hybrid.weights)
+        order = np.argsort(-fused, kind="stable")[:k]
+        agree = fusion.agreement(member_scores, order[None, :], k)
+        low = self.members > 1 and bool(
+            fusion.low_confidence(agree, self.cfg.spread_threshold, self.cfg.min_votes_share)[0])
+        listed = {c: {int(p): r for r, p in enumerate(found[c], 1)} for c in channels}
+        hits = [self._hit(union[o], fused[o], agree, j, {c: listed[c].get(int(union[o]), 0) for c in channels})
+                for j, o in enumerate(order)]
+        return hits, low
+
+    def _channel_scores(self, union: np.ndarray, query, text, text_query, rule, weights, channels):
+        """Every channel's score for every union item, whether it matched, and the photo members' scores."""
+        scores, matched = {}, {}
+        stored = self.index.reconstruct(union).reshape(len(union), self.members, self.dim)
+        member_scores = np.einsum("cmd,md->mc", stored, query)[:, None, :]  # (K, 1, U)
+        if "image" in channels:
+            scores["image"] = self._fuse(member_scores, rule, weights, union)
+        if "text" in channels:
+            item_texts = self.text_index.reconstruct(union).reshape(len(union), self.members, self.dim)
+            scores["text"] = np.einsum("cmd,md->c", item_texts, text_query) / self.members
+        if "keyword" in channels:
+            scores["keyword"] = self.keywords.score(text, union)
+        for channel in channels:
+            matched[channel] = scores[channel] > 0 if channel == "keyword" else np.ones(len(union), bool)
+        return scores, matched, member_scores
 
     # -- items -------------------------------------------------------------------------------------------------
     def item(self, item_id: str) -> dict:
@@ -239,8 +337,13 @@ class Searcher:
             replaced = [str(item["id"]) for item in items if self.catalogue.has(str(item["id"]))]
             if replaced:
                 self.remove_items(replaced)
-            self.catalogue.append(items, images)
+            positions = self.catalogue.append(items, images)
             self.index.add(stored)
+            if self.text_index is not None:
+                texts = [item_text(str(it.get("title", "")), dict(it.get("attributes") or {})) for it in items]
+                self.text_index.add(concat_members(self.model.encode_texts(texts)))
+            if self.keywords is not None:
+                self.keywords.add(positions, items)
             self.item_clusters = np.concatenate([self.item_clusters, self._assign_clusters(stored)])
             self.filters.invalidate()
 
@@ -255,7 +358,22 @@ class Searcher:
             positions = self.catalogue.remove([str(item_id) for item_id in ids])
             if len(positions):
                 self.index.remove(positions)
+                if self.text_index is not None:
+                    self.text_index.remove(positions)
+                if self.keywords is not None:
+                    self.keywords.remove(positions)
             self.filters.invalidate()
+
+
+def mix(text_query: np.ndarray | None, image_query: np.ndarray | None, weight: float) -> np.ndarray:
+    """The photo channel's query: ``weight`` of the text's vectors plus the rest of the photo's (either alone)."""
+    if text_query is None or image_query is None:
+        return text_query if image_query is None else image_query
+    return weight * text_query + (1.0 - weight) * image_query
+
+
+def _valid(positions: np.ndarray) -> np.ndarray:
+    return positions[positions >= 0]
 
 
 @contextmanager

@@ -5,7 +5,9 @@ An index directory is self-describing and self-contained (STYLE 7)::
     index.json        manifest: model, members, data fingerprint, versions, build figures
     model/            a copy of the trained model (what loading needs; no caches or checkpoints)
     items.parquet     ids, titles, attributes (``attr.NAME``) and image bytes
-    vectors/          the vector index over each item's concatenated member embeddings
+    vectors/          the vector index over each item's concatenated member embeddings (the image channel)
+    text_vectors/     the same over each item's text (title + attributes) by the text tower (item-text channel)
+    keywords/         a BM25 index of each item's text (keyword channel)
     routing.npz       cluster centroids in the joint space, and each item's cluster
     skip_report.json  catalogue rows that could not be used, by reason
 
@@ -38,6 +40,9 @@ ITEMS = "items.parquet"
 VECTORS = "vectors"
 ROUTING = "routing.npz"
 SKIP_REPORT = "skip_report.json"
+TEXT_VECTORS = "text_vectors"  # optional part: the item-text channel
+KEYWORDS = "keywords"  # optional part: the keyword channel
+CHANNELS = ("image", "text", "keyword")  # what a text query can be matched against: photos, item text, keywords
 LEGACY_CHANGELOG = "changes.jsonl"  # where enclip < 0.2 kept the admin log, inside the replaced directory
 
 Writer = Callable[[Path], None]  # writes one more part of the directory into the given temporary directory
@@ -78,6 +83,18 @@ class IndexDir:
 
     def load_vectors(self) -> VectorIndex:
         return load_index(self.path / VECTORS)
+
+    def load_text_vectors(self) -> VectorIndex | None:
+        """The item-text channel's vectors, or None for an index built without it."""
+        return load_index(self.path / TEXT_VECTORS) if (self.path / TEXT_VECTORS).is_dir() else None
+
+    def load_keywords(self):
+        """The keyword channel (a private working copy), or None for an index built without it."""
+        if not (self.path / KEYWORDS).is_dir():
+            return None
+        from enclip.store.keywords import KeywordIndex
+
+        return KeywordIndex(self.path / KEYWORDS)
 
     def load_routing(self) -> tuple[np.ndarray, np.ndarray]:
         """(centroids (c, K*d), item_clusters (n,)); no centroids and clusters -1 when the model has none."""

@@ -1,0 +1,91 @@
+"""Fusing search channels: a text query matched against photos (``image``), item text by the model's text tower
+(``text``) and keywords (``keyword``, BM25). Pure functions over a candidate union; see Searcher for the flow.
+
+Each channel retrieves its own top candidates under the same filters; their union is re-scored on every channel;
+then either weighted reciprocal-rank fusion (``rrf``, needs no tuning: a channel's scale never matters) or a
+weighted sum of min-max normalised scores (``sum``) ranks the union.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from enclip.errors import EnclipError
+from enclip.store.index_dir import CHANNELS
+
+CHANNEL_FUSIONS = ("rrf", "sum")
+LABELS = {"image": "photo", "text": "title", "keyword": "keyword"}  # how explanations name each channel
+
+
+@dataclass
+class HybridCfg:
+    """How channels are combined. Defaults were fitted on validation queries (bench/hybrid.py, docs/RESULTS.md)."""
+
+    weights: dict[str, float] = field(default_factory=lambda: {"image": 1.0, "text": 1.0, "keyword": 1.0})
+    fusion: str = "rrf"  # "rrf" (weighted reciprocal rank) or "sum" (weighted sum of min-max normalised scores)
+    depth: int = 100  # candidates each channel retrieves
+    rrf_k: int = 60  # reciprocal-rank constant: larger flattens the difference between ranks
+
+
+def check_channels(channels, available: tuple[str, ...]) -> tuple[str, ...]:
+    """Validated channel names, in canonical order; an unknown or unavailable one is an error naming the others."""
+    if isinstance(channels, str):
+        channels = [part.strip() for part in channels.split(",") if part.strip()]
+    channels = tuple(channels)
+    unknown = [c for c in channels if c not in CHANNELS]
+    if unknown or not channels:
+        raise EnclipError(f"unknown channels {unknown or channels}; choose from {', '.join(CHANNELS)}")
+    missing = [c for c in channels if c not in available]
+    if missing:
+        raise EnclipError(f"this index has no {', '.join(missing)} channel (it has {', '.join(available)}); rebuild "
+                          "it with `enclip index` to add every channel, or leave that channel out")
+    return tuple(c for c in CHANNELS if c in channels)
+
+
+def check_weights(weights: dict | None, defaults: dict[str, float]) -> dict[str, float]:
+    merged = {**defaults, **(weights or {})}
+    bad = {k: v for k, v in merged.items() if k not in CHANNELS or not isinstance(v, (int, float))
+           or isinstance(v, bool) or not np.isfinite(v) or v < 0}
+    if bad:
+        raise EnclipError(f"channel weights must be non-negative numbers for {', '.join(CHANNELS)}; got {bad}")
+    return {k: float(v) for k, v in merged.items()}
+
+
+def ranks(scores: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """1-based rank of each union item by one channel's scores (best first); 0 for items the channel does not
+    match at all (``found`` false)."""
+    order = np.argsort(-np.where(found, scores, -np.inf), kind="stable")
+    out = np.zeros(len(scores), dtype=np.int64)
+    out[order] = np.arange(1, len(scores) + 1)
+    return np.where(found, out, 0)
+
+
+def fuse_rrf(channel_ranks: dict[str, np.ndarray], weights: dict[str, float], k: int = 60) -> np.ndarray:
+    """sum over channels of weight / (k + rank); a channel that does not match an item adds nothing."""
+    total = None
+    for channel, rank in channel_ranks.items():
+        part = np.where(rank > 0, weights.get(channel, 0.0) / (k + np.maximum(rank, 1)), 0.0)
+        total = part if total is None else total + part
+    return total
+
+
+def fuse_sum(channel_scores: dict[str, np.ndarray], found: dict[str, np.ndarray],
+             weights: dict[str, float]) -> np.ndarray:
+    """sum over channels of weight * min-max normalised score over the union (0 where the channel has no match)."""
+    total = None
+    for channel, scores in channel_scores.items():
+        valid = found[channel]
+        part = np.zeros(len(scores))
+        if valid.any():
+            low, high = scores[valid].min(), scores[valid].max()
+            part[valid] = (scores[valid] - low) / (high - low) if high > low else 1.0
+        part *= weights.get(channel, 0.0)
+        total = part if total is None else total + part
+    return total
+
+
+def explain(channel_ranks: dict[str, int]) -> str:
+    """'photo #3, title #1, keyword #2' for the channels that found a hit."""
+    return ", ".join(f"{LABELS[c]} #{r}" for c, r in channel_ranks.items() if r)
