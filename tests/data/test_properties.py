@@ -14,39 +14,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from enclip.data.catalogue import ColumnMap, load_catalogue
 from enclip.data.images import DECODE_REASONS, ImageDecodeError, decode_image
 from enclip.errors import EnclipError
-from tests.data.conftest import draw_photo, encode
-
-FAST = settings(max_examples=40, deadline=None, database=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow])
-SLOW = settings(max_examples=1500, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-
-_RNG = __import__("numpy").random.default_rng(0)
-_PHOTO = draw_photo(_RNG, (200, 20, 20), size=(24, 20))
-VALID_IMAGES = [encode(_PHOTO), encode(_PHOTO, "PNG"), encode(_PHOTO.convert("RGBA"), "PNG"), encode(_PHOTO, "GIF"),
-                encode(_PHOTO.convert("L"), "BMP"), encode(_PHOTO, "WEBP"), encode(_PHOTO, "TIFF")]
-MAGIC = [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"RIFF\x00\x00\x00\x00WEBP"]
-
-
-@st.composite
-def image_like_bytes(draw) -> bytes:
-    """Random bytes, a known signature followed by junk, or a valid photo truncated and with bytes flipped."""
-    kind = draw(st.sampled_from(["random", "magic", "damaged"]))
-    if kind == "random":
-        return draw(st.binary(max_size=600))
-    if kind == "magic":
-        return draw(st.sampled_from(MAGIC)) + draw(st.binary(max_size=600))
-    data = bytearray(draw(st.sampled_from(VALID_IMAGES)))
-    data = data[: draw(st.integers(0, len(data)))] if draw(st.booleans()) else data
-    for _ in range(draw(st.integers(0, 6))):
-        if data:
-            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-    return bytes(data)
+from tests.strategies import CELL, FAST, JSON_VALUE, SLOW, VALID_IMAGES, image_like_bytes
 
 
 def check_decode(data: bytes) -> None:
@@ -74,7 +48,6 @@ def test_decode_image_of_any_bytes_gives_rgb_or_a_reasoned_error_many(data):
 
 # ---- catalogue rows --------------------------------------------------------------------------------------------
 
-CELL = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=12)
 HEADER = ["id", "title", "image", "colour"]
 
 
@@ -164,9 +137,6 @@ def test_csv_of_any_lines_counts_every_row_or_refuses_clearly_many(lines, ending
     check_junk_csv(lines, ending)
 
 
-JSON_VALUE = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | CELL,
-                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(CELL, inner, max_size=3),
-                          max_leaves=6)
 IMAGE_CELL = st.sampled_from(["p.jpg", "../p.jpg", "", "nope.jpg"]) | JSON_VALUE
 JSON_ROW = st.fixed_dictionaries({}, optional={"id": JSON_VALUE | CELL, "title": JSON_VALUE | CELL,
                                                "image": IMAGE_CELL, "colour": JSON_VALUE})
