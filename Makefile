@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all bench bench-quick lock clean
+.PHONY: setup demo test test-all test-properties bench bench-quick lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m '' $(ARGS)
+
+# The long property-based runs (hypothesis, many fresh random examples) of the input boundaries; .ci/run runs them.
+test-properties: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow $(wildcard tests/*/test_properties.py) $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py $(ARGS)
