@@ -11,6 +11,7 @@ from typing import Sequence
 
 from enclip.errors import EnclipError
 from enclip.fusion import FUSION_RULES
+from enclip.search_request import CHANNEL_FUSIONS, CHANNELS
 
 log = logging.getLogger("enclip")
 
@@ -124,6 +125,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _index_channels(spec: str) -> tuple[str, ...]:
+    channels = tuple(part.strip() for part in spec.split(",") if part.strip())
+    unknown = [c for c in channels if c not in CHANNELS]
+    if unknown or "image" not in channels:
+        raise EnclipError(f"--channels takes a comma-separated subset of {','.join(CHANNELS)} that includes image; "
+                          f"got {spec!r}")
+    return channels
+
+
 def cmd_index(args) -> int:
     from enclip.indexing import IndexBuildCfg, build_index
     from enclip.vectors import IndexCfg
@@ -131,7 +141,7 @@ def cmd_index(args) -> int:
     out = Path(args.out)
     catalogue, report = load_data(args)
     cfg = IndexBuildCfg(index=IndexCfg(kind=args.kind, dtype=args.dtype), device=args.device,
-                        trunk_cache=args.trunk_cache)
+                        trunk_cache=args.trunk_cache, channels=_index_channels(args.channels))
     build_index(args.model, catalogue, out, cfg, resume=args.resume, skip_report=report)
     print(f"index written to {out}; next: enclip search --index {out} --text \"navy check shirt\"")
     return 0
@@ -165,7 +175,25 @@ def _print_result(result, as_json: bool) -> None:
     for rank, hit in enumerate(result.hits, 1):
         attrs = ", ".join(f"{k}={v}" for k, v in hit.attributes.items() if v and k in (
             "gender", "articleType", "baseColour", "usage"))
-        print(f"{rank:>3}. {hit.score:.3f}  {hit.id:>8}  {hit.title}  [{attrs}]")
+        found = f"  ({hit.explanation})" if len(result.channels) > 1 else ""
+        print(f"{rank:>3}. {hit.score:.3f}  {hit.id:>8}  {hit.title}  [{attrs}]{found}")
+
+
+def _fusion_weights(spec: str | None) -> dict[str, float] | None:
+    """``image=1,text=1,keyword=0.5`` -> {"image": 1.0, ...}; None when not given."""
+    if not spec:
+        return None
+    weights = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        try:
+            weights[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise EnclipError(f"--fusion-weights takes CHANNEL=NUMBER pairs, e.g. image=1,text=1,keyword=0.5; "
+                              f"got {part!r}")
+    return weights
 
 
 def cmd_search(args) -> int:
@@ -175,7 +203,8 @@ def cmd_search(args) -> int:
     check_limits(args.k, args.weight)  # before loading the index: a huge k is refused at once
     searcher = load_searcher(args.index)
     options = dict(k=args.k, filters=_filters(args.filter), weight=args.weight, fusion=args.fusion,
-                   clusters=args.clusters)
+                   clusters=args.clusters, channels=args.channels, fusion_weights=_fusion_weights(args.fusion_weights),
+                   channel_fusion=args.channel_fusion)
     if args.queries:
         return _batch_search(searcher, Path(args.queries), options)
     result = searcher.search(text=args.text, image=args.image, **options)
@@ -214,7 +243,8 @@ def _search_line(searcher, line: bytes, options: dict):
     except UnicodeDecodeError:
         raise EnclipError("the line is not UTF-8 text; save the queries file as UTF-8") from None
     request = parse_request(text, QueryLine)
-    given = request.model_dump(include=request.model_fields_set & {"k", "weight", "fusion", "filters"})
+    given = request.model_dump(include=request.model_fields_set & {"k", "weight", "fusion", "filters", "channels",
+                                                                   "fusion_weights", "channel_fusion"})
     merged = {**options, **given}
     check_limits(merged["k"], merged["weight"])
     image = request.image
@@ -274,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--device", default="auto")
     p.add_argument("--resume", action="store_true", help="reuse embedding shards of an interrupted run")
+    p.add_argument("--channels", default=",".join(CHANNELS), help="search channels to build: image (photos) plus "
+                   "text (item text by the text tower) and keyword (BM25); default all")
     p.add_argument("--trunk-cache", help="catalogue-wide image trunk cache shared with `enclip train --trunk-cache`")
     p.set_defaults(func=cmd_index)
 
@@ -294,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--fusion", choices=FUSION_RULES)
     p.add_argument("--clusters", type=int, help="score only the items of the query's nearest C clusters")
+    p.add_argument("--channels", help="what a text query is matched against, any of image,text,keyword "
+                   "(default: every channel the index has; --channels image searches photos only)")
+    p.add_argument("--fusion-weights", help="channel weights in the fused ranking, e.g. image=1,text=1,keyword=0.5")
+    p.add_argument("--channel-fusion", choices=CHANNEL_FUSIONS, help="rrf (weighted reciprocal rank, the default) "
+                   "or sum (weighted sum of min-max normalised scores)")
     p.add_argument("--queries", help="JSONL file, one {\"text\": ..., \"image\": ...} per line")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)

@@ -24,8 +24,9 @@ from enclip.embed.space import l2_normalise, to_joint
 from enclip.errors import EnclipError
 from enclip.models.device import resolve_device
 from enclip.models.ensemble import EnsembleInfo, load_model, read_model_info
+from enclip.search_request import CHANNELS
 from enclip.store import IndexDir
-from enclip.store.index_dir import CHANNELS, KEYWORDS, TEXT_VECTORS
+from enclip.store.index_dir import KEYWORDS, TEXT_VECTORS
 from enclip.store.keywords import build_keywords
 from enclip.vectors import IndexCfg, create_index
 

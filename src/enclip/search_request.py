@@ -16,6 +16,10 @@ from enclip.errors import EnclipError
 
 MAX_K = 1000
 """Most hits one search may ask for, anywhere; the service caps it further (``ServeCfg.max_k``)."""
+CHANNELS = ("image", "text", "keyword")
+"""What a text query can be matched against: photos, item text (by the model's text tower), keywords (BM25)."""
+CHANNEL_FUSIONS = ("rrf", "sum")
+"""How channels are fused: weighted reciprocal rank, or a weighted sum of min-max normalised scores."""
 
 
 class SearchRequest(BaseModel):
@@ -28,6 +32,12 @@ class SearchRequest(BaseModel):
     k: Annotated[int, Field(strict=True)] = Field(10, description=f"number of hits (1..max_k, at most {MAX_K})")
     fusion: str | None = Field(None, description="ensemble fusion rule; the index default when omitted")
     filters: dict[str, str | list[str]] = Field(default_factory=dict, description="attribute -> value(s)")
+    channels: list[str] | None = Field(
+        None, description="what a text query is matched against: any of image (photos), text (item text), keyword "
+        "(BM25); every channel the index has when omitted. A photo-only query always uses image.")
+    fusion_weights: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = Field(
+        None, description="weight of each channel in the fused ranking, e.g. {\"keyword\": 0.5}")
+    channel_fusion: str | None = Field(None, description="rrf (weighted reciprocal rank, default) or sum")
 
 
 class QueryLine(SearchRequest):

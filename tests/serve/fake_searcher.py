@@ -82,7 +82,8 @@ class FakeSearcher:
     def __len__(self) -> int:
         return len(self._items)
 
-    def search(self, text=None, image=None, k=10, filters=None, weight=0.5, fusion=None, clusters=None):
+    def search(self, text=None, image=None, k=10, filters=None, weight=0.5, fusion=None, clusters=None, channels=None,
+               fusion_weights=None, channel_fusion=None):
         if text is None and image is None:
             raise EnclipError("nothing to search for: give text or an image")
         if fusion is not None and fusion not in self.fusion_rules:
@@ -92,7 +93,8 @@ class FakeSearcher:
             raise EnclipError(f"unknown filter keys {sorted(unknown)}")
         query_colour = None if image is None else mean_colour(_as_image(image))
         self.calls.append({"text": text, "image": type(image).__name__ if image is not None else None, "k": k,
-                           "filters": filters, "weight": weight, "fusion": fusion})
+                           "filters": filters, "weight": weight, "fusion": fusion,
+                           "channels": channels, "fusion_weights": fusion_weights, "channel_fusion": channel_fusion})
         with self._lock:
             scored = [(self._score(item_id, text, query_colour, weight), item_id) for item_id in self._items
                       if _passes(self._items[item_id]["attributes"], filters or {})]

@@ -17,7 +17,7 @@ from PIL import Image
 
 from enclip.serve.app import ServeCfg, attach_searcher, create_app, percentile, serve
 from tests.serve.conftest import image_bytes
-from tests.serve.fake_searcher import COLOURS, FILTER_KEYS, FUSION_RULES
+from tests.serve.fake_searcher import COLOURS, FILTER_KEYS, FUSION_RULES, FakeSearcher
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,19 +47,28 @@ def test_text_search_returns_the_reference_ranking_with_agreement_and_image_urls
     body = response.json()
     assert [hit["id"] for hit in body["hits"]] == reference_ids(fake, 5, text="women red dresses")
     first = body["hits"][0]
-    assert set(first) == {"id", "score", "title", "attributes", "member_scores", "spread", "votes", "image_url"}
+    assert set(first) == {"id", "score", "title", "attributes", "member_scores", "spread", "votes", "channels",
+                          "explanation", "image_url"}
     assert first["image_url"] == f"/items/{first['id']}/image"
     assert len(first["member_scores"]) == 3 and first["votes"] == 3 and first["spread"] > 0
     assert body["fusion"] == "mean" and body["low_confidence"] is False
 
 
-def test_json_search_passes_weight_fusion_and_filters_through(client, fake):
+def test_json_search_passes_weight_fusion_filters_and_channels_through(client, fake):
     filters = {"gender": ["Women", "Men"], "usage": "Casual"}
     response = client.post("/search", json={"text": "shirts", "k": 7, "weight": 0.3, "fusion": "rrf",
-                                            "filters": filters})
+                                            "filters": filters, "channels": ["image", "keyword"],
+                                            "fusion_weights": {"keyword": 0.5}, "channel_fusion": "sum"})
     assert response.status_code == 200
     assert fake.calls[-1] == {"text": "shirts", "image": None, "k": 7, "filters": filters, "weight": 0.3,
-                              "fusion": "rrf"}
+                              "fusion": "rrf", "channels": ["image", "keyword"], "fusion_weights": {"keyword": 0.5},
+                              "channel_fusion": "sum"}
+    form = client.post("/search", data={"text": "shirts", "channels": "image,text",
+                                        "fusion_weights": '{"text": 2}'})
+    assert form.status_code == 200 and fake.calls[-1]["channels"] == ["image", "text"]
+    assert fake.calls[-1]["fusion_weights"] == {"text": 2.0}
+    bad = client.post("/search", json={"text": "shirts", "fusion_weights": {"keyword": -1}})
+    assert bad.status_code == 422 and "fusion_weights" in bad.json()["error"]
     hits = response.json()["hits"]
     assert hits and all(h["attributes"]["gender"] in ("Women", "Men") for h in hits)
     assert all(h["attributes"]["usage"] == "Casual" for h in hits)
@@ -337,3 +346,16 @@ def test_load_bench_reports_every_level_without_errors(live_server, served_searc
     assert all(int(row[1]) > 0 and row[2] == "0" for row in rows)
     if hasattr(served_searcher, "calls"):  # the FakeSearcher records what it was asked
         assert {call["image"] for call in served_searcher.calls} == {None, "Image", "bytes"}  # all three kinds
+
+
+def test_the_fake_and_the_real_searcher_conform_to_the_service_protocol(tiny_index_dir):
+    import inspect
+
+    from enclip import load_searcher
+    from enclip.search import SearchService
+
+    real = load_searcher(tiny_index_dir)
+    expected = list(inspect.signature(SearchService.search).parameters)[1:]
+    for searcher in (FakeSearcher(), real):
+        assert isinstance(searcher, SearchService)
+        assert list(inspect.signature(searcher.search).parameters) == expected

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from enclip.errors import EnclipError
-from enclip.store.index_dir import CHANNELS
+from enclip.search_request import CHANNELS
 
-CHANNEL_FUSIONS = ("rrf", "sum")
 LABELS = {"image": "photo", "text": "title", "keyword": "keyword"}  # how explanations name each channel
 
 

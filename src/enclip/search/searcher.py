@@ -28,7 +28,6 @@ from enclip.embed.space import concat_members, to_joint
 from enclip.errors import EnclipError
 from enclip.models.ensemble import load_model
 from enclip.search.channels import (
-    CHANNEL_FUSIONS,
     HybridCfg,
     check_channels,
     check_weights,
@@ -39,11 +38,11 @@ from enclip.search.channels import (
 )
 from enclip.search.filters import FilterIndex
 from enclip.search.query import QueryEncoder, check_query
+from enclip.search_request import CHANNEL_FUSIONS, MAX_K
 from enclip.store import IndexDir
 
 log = logging.getLogger(__name__)
 
-MAX_K = 1000  # most hits one search may ask for; more is a mistake, not a use (and would cost memory)
 
 
 @dataclass
@@ -140,9 +139,9 @@ class Searcher:
 
     def search(self, text: str | None = None, image=None, k: int = 10, filters: dict | None = None,
                weight: float = 0.5, fusion: str | None = None, clusters: int | None = None,
-               channels=None, channel_weights: dict | None = None, channel_fusion: str | None = None) -> SearchResult:
+               channels=None, fusion_weights: dict | None = None, channel_fusion: str | None = None) -> SearchResult:
         """Search by text, a photo or both. A text query is matched against photos, item text and keywords (the
-        index's channels, or ``channels``), fused by ``channel_fusion`` with ``channel_weights``; a photo is
+        index's channels, or ``channels``), fused by ``channel_fusion`` with ``fusion_weights``; a photo is
         matched against photos. ``fusion`` is the rule that combines ensemble members within the photo channel."""
         started = time.perf_counter()
         rule = self._check(k, fusion, clusters)
@@ -156,7 +155,7 @@ class Searcher:
             if channels == ("image",):
                 hits, low = self._rank_many([query], k, rule, where)[0]
             else:
-                hybrid = self._hybrid_cfg(channel_weights, channel_fusion)
+                hybrid = self._hybrid_cfg(fusion_weights, channel_fusion)
                 hits, low = self._rank_channels(query, text, text_query, k, rule, where, channels, hybrid)
         return SearchResult(hits, low, rule, round(1000 * (time.perf_counter() - started), 2), list(channels))
 

@@ -276,7 +276,8 @@ def _add_search_routes(app: FastAPI, state: ServiceState) -> None:
             image = await run_in_threadpool(_catalogue_image, searcher, query.image_id)
         result = await run_in_threadpool(lambda: searcher.search(
             text=query.text, image=image, k=query.k, filters=query.filters or None, weight=query.weight,
-            fusion=query.fusion))
+            fusion=query.fusion, channels=query.channels, fusion_weights=query.fusion_weights,
+            channel_fusion=query.channel_fusion))
         return _search_out(result)
 
     @app.get("/filters", responses=schemas.ERRORS)
@@ -329,6 +330,7 @@ def _catalogue_image(searcher, item_id: str) -> bytes:
 def _search_out(result) -> SearchOut:
     hits = [schemas.HitOut(id=hit.id, score=hit.score, title=hit.title, attributes=hit.attributes,
                            member_scores=list(hit.member_scores), spread=hit.spread, votes=hit.votes,
+                           channels=dict(hit.channels), explanation=hit.explanation,
                            image_url=schemas.image_url(hit.id)) for hit in result.hits]
     return SearchOut(hits=hits, low_confidence=result.low_confidence, fusion=result.fusion, took_ms=result.took_ms)
 

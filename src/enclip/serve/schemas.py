@@ -43,6 +43,9 @@ class HitOut(BaseModel):
     member_scores: list[float] = Field(description="each ensemble member's cosine for this hit")
     spread: float = Field(description="std of member scores; low means the members agree")
     votes: int = Field(description="members ranking this hit in their own top-k")
+    channels: dict[str, int] = Field(default_factory=dict, description="channel -> this hit's rank in that "
+                                     "channel's own list (0: the channel did not find it)")
+    explanation: str = Field("", description="which channels found the hit, e.g. 'photo #3, title #1, keyword #2'")
     image_url: str
 
 
@@ -51,6 +54,7 @@ class SearchOut(BaseModel):
     low_confidence: bool = Field(description="the best hit is weak or the members disagree: treat with care")
     fusion: str
     took_ms: float
+    channels: list[str] = Field(default_factory=list, description="the channels this search used")
 
 
 class ItemOut(BaseModel):
@@ -76,7 +80,10 @@ SEARCH_FORM_SCHEMA = {"type": "object", "properties": {
     "fusion": {"type": "string"}, "image": {"type": "string", "format": "binary"},
     "image_id": {"type": "string", "description": "use this catalogue item's image as the image query"},
     "filter": {"type": "array", "items": {"type": "string"}, "description": "key=value, repeatable"},
-    "filters": {"type": "string", "description": "JSON object attribute -> value(s)"}}}
+    "filters": {"type": "string", "description": "JSON object attribute -> value(s)"},
+    "channels": {"type": "string", "description": "comma-separated: image,text,keyword (default: all the index has)"},
+    "fusion_weights": {"type": "string", "description": "JSON object channel -> weight"},
+    "channel_fusion": {"type": "string", "description": "rrf (default) or sum"}}}
 # The search route reads its body itself (JSON or multipart), so its OpenAPI request body is spelled out here.
 SEARCH_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": SearchRequest.model_json_schema()},
@@ -98,6 +105,9 @@ class SearchQuery:
     k: int = 10
     fusion: str | None = None
     filters: dict[str, str | list[str]] = field(default_factory=dict)
+    channels: list[str] | None = None
+    fusion_weights: dict[str, float] | None = None
+    channel_fusion: str | None = None
 
 
 def image_url(item_id: str) -> str:
@@ -112,7 +122,8 @@ def query_from_json(body: bytes) -> SearchQuery:
         raise ApiError(422, str(error).replace("invalid search request", "invalid JSON search request", 1)) from None
     return SearchQuery(text=_blank_to_none(request.text), image_id=_blank_to_none(request.image_id),
                        weight=request.weight, k=request.k, fusion=_blank_to_none(request.fusion),
-                       filters=request.filters)
+                       filters=request.filters, channels=request.channels, fusion_weights=request.fusion_weights,
+                       channel_fusion=_blank_to_none(request.channel_fusion))
 
 
 def query_from_form(form, image: Image.Image | None) -> SearchQuery:
@@ -120,7 +131,30 @@ def query_from_form(form, image: Image.Image | None) -> SearchQuery:
     return SearchQuery(text=_blank_to_none(text_field(form, "text")), image=image,
                        image_id=_blank_to_none(text_field(form, "image_id")),
                        weight=_number_field(form, "weight", float, 0.5), k=_number_field(form, "k", int, 10),
-                       fusion=_blank_to_none(text_field(form, "fusion")), filters=form_filters(form))
+                       fusion=_blank_to_none(text_field(form, "fusion")), filters=form_filters(form),
+                       channels=_channels_field(form), fusion_weights=_weights_field(form),
+                       channel_fusion=_blank_to_none(text_field(form, "channel_fusion")))
+
+
+def _channels_field(form) -> list[str] | None:
+    """``channels=image,text`` (or the field repeated) in a form; None when absent."""
+    given = [part.strip() for entry in form.getlist("channels") for part in str(entry).split(",") if part.strip()]
+    return given or None
+
+
+def _weights_field(form) -> dict[str, float] | None:
+    """``fusion_weights`` as a JSON object of channel -> non-negative number; None when absent."""
+    raw = text_field(form, "fusion_weights")
+    if not raw:
+        return None
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               for v in parsed.values()):
+        raise ApiError(422, "field 'fusion_weights' must be a JSON object such as {\"keyword\": 0.5}")
+    return {str(k): float(v) for k, v in parsed.items()}
 
 
 def form_filters(form) -> dict[str, str | list[str]]:

@@ -42,7 +42,7 @@ ROUTING = "routing.npz"
 SKIP_REPORT = "skip_report.json"
 TEXT_VECTORS = "text_vectors"  # optional part: the item-text channel
 KEYWORDS = "keywords"  # optional part: the keyword channel
-CHANNELS = ("image", "text", "keyword")  # what a text query can be matched against: photos, item text, keywords
+
 LEGACY_CHANGELOG = "changes.jsonl"  # where enclip < 0.2 kept the admin log, inside the replaced directory
 
 Writer = Callable[[Path], None]  # writes one more part of the directory into the given temporary directory
