@@ -58,6 +58,8 @@ class RunCfg:
     keep_cache: bool = False  # keep the cached trunk features after training (they can be large)
     cache_dir: str | None = None  # shared trunk-feature cache, reused by runs with the same trunk and data
     trunk_cache: str | None = None  # catalogue-wide clean image trunk cache, shared with `enclip index --trunk-cache`
+    engine: str = "local"  # "local": members one after another; "ray": members as Ray tasks (enclip[scale])
+    ray_address: str | None = None  # engine "ray": the cluster's HOST:PORT; None = a local cluster on 127.0.0.1
 
 
 def _split(catalogue: Catalogue) -> dict[str, np.ndarray]:
@@ -137,10 +139,10 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
     fingerprint = catalogue.fingerprint()
     info = {"data_fingerprint": fingerprint, "train_items": int(len(rows))}
     member_seconds = []  # each member's epochs and validations, summed over resumed runs (None: not all timed)
-    for i, run in enumerate(member_runs(ens, rows, out_dir, cfg.train.seed, clustering)):
-        log.info("training member %d of %d on %d items", i + 1, ens.members, len(run.rows))
-        state = train_member(ensemble, i, train_cache, groups, val_cache, run, cfg.train, resume,
-                             info={**info, "member": i, "strategy": ens.strategy, "member_items": int(len(run.rows))})
+    runs = member_runs(ens, rows, out_dir, cfg.train.seed, clustering)
+    infos = [{**info, "member": i, "strategy": ens.strategy, "member_items": int(len(run.rows))}
+             for i, run in enumerate(runs)]
+    for state in _train_members(ensemble, runs, infos, train_cache, groups, val_cache, cfg, resume):
         timed = [entry.get("seconds") for entry in state["history"]]
         member_seconds.append(None if None in timed else round(sum(timed), 1))
     write_json(out_dir / "ensemble.json", manifest(
@@ -179,6 +181,19 @@ def _flat(config: dict, prefix: str = "") -> dict:
         else:
             flat[f"{prefix}{key}"] = value
     return flat
+
+
+def _train_members(ensemble, runs, infos, train_cache, groups, val_cache, cfg: RunCfg, resume: bool):
+    """Each member's training state: one after another here, or side by side as Ray tasks (``engine="ray"``)."""
+    if cfg.engine == "ray":
+        from enclip.train.ray_members import RayTrainCfg, train_members_ray
+
+        yield from train_members_ray(ensemble, runs, infos, train_cache, groups, val_cache, cfg.train,
+                                     RayTrainCfg(address=cfg.ray_address))
+        return
+    for i, (run, info) in enumerate(zip(runs, infos)):
+        log.info("training member %d of %d on %d items", i + 1, len(runs), len(run.rows))
+        yield train_member(ensemble, i, train_cache, groups, val_cache, run, cfg.train, resume, info=info)
 
 
 def _caches(ensemble, catalogue, split, cache_dir: Path, cfg: RunCfg) -> tuple[FeatureCache, FeatureCache]:
