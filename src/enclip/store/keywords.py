@@ -146,9 +146,12 @@ class KeywordIndex:
     def remove(self, positions: Sequence[int]) -> None:
         """Drop rows (live removals)."""
         with self._lock:
+            import tantivy
+
             writer = self._writer_open()
-            for position in positions:
-                writer.delete_documents_by_term("position", int(position))
+            schema = self._index.schema
+            for position in positions:  # a query, not a raw term: only a query types the value as unsigned
+                writer.delete_documents_by_query(tantivy.Query.term_query(schema, "position", int(position)))
             self._commit(writer)
 
     def _writer_open(self):
