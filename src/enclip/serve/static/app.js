@@ -6,6 +6,7 @@ const FILTER_LABELS = {
   baseColour: "Colour", usage: "Usage", season: "Season",
 };
 const RESULT_COUNT = 24;
+const CHANNEL_LABELS = { image: "photo", text: "title", keyword: "keyword" };
 
 const page = {
   photo: null,        // File chosen by the user, or null
@@ -76,10 +77,16 @@ function setPhoto(file) {
   $("clear-photo").hidden = !file;
 }
 
+function chosenChannels() {
+  // Product text on (the default): every channel the index has. Off: photos only.
+  return $("product-text").checked ? null : ["image"];
+}
+
 function buildRequest() {
   const text = $("query").value.trim();
   const weight = Number($("weight").value);
   const filters = chosenFilters();
+  const channels = chosenChannels();
   if (page.similar) {
     return { kind: "similar", init: jsonInit({ image_id: page.similar.id, k: RESULT_COUNT, filters }) };
   }
@@ -89,10 +96,15 @@ function buildRequest() {
     form.append("weight", String(weight));
     form.append("k", String(RESULT_COUNT));
     form.append("filters", JSON.stringify(filters));
+    if (channels && text) form.append("channels", channels.join(","));
     form.append("image", page.photo, page.photo.name);
     return { kind: text ? "mixed" : "image", init: { method: "POST", body: form } };
   }
-  if (text) return { kind: "text", init: jsonInit({ text, weight, k: RESULT_COUNT, filters }) };
+  if (text) {
+    const body = { text, weight, k: RESULT_COUNT, filters };
+    if (channels) body.channels = channels;
+    return { kind: "text", init: jsonInit(body) };
+  }
   return null;
 }
 
@@ -161,10 +173,27 @@ function card(hit) {
   const members = hit.member_scores.length;
   score.textContent = `score ${hit.score.toFixed(3)}` +
     (members > 1 ? ` · ${hit.votes}/${members} models agree · spread ${hit.spread.toFixed(3)}` : "");
-  meta.append(title, score);
+  meta.append(title, badges(hit), score);
   button.append(image, meta);
   button.addEventListener("click", () => showSimilar(hit));
   return button;
+}
+
+function badges(hit) {
+  // Which channels found the hit and at what rank: "photo #3", "title #1", "keyword #2".
+  const row = document.createElement("span");
+  row.className = "badges";
+  const found = Object.entries(hit.channels || {}).filter(([, rank]) => rank > 0);
+  if (!Object.keys(hit.channels || {}).some((c) => c !== "image")) return row;  // photo-only search: no badges
+  for (const [channel, rank] of found) {
+    const badge = document.createElement("span");
+    badge.className = `badge badge-${channel}`;
+    badge.dataset.channel = channel;
+    badge.setAttribute("data-testid", "channel-badge");
+    badge.textContent = `${CHANNEL_LABELS[channel] || channel} #${rank}`;
+    row.append(badge);
+  }
+  return row;
 }
 
 function showSimilar(hit) {
@@ -216,6 +245,7 @@ function start() {
   $("weight").addEventListener("input", updateWeightLabel);
   $("weight").addEventListener("change", () => { if (page.photo && $("query").value.trim()) search(); });
   $("clear-similar").addEventListener("click", () => { clearSimilar(); search(); });
+  $("product-text").addEventListener("change", () => { if ($("query").value.trim()) search(); });
   wireDropzone();
   updateWeightLabel();
   loadFilters();
