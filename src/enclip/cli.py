@@ -91,6 +91,10 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="text layers trained from the top: 0 = projection only, N, or 'all'")
     parser.add_argument("--views", type=int, default=t.views, help="degraded views cached per training image")
     parser.add_argument("--attribute-captions", action="store_true", help="also train on attribute sentences")
+    parser.add_argument("--aux-columns", nargs="*", default=list(t.aux_columns),
+                        help="attribute columns both embeddings learn to classify (auxiliary losses)")
+    parser.add_argument("--aux-weight", type=float, default=t.aux_weight,
+                        help="weight of the auxiliary attribute losses (0 = off)")
     parser.add_argument("--seed", type=int, default=t.seed)
     parser.add_argument("--device", default=t.device)
     parser.add_argument("--keep-cache", action="store_true", help="keep cached trunk features after training")
@@ -108,7 +112,8 @@ def run_cfg(args):
                            image_size=args.image_size)
     train = TrainCfg(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, views=args.views, seed=args.seed,
                      heads=HeadCfg(args.trainable_image, args.trainable_text), device=args.device,
-                     captions=CaptionCfg(use_attributes=args.attribute_captions))
+                     captions=CaptionCfg(use_attributes=args.attribute_captions),
+                     aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight)
     ensemble = EnsembleCfg(members=args.members, strategy=args.strategy, mix=args.mix, fusion=args.fusion,
                            data_fraction=args.data_fraction)
     return RunCfg(backbone=backbone, train=train, ensemble=ensemble, keep_cache=args.keep_cache,

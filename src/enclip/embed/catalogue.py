@@ -27,8 +27,7 @@ def encode_catalogue(ensemble: Ensemble, catalogue: Catalogue, work_dir: Path, *
         return ensemble.pixels([catalogue.image(int(r)) for r in rows])
 
     def encode(pixels: torch.Tensor) -> dict[str, np.ndarray]:
-        with torch.no_grad():
-            members = ensemble.encode_image_features(ensemble.image_trunk(pixels))  # (K, B, d)
+        members = ensemble.encode_pixels(pixels)  # (K, B, d)
         return {"vectors": members.permute(1, 0, 2).reshape(len(pixels), -1).cpu().numpy().astype(dtype)}
 
     if trunk_cache:

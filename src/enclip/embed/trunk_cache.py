@@ -39,7 +39,7 @@ def cache_image_features(ensemble: Ensemble, catalogue: Catalogue, positions: np
     """(n, ...) float16 image trunk outputs for one view (0 = clean), resumably."""
     reader = _image_reader(ensemble, catalogue, positions, view, augment or AugmentCfg(), seed)
     with torch.no_grad():
-        return run_sharded(len(positions), reader, lambda px: {"features": half(ensemble.image_trunk(px))},
+        return run_sharded(len(positions), reader, lambda px: {"features": half(ensemble.image_trunk_outputs(px))},
                            Path(work_dir) / f"image-view{view}", batch_size=batch_size,
                            desc=f"cache images ({view})", times=times)["features"]
 

@@ -7,7 +7,7 @@ view plus ``views`` degraded views (seeded), and every epoch draws one of them p
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ class FeatureCache:
     texts: dict[str, np.ndarray]  # "pooled" (c, h) or "hidden" (c, t, h) + "mask" (c, t), one row per caption
     caption_owner: np.ndarray  # (c,) item row (0..n-1) each caption belongs to
     first_caption: np.ndarray  # (n,) row of each item's title caption
+    labels: dict[str, np.ndarray] = field(default_factory=dict)  # attribute column -> (n,) values, "" when missing
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -98,7 +99,9 @@ def _cache(ensemble, catalogue, positions, work_dir, views, augment, captions, s
     texts, owner = _caption_table(catalogue, positions, captions)
     text_arrays = _cache_texts(ensemble, texts, work_dir / "distinct-texts", batch_size)
     first = np.searchsorted(owner, np.arange(len(positions)))
-    return FeatureCache(np.asarray(positions), images, text_arrays, owner, first)
+    labels = {name: np.asarray(values, dtype=object)[np.asarray(positions, dtype=np.int64)].astype(str)
+              for name, values in catalogue.attributes.items()}
+    return FeatureCache(np.asarray(positions), images, text_arrays, owner, first, labels)
 
 
 def _cache_texts(ensemble: Ensemble, texts: list[str], work_dir: Path, batch_size: int) -> dict[str, np.ndarray]:

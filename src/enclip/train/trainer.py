@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from enclip.artifacts import atomic_file
@@ -44,6 +45,8 @@ class TrainCfg:
     val_items: int = 2000  # validation items scored each epoch (seeded sample; 0 = all)
     val_distractors: int = 20000  # training images added to the validation gallery (0 = validation images only)
     seed: int = 0  # seeds data order, views, dropout
+    aux_columns: tuple[str, ...] = ()  # attribute columns both embeddings learn to classify (absent ones skipped)
+    aux_weight: float = 0.0  # weight of those auxiliary classification losses beside the contrastive loss
     device: str = "auto"  # "auto", "cpu", "cuda"
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
 
@@ -61,6 +64,62 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tenso
     positives = (groups[:, None] == groups[None, :]).float()
     targets = positives / positives.sum(dim=1, keepdim=True)
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T))
+
+
+MISSING_LABELS = ("", "NA")  # attribute values that say nothing about the item
+
+
+class AttributeHeads(nn.Module):
+    """Auxiliary multi-task heads: per attribute column, class prototypes in the joint space that the image and the
+    text embedding of an item must both point to. They tell the towers what a photo shows (gender, type, colour)
+    without adding text pairs that dilute the title signal; used in training only, never saved with the model."""
+
+    def __init__(self, dim: int, classes: dict[str, int], seed: int, scale: float = 16.0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.prototypes = nn.ParameterDict(
+            {name: nn.Parameter(torch.randn(n, dim, generator=generator) * 0.02) for name, n in classes.items()})
+        self.scale = scale
+
+    def loss(self, image: torch.Tensor, text: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = image.new_zeros(())
+        for name, prototypes in self.prototypes.items():
+            known = labels[name] >= 0
+            if not bool(known.any()):
+                continue
+            weights = F.normalize(prototypes, dim=-1)
+            for embedding in (image, text):
+                total = total + 0.5 * F.cross_entropy(self.scale * embedding[known] @ weights.T, labels[name][known])
+        return total / max(1, len(self.prototypes))
+
+
+def encode_labels(cache: FeatureCache, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Integer class per item for each usable column (-1 where missing); columns absent or single-valued are
+    skipped, so one setting serves catalogues with other columns."""
+    encoded = {}
+    for name in columns:
+        if name not in cache.labels:
+            log.warning("auxiliary column %r is not in the catalogue; skipped", name)
+            continue
+        values = cache.labels[name]
+        classes = sorted(set(values.tolist()) - set(MISSING_LABELS))
+        if len(classes) < 2:
+            continue
+        lookup = {value: i for i, value in enumerate(classes)}
+        encoded[name] = np.array([lookup.get(value, -1) for value in values.tolist()], dtype=np.int64)
+    return encoded
+
+
+def _attribute_heads(member, train: FeatureCache, cfg: TrainCfg, seed: int, device):
+    """(heads, labels) for the auxiliary losses, or (None, {}) when they are off."""
+    labels = encode_labels(train, tuple(cfg.aux_columns)) if cfg.aux_weight > 0 else {}
+    if not labels:
+        return None, {}
+    with torch.no_grad():
+        dim = member.encode_text(train.text_batch(train.first_caption[:2], device)).shape[-1]
+    classes = {name: int(values.max()) + 1 for name, values in labels.items()}
+    tensors = {name: torch.from_numpy(values).to(device) for name, values in labels.items()}
+    return AttributeHeads(dim, classes, seed).to(device), tensors
 
 
 def _param_groups(member: torch.nn.Module, cfg: TrainCfg) -> list[dict]:
@@ -140,13 +199,19 @@ def train_member(
     device = ensemble.device
     member = ensemble.members[index]
     steps_per_epoch = len(_epoch_batches(run, 0, cfg.batch_size, train.title_lengths()))
-    optimizer = torch.optim.AdamW(_param_groups(member, cfg))
+    aux, labels = _attribute_heads(member, train, cfg, run.seed, device)
+    groups_of_params = _param_groups(member, cfg)
+    if aux is not None:
+        groups_of_params.append({"params": list(aux.parameters()), "lr": cfg.lr, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups_of_params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps_per_epoch * cfg.epochs, cfg.warmup))
     state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": [], "done": False}
     checkpoint = run.out_dir / "checkpoint.pt"
     if resume and checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
         member.load_state_dict(saved["member"])
+        if aux is not None:
+            aux.load_state_dict(saved["aux"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
@@ -160,7 +225,8 @@ def train_member(
     while state["epoch"] < cfg.epochs and not state["done"]:
         epoch, started = state["epoch"], time.perf_counter()
         torch.manual_seed(int(np.random.default_rng([run.seed, epoch, 2]).integers(2**31)))
-        loss = _run_epoch(ensemble, member, train, group_tensor, run, epoch, optimizer, scheduler, cfg, index)
+        loss = _run_epoch(ensemble, member, train, group_tensor, run, epoch, optimizer, scheduler, cfg, index,
+                          (aux, labels))
         recall = validation_recall(ensemble, index, val, val_rows, distractors=distractors)
         seconds = round(time.perf_counter() - started, 2)  # the epoch and its validation
         state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall, "seconds": seconds})
@@ -172,12 +238,12 @@ def train_member(
             state["bad_epochs"] += 1
         state["done"] = state["bad_epochs"] >= cfg.patience or state["epoch"] >= cfg.epochs
         log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", index, epoch + 1, loss, recall)
-        _save_checkpoint(checkpoint, member, optimizer, scheduler, state)
+        _save_checkpoint(checkpoint, member, optimizer, scheduler, state, aux)
     ensemble.load_member(index, run.out_dir)
     return state
 
 
-def _run_epoch(ensemble, member, train, groups, run, epoch, optimizer, scheduler, cfg, index) -> float:
+def _run_epoch(ensemble, member, train, groups, run, epoch, optimizer, scheduler, cfg, index, auxiliary) -> float:
     rng = np.random.default_rng([run.seed, epoch, 3])
     device = ensemble.device
     batches = _epoch_batches(run, epoch, cfg.batch_size, train.title_lengths())
@@ -193,6 +259,10 @@ def _run_epoch(ensemble, member, train, groups, run, epoch, optimizer, scheduler
                 image = member.encode_image(train.image_batch(rows, views, device))
                 text = member.encode_text(train.text_batch(captions, device))
                 loss = contrastive_loss(image, text, member.logit_scale, groups[rows].to(device))
+                aux, labels = auxiliary
+                if aux is not None:
+                    picked = torch.from_numpy(rows).to(device)
+                    loss = loss + cfg.aux_weight * aux.loss(image, text, {n: v[picked] for n, v in labels.items()})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -253,7 +323,8 @@ def validation_recall(ensemble: Ensemble, index: int, val: FeatureCache, rows: n
     return float((beaten < k).float().mean())
 
 
-def _save_checkpoint(path: Path, member, optimizer, scheduler, state: dict) -> None:
+def _save_checkpoint(path: Path, member, optimizer, scheduler, state: dict, aux: nn.Module | None = None) -> None:
     with atomic_file(path) as handle:
         torch.save({"member": member.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "state": state}, handle)
+                    "scheduler": scheduler.state_dict(), "state": state,
+                    "aux": None if aux is None else aux.state_dict()}, handle)

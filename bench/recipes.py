@@ -1,0 +1,87 @@
+"""Training-recipe ablation on the validation split: each recipe is a set of `enclip train` flags.
+
+Every recipe trains one model on the whole train split from shared trunk caches (one per cut point), and the
+table reports its validation title→image R@10 per epoch (2,000 validation titles against the validation images
+plus 20,000 training images, as the trainer scores it), the best epoch and the seconds per epoch. Test items are
+never touched. Finished recipes are reused from the output folder, so an interrupted run resumes.
+
+    python bench/recipes.py --out bench/out/recipes --recipe "default=" \
+        --recipe "aux=--aux-weight 0.5 --aux-columns gender articleType baseColour usage season"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import time
+from pathlib import Path
+
+from enclip.artifacts import read_json
+from enclip.cli import build_parser, run_cfg
+from enclip.data.catalogue import load_catalogue
+from enclip.train.run import train_system
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small"
+
+
+def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: str) -> dict:
+    """Train one recipe (or reuse its finished run) and return its validation history."""
+    model_dir = out / "runs" / name
+    args = build_parser().parse_args(["train", "--out", str(model_dir), "--trunk-cache", trunk_cache,
+                                      *flags])
+    cfg = run_cfg(args)
+    heads = f"img{cfg.train.heads.trainable_image}-txt{cfg.train.heads.trainable_text}-views{cfg.train.views}"
+    cfg.cache_dir = str(out / "feature-cache" / heads)  # recipes with the same cut share their trunk outputs
+    started = time.perf_counter()
+    train_system(catalogue, model_dir, cfg, resume=True)
+    history = []
+    for member in sorted((model_dir / "members").iterdir()):
+        import torch
+
+        history.append(torch.load(member / "checkpoint.pt", weights_only=False)["state"]["history"])
+    manifest = read_json(model_dir / "ensemble.json")
+    curve = [entry["val_R@10"] for entry in history[0]]
+    return {"flags": " ".join(flags), "val_R@10": curve, "best": max(curve),
+            "best_epoch": 1 + curve.index(max(curve)),
+            "epoch_seconds": [entry["seconds"] for entry in history[0]],
+            "train_seconds": manifest.get("train_seconds"), "wall_seconds_this_call": time.perf_counter() - started}
+
+
+def table(results: dict) -> str:
+    lines = ["| recipe | flags | val R@10 per epoch | best (epoch) | s per epoch (median) |", "|---|---|---|---|---|"]
+    for name, r in results.items():
+        seconds = sorted(r["epoch_seconds"])[len(r["epoch_seconds"]) // 2]
+        curve = ", ".join(f"{v:.3f}" for v in r["val_R@10"])
+        lines.append(f"| {name} | `{r['flags'] or '(defaults)'}` | {curve} | {r['best']:.4f} ({r['best_epoch']}) "
+                     f"| {seconds:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--out", default="bench/out/recipes")
+    parser.add_argument("--trunk-cache", default="bench/out/trunk-cache", help="catalogue-wide clean trunk cache")
+    parser.add_argument("--recipe", action="append", required=True, help="NAME=FLAGS (enclip train flags)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    catalogue = load_catalogue(args.data)[0]
+    for spec in args.recipe:
+        name, _, flags = spec.partition("=")
+        if name in results and results[name]["flags"] == " ".join(shlex.split(flags)):
+            continue
+        results[name] = run_recipe(catalogue, name, shlex.split(flags), out, args.trunk_cache)
+        results_path.write_text(json.dumps(results, indent=1))
+        print(table({name: results[name]}), flush=True)
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""Auxiliary attribute losses: labels per column, prototypes that classify, exact resume with them on."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from enclip.models.ensemble import load_model
+from enclip.train import trainer
+from enclip.train.features import FeatureCache
+from enclip.train.run import train_system
+from tests.conftest import tiny_run_cfg
+
+AUX = dict(aux_columns=("gender", "usage", "colour_that_is_absent", "season"), aux_weight=1.0)
+
+
+def _cache(labels: dict[str, list[str]]) -> FeatureCache:
+    n = len(next(iter(labels.values())))
+    return FeatureCache(np.arange(n), [], {}, np.arange(n), np.arange(n),
+                        {name: np.asarray(values) for name, values in labels.items()})
+
+
+def test_labels_skip_missing_values_absent_columns_and_single_valued_columns():
+    cache = _cache({"gender": ["Men", "Women", "Men", ""], "usage": ["Casual", "NA", "Formal", "Casual"],
+                    "season": ["Summer"] * 4})
+    labels = trainer.encode_labels(cache, ("gender", "usage", "nope", "season"))
+    assert set(labels) == {"gender", "usage"}  # "nope" is absent, season has one value: nothing to learn
+    assert labels["gender"].tolist() == [0, 1, 0, -1]
+    assert labels["usage"].tolist() == [0, -1, 1, 0]
+
+
+def test_attribute_loss_is_low_only_when_both_embeddings_point_at_the_item_class():
+    heads = trainer.AttributeHeads(2, {"gender": 2}, seed=0)
+    with torch.no_grad():
+        heads.prototypes["gender"].copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    right = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels = {"gender": torch.tensor([0, 1])}
+    good = heads.loss(right, right, labels)
+    assert heads.loss(right.flip(0), right, labels) > good + 1  # the image embedding says the wrong class
+    assert heads.loss(right, right.flip(0), labels) > good + 1  # the text embedding does
+    assert heads.loss(right.flip(0), right.flip(0), {"gender": torch.tensor([-1, -1])}) == 0  # unknown: no loss
+
+
+def test_training_with_auxiliary_losses_resumes_to_the_same_weights(tmp_path, catalogue, monkeypatch):
+    cfg = tiny_run_cfg(epochs=3, patience=5, **AUX)
+    reference = load_model(train_system(catalogue, tmp_path / "straight", cfg))[0].members[0].state_dict()
+    checkpoint = torch.load(tmp_path / "straight/members/0/checkpoint.pt", weights_only=False)
+    assert set(checkpoint["aux"]) == {"prototypes.gender", "prototypes.usage"}  # season is single-valued here
+
+    real, calls = trainer.validation_recall, {"n": 0}
+
+    def crash_on_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "validation_recall", crash_on_second)
+    try:
+        train_system(catalogue, tmp_path / "resumed", cfg)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(trainer, "validation_recall", real)
+    resumed = load_model(train_system(catalogue, tmp_path / "resumed", cfg, resume=True))[0].members[0].state_dict()
+    for key in reference:
+        assert torch.equal(reference[key], resumed[key]), key
