@@ -99,6 +99,13 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=t.device)
     parser.add_argument("--keep-cache", action="store_true", help="keep cached trunk features after training")
     parser.add_argument("--trunk-cache", help="catalogue-wide image trunk cache to share with `enclip index`")
+    _engine_args(parser, "members one after another here, or as Ray tasks")
+
+
+def _engine_args(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--engine", default="local", choices=["local", "ray"], help=f"{what} (ray: pip install "
+                        "'enclip[scale]'; without --address it starts a local cluster on 127.0.0.1)")
+    parser.add_argument("--address", help="engine ray: an existing cluster's head, HOST:PORT (see docs/SCALING.md)")
 
 
 def run_cfg(args):
@@ -117,7 +124,7 @@ def run_cfg(args):
     ensemble = EnsembleCfg(members=args.members, strategy=args.strategy, mix=args.mix, fusion=args.fusion,
                            data_fraction=args.data_fraction)
     return RunCfg(backbone=backbone, train=train, ensemble=ensemble, keep_cache=args.keep_cache,
-                  trunk_cache=args.trunk_cache)
+                  trunk_cache=args.trunk_cache, engine=args.engine, ray_address=args.address)
 
 
 def cmd_train(args) -> int:
@@ -139,14 +146,27 @@ def _index_channels(spec: str) -> tuple[str, ...]:
     return channels
 
 
+def _index_cfg(args):
+    """The vector store: faiss in the index directory, or a Milvus collection (--kind picks FLAT or HNSW there)."""
+    from enclip.vectors import IndexCfg
+
+    if args.store == "faiss":
+        return IndexCfg(kind=args.kind, dtype=args.dtype)
+    if not args.uri:
+        raise EnclipError("--store milvus needs --uri: a .db file for embedded Milvus Lite or http://host:19530")
+    if args.kind not in ("auto", "flat", "hnsw"):
+        raise EnclipError(f"--store milvus builds a flat or hnsw index (or auto), not {args.kind!r}")
+    return IndexCfg(kind="milvus", dtype=args.dtype, milvus_uri=args.uri, milvus_collection=args.collection,
+                    milvus_index=args.kind)
+
+
 def cmd_index(args) -> int:
     from enclip.indexing import IndexBuildCfg, build_index
-    from enclip.vectors import IndexCfg
 
     out = Path(args.out)
     catalogue, report = load_data(args)
-    cfg = IndexBuildCfg(index=IndexCfg(kind=args.kind, dtype=args.dtype), device=args.device,
-                        trunk_cache=args.trunk_cache, channels=_index_channels(args.channels))
+    cfg = IndexBuildCfg(index=_index_cfg(args), device=args.device, trunk_cache=args.trunk_cache,
+                        channels=_index_channels(args.channels), engine=args.engine, ray_address=args.address)
     build_index(args.model, catalogue, out, cfg, resume=args.resume, skip_report=report)
     print(f"index written to {out}; next: enclip search --index {out} --text \"navy check shirt\"")
     return 0
@@ -312,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", default=",".join(CHANNELS), help="search channels to build: image (photos) plus "
                    "text (item text by the text tower) and keyword (BM25); default all")
     p.add_argument("--trunk-cache", help="catalogue-wide image trunk cache shared with `enclip train --trunk-cache`")
+    p.add_argument("--store", default="faiss", choices=["faiss", "milvus"],
+                   help="where item vectors live: faiss in the index directory (default) or a Milvus collection")
+    p.add_argument("--uri", help="store milvus: a .db file (embedded Milvus Lite) or http://host:19530 (a server; "
+                   "token in ENCLIP_MILVUS_TOKEN)")
+    p.add_argument("--collection", default="enclip_items", help="store milvus: collection name prefix")
+    _engine_args(p, "embed the catalogue here, or with an actor pool on a Ray cluster")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("cluster", help="cluster catalogue images and write readable summaries")

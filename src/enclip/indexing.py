@@ -27,8 +27,9 @@ from enclip.models.ensemble import EnsembleInfo, load_model, read_model_info
 from enclip.search_request import CHANNELS
 from enclip.store import IndexDir
 from enclip.store.index_dir import KEYWORDS, TEXT_VECTORS
+from enclip.store.items import item_fields
 from enclip.store.keywords import build_keywords
-from enclip.vectors import IndexCfg, create_index
+from enclip.vectors import IndexCfg, ItemFields, create_index
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ def resolve_kind(cfg: IndexCfg, items: int, dim: int) -> IndexCfg:
     an HNSW graph keeps the search near a millisecond whatever K is (recall@10 against exact search is measured by
     ``bench/speed.py`` and reported in docs/RESULTS.md); candidates are re-scored exactly per member either way.
     """
+    if cfg.kind == "milvus" and cfg.milvus_index == "auto":  # the same choice, made inside Milvus
+        return replace(cfg, milvus_index="flat" if items * dim <= AUTO_FLAT_LIMIT else "hnsw")
     if cfg.kind != "auto":
         return cfg
     kind = "flat" if items * dim <= AUTO_FLAT_LIMIT else "hnsw"
@@ -59,6 +62,8 @@ class IndexBuildCfg:
     device: str = "auto"  # "auto", "cpu", "cuda"
     trunk_cache: str | None = None  # keep catalogue image trunk outputs here; models on the same trunk reuse them
     channels: tuple[str, ...] = CHANNELS  # search channels to build ("image" always; "text" and "keyword" optional)
+    engine: str = "local"  # "local" (this process) or "ray" (an actor pool on a Ray cluster; enclip[scale])
+    ray_address: str | None = None  # engine "ray": the cluster's HOST:PORT; None = a local cluster on 127.0.0.1
 
 
 def routing_table(model_dir: Path, info: EnsembleInfo, catalogue: Catalogue, vectors: np.ndarray,
@@ -92,8 +97,12 @@ def build_index(model_dir: str | Path, catalogue: Catalogue, out_dir: str | Path
     ensemble, info = load_model(model_dir, device=str(resolve_device(cfg.device)))
     times = StageTimes()
     job = {"model": ensemble.fingerprint(), "catalogue": catalogue.fingerprint(), "dtype": cfg.index.dtype}
-    vectors = encode_catalogue(ensemble, catalogue, work_dir, batch_size=cfg.batch_size, shard_size=cfg.shard_size,
-                               dtype=cfg.index.dtype, trunk_cache=cfg.trunk_cache, times=times, job=job)
+    if cfg.engine == "ray" and not cfg.trunk_cache:
+        vectors = _encode_on_ray(model_dir, catalogue, work_dir, cfg, job, times)
+    else:
+        vectors = encode_catalogue(ensemble, catalogue, work_dir, batch_size=cfg.batch_size,
+                                   shard_size=cfg.shard_size, dtype=cfg.index.dtype, trunk_cache=cfg.trunk_cache,
+                                   times=times, job=job)
     log.info("embedding: %s", times.summary())
     text_vectors = None
     if "text" in cfg.channels:
@@ -106,6 +115,19 @@ def build_index(model_dir: str | Path, catalogue: Catalogue, out_dir: str | Path
     return out_dir
 
 
+def _encode_on_ray(model_dir: Path, catalogue: Catalogue, work_dir: Path, cfg: IndexBuildCfg, job: dict,
+                   times: StageTimes) -> np.ndarray:
+    """The catalogue's vectors from the Ray engine, into the same resumable shards the local engine writes."""
+    from enclip.embed.ray_engine import RayEmbedCfg, RayEmbedReport, encode_catalogue_ray
+
+    report = RayEmbedReport()
+    ray_cfg = RayEmbedCfg(address=cfg.ray_address, batch_size=cfg.batch_size, shard_size=cfg.shard_size)
+    vectors = encode_catalogue_ray(model_dir, catalogue, work_dir, ray_cfg, dtype=cfg.index.dtype, job=job,
+                                   report=report)
+    times.items, times.encode = report.items, report.seconds
+    return vectors
+
+
 def write_index(model_dir: Path, catalogue: Catalogue, vectors: np.ndarray, out_dir: Path,
                 cfg: IndexBuildCfg | None = None, skip_report: SkipReport | None = None,
                 text_vectors: np.ndarray | None = None, **extra) -> Path:
@@ -116,20 +138,22 @@ def write_index(model_dir: Path, catalogue: Catalogue, vectors: np.ndarray, out_
     members = len(info.members)
     backbone = read_json(model_dir / info.members[0] / "model.json")["backbone"]
     index_cfg = resolve_kind(cfg.index, len(vectors), vectors.shape[1])
+    routing = routing_table(model_dir, info, catalogue, vectors, members)
+    fields_of_rows = item_fields(catalogue, range(len(catalogue)), routing["item_clusters"])
     index = create_index(vectors.shape[1], index_cfg)
-    index.add(vectors)
+    index.add(vectors, fields_of_rows)
     fields = dict(members=members, member_dim=vectors.shape[1] // members, fusion=info.fusion, strategy=info.strategy,
                   weights=info.weights, data_fingerprint=catalogue.fingerprint(),
                   model_fingerprint=info.data_fingerprint, source=catalogue.source, backbone=backbone,
                   index=asdict(index_cfg), **extra)
     IndexDir.write(out_dir, model_dir=model_dir, catalogue=catalogue, vectors=index,
-                   routing=routing_table(model_dir, info, catalogue, vectors, members), fields=fields,
-                   skip_report=skip_report, parts=_channel_parts(catalogue, text_vectors, index_cfg, cfg.channels))
+                   routing=routing, fields=fields, skip_report=skip_report,
+                   parts=_channel_parts(catalogue, text_vectors, index_cfg, cfg.channels, fields_of_rows))
     return out_dir
 
 
 def _channel_parts(catalogue: Catalogue, text_vectors: np.ndarray | None, index_cfg: IndexCfg,
-                   channels: tuple[str, ...]) -> dict:
+                   channels: tuple[str, ...], fields_of_rows: ItemFields | None = None) -> dict:
     """Writers of the optional channel parts the index directory gets (see enclip.store.index_dir)."""
     unknown = set(channels) - set(CHANNELS)
     if unknown:
@@ -137,7 +161,7 @@ def _channel_parts(catalogue: Catalogue, text_vectors: np.ndarray | None, index_
     parts = {}
     if text_vectors is not None and "text" in channels:
         text_index = create_index(text_vectors.shape[1], index_cfg)
-        text_index.add(text_vectors)
+        text_index.add(text_vectors, fields_of_rows)
         parts[TEXT_VECTORS] = text_index.save
     if "keyword" in channels:
         parts[KEYWORDS] = lambda directory: build_keywords(directory, catalogue)

@@ -40,6 +40,7 @@ from enclip.search.filters import FilterIndex
 from enclip.search.query import QueryEncoder, check_query
 from enclip.search_request import CHANNEL_FUSIONS, MAX_K
 from enclip.store import IndexDir
+from enclip.store.items import item_fields
 
 log = logging.getLogger(__name__)
 
@@ -337,13 +338,15 @@ class Searcher:
             if replaced:
                 self.remove_items(replaced)
             positions = self.catalogue.append(items, images)
-            self.index.add(stored)
+            clusters = self._assign_clusters(stored)
+            fields = item_fields(self.catalogue, positions, clusters)  # what a Milvus store filters on
+            self.index.add(stored, fields)
             if self.text_index is not None:
                 texts = [item_text(str(it.get("title", "")), dict(it.get("attributes") or {})) for it in items]
-                self.text_index.add(concat_members(self.model.encode_texts(texts)))
+                self.text_index.add(concat_members(self.model.encode_texts(texts)), fields)
             if self.keywords is not None:
                 self.keywords.add(positions, items)
-            self.item_clusters = np.concatenate([self.item_clusters, self._assign_clusters(stored)])
+            self.item_clusters = np.concatenate([self.item_clusters, clusters])
             self.filters.invalidate()
 
     def _assign_clusters(self, stored: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from enclip.data.catalogue import Catalogue
 from enclip.errors import EnclipError
+from enclip.vectors import ItemFields
 
 
 class ArrowImages:
@@ -105,3 +106,13 @@ def items_table(catalogue: Catalogue) -> pa.Table:
     columns.update({f"attr.{name}": values for name, values in catalogue.attributes.items()})
     columns["image"] = pa.array([catalogue.image_bytes(i) for i in range(len(catalogue))], type=pa.binary())
     return pa.table(columns)
+
+
+def item_fields(catalogue: Catalogue, positions: Sequence[int] | np.ndarray, clusters: np.ndarray) -> ItemFields:
+    """The stored fields of the rows at ``positions`` (id, attributes, cluster), for vector stores that filter on
+    them (Milvus)."""
+    rows = [int(p) for p in positions]
+    return ItemFields(ids=[catalogue.ids[p] for p in rows],
+                      attributes={name: [values[p] for p in rows] for name, values in catalogue.attributes.items()},
+                      clusters=[int(c) for c in clusters])
+

@@ -37,7 +37,8 @@ from enclip.train.trainer import MemberRun, TrainCfg, title_groups, train_member
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("seeds", "bagging", "cluster")
-RESUME_MAY_CHANGE = ("train.device", "keep_cache", "cache_dir", "trunk_cache")  # where it runs, not what it learns
+RESUME_MAY_CHANGE = ("train.device", "keep_cache", "cache_dir", "trunk_cache",  # where it runs, not what it learns
+                     "engine", "ray_address")
 
 
 @dataclass

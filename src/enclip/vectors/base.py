@@ -41,7 +41,7 @@ class IndexCfg:
     filter_exact_fraction: float = 0.05  # ... or allowing at most this fraction of all rows
     milvus_uri: str | None = None  # milvus: a ``.db`` file (embedded Milvus Lite) or http(s)://host:19530 (a server)
     milvus_collection: str = "enclip_items"  # milvus: collection name prefix (each build gets its own collection)
-    milvus_index: str = "flat"  # milvus: "flat" (exact) or "hnsw" (uses the hnsw_* fields above)
+    milvus_index: str = "flat"  # milvus: "flat" (exact), "hnsw" (uses the hnsw_* fields) or "auto" (by size)
 
 
 @dataclass(frozen=True)
