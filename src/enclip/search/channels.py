@@ -28,6 +28,38 @@ class HybridCfg:
     rrf_k: int = 60  # reciprocal-rank constant: larger flattens the difference between ranks
 
 
+@dataclass
+class Candidates:
+    """One query's candidate union: what each channel retrieved (best first), and every channel's score for every
+    union item; ``member_scores`` (K, 1, U) are the photo channel's per-member cosines (for member agreement)."""
+
+    union: np.ndarray  # (U,) index positions, sorted
+    found: dict[str, np.ndarray]  # channel -> positions it retrieved, best first
+    scores: dict[str, np.ndarray]  # channel -> (U,) score of each union item
+    member_scores: np.ndarray
+
+    def matched(self, channel: str) -> np.ndarray:
+        """Whether the channel matches each union item at all (keyword search matches only items sharing a word)."""
+        scores = self.scores[channel]
+        return scores > 0 if channel == "keyword" else np.ones(len(scores), bool)
+
+    def fused(self, hybrid: HybridCfg) -> np.ndarray:
+        """(U,) fused scores by ``hybrid``'s rule and weights."""
+        matched = {c: self.matched(c) for c in self.scores}
+        if hybrid.fusion == "rrf":
+            return fuse_rrf({c: ranks(s, matched[c]) for c, s in self.scores.items()}, hybrid.weights, hybrid.rrf_k)
+        return fuse_sum(self.scores, matched, hybrid.weights)
+
+    def listed_ranks(self, row: int) -> dict[str, int]:
+        """Union row ``row``'s rank in each channel's own retrieved list (0: that channel did not retrieve it)."""
+        position = int(self.union[row])
+        ranks_ = {}
+        for channel, found in self.found.items():
+            hits = np.flatnonzero(found == position)
+            ranks_[channel] = int(hits[0]) + 1 if len(hits) else 0
+        return ranks_
+
+
 def check_channels(channels, available: tuple[str, ...]) -> tuple[str, ...]:
     """Validated channel names, in canonical order; an unknown or unavailable one is an error naming the others."""
     if isinstance(channels, str):

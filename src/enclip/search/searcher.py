@@ -28,13 +28,11 @@ from enclip.embed.space import concat_members, to_joint
 from enclip.errors import EnclipError
 from enclip.models.ensemble import load_model
 from enclip.search.channels import (
+    Candidates,
     HybridCfg,
     check_channels,
     check_weights,
     explain,
-    fuse_rrf,
-    fuse_sum,
-    ranks,
 )
 from enclip.search.filters import FilterIndex
 from enclip.search.query import QueryEncoder, check_query
@@ -259,10 +257,21 @@ class Searcher:
                    [float(s) for s in agree["member_scores"][:, 0, j]], float(agree["spread"][0, j]),
                    int(agree["votes"][0, j]), channels or {"image": j + 1})
 
-    def _rank_channels(self, query: np.ndarray, text: str, text_query: np.ndarray, k: int, rule: str, where,
-                       channels: tuple[str, ...], hybrid: HybridCfg) -> tuple[list[Hit], bool]:
-        """Each channel's top candidates under the same filters; their union re-scored on every channel; fused."""
-        depth = max(hybrid.depth, k)
+    def channel_candidates(self, text: str, image=None, weight: float = 0.5, filters: dict | None = None,
+                           channels=None, depth: int | None = None, fusion: str | None = None) -> Candidates:
+        """The union of every channel's top ``depth`` candidates for one query, re-scored on every channel: what
+        hybrid fusion ranks (public so that benchmarks can fit channel weights without re-searching)."""
+        rule = self._check(10, fusion, None)
+        check_query(text, image, weight)
+        text_query = self.encoder.encode_one(text=text)
+        query = mix(text_query, self.encoder.encode_one(image=image) if image is not None else None, weight)
+        with self._lock, _faiss_threads(self.cfg.query_threads):
+            return self._candidates(query, text, text_query, rule, self._where(filters, query, None),
+                                    self._channels(channels, text), depth or self.cfg.hybrid.depth)
+
+    def _candidates(self, query: np.ndarray, text: str, text_query: np.ndarray, rule: str, where,
+                    channels: tuple[str, ...], depth: int) -> Candidates:
+        """Each channel's top candidates under the same filters; their union re-scored on every channel."""
         weights = self._member_weights(query, rule)
         found: dict[str, np.ndarray] = {}
         if "image" in channels:
@@ -273,26 +282,7 @@ class Searcher:
         if "keyword" in channels:
             found["keyword"] = self.keywords.search(text, depth, where)[0]
         union = np.unique(np.concatenate(list(found.values())))
-        if not len(union):
-            return [], False
-        scores, matched, member_scores = self._channel_scores(union, query, text, text_query, rule, weights, channels)
-        channel_ranks = {c: ranks(scores[c], matched[c]) for c in channels}
-        if hybrid.fusion == "rrf":
-            fused = fuse_rrf(channel_ranks, hybrid.weights, hybrid.rrf_k)
-        else:
-            fused = fuse_sum(scores, matched, hybrid.weights)
-        order = np.argsort(-fused, kind="stable")[:k]
-        agree = fusion.agreement(member_scores, order[None, :], k)
-        low = self.members > 1 and bool(
-            fusion.low_confidence(agree, self.cfg.spread_threshold, self.cfg.min_votes_share)[0])
-        listed = {c: {int(p): r for r, p in enumerate(found[c], 1)} for c in channels}
-        hits = [self._hit(union[o], fused[o], agree, j, {c: listed[c].get(int(union[o]), 0) for c in channels})
-                for j, o in enumerate(order)]
-        return hits, low
-
-    def _channel_scores(self, union: np.ndarray, query, text, text_query, rule, weights, channels):
-        """Every channel's score for every union item, whether it matched, and the photo members' scores."""
-        scores, matched = {}, {}
+        scores: dict[str, np.ndarray] = {}
         stored = self.index.reconstruct(union).reshape(len(union), self.members, self.dim)
         member_scores = np.einsum("cmd,md->mc", stored, query)[:, None, :]  # (K, 1, U)
         if "image" in channels:
@@ -302,9 +292,21 @@ class Searcher:
             scores["text"] = np.einsum("cmd,md->c", item_texts, text_query) / self.members
         if "keyword" in channels:
             scores["keyword"] = self.keywords.score(text, union)
-        for channel in channels:
-            matched[channel] = scores[channel] > 0 if channel == "keyword" else np.ones(len(union), bool)
-        return scores, matched, member_scores
+        return Candidates(union, found, scores, member_scores)
+
+    def _rank_channels(self, query: np.ndarray, text: str, text_query: np.ndarray, k: int, rule: str, where,
+                       channels: tuple[str, ...], hybrid: HybridCfg) -> tuple[list[Hit], bool]:
+        candidates = self._candidates(query, text, text_query, rule, where, channels, max(hybrid.depth, k))
+        if not len(candidates.union):
+            return [], False
+        fused = candidates.fused(hybrid)
+        order = np.argsort(-fused, kind="stable")[:k]
+        agree = fusion.agreement(candidates.member_scores, order[None, :], k)
+        low = self.members > 1 and bool(
+            fusion.low_confidence(agree, self.cfg.spread_threshold, self.cfg.min_votes_share)[0])
+        hits = [self._hit(candidates.union[o], fused[o], agree, j, candidates.listed_ranks(int(o)))
+                for j, o in enumerate(order)]
+        return hits, low
 
     # -- items -------------------------------------------------------------------------------------------------
     def item(self, item_id: str) -> dict:
