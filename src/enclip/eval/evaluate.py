@@ -29,6 +29,7 @@ from enclip.eval.tasks import (
     BadLine,
     QueryGroup,
     attribute_groups,
+    attrs_group,
     both_groups,
     check_degradations,
     custom_group,
@@ -92,6 +93,9 @@ def build_groups(catalogue, cfg: EvalCfg) -> tuple[list[QueryGroup], list[BadLin
         groups.append(title_group(catalogue, test, cfg.tasks))
     if "attr2img" in cfg.tasks:
         groups.extend(attribute_groups(catalogue))
+    if "attrs2img" in cfg.tasks:
+        shopper = attrs_group(catalogue, split_indices(catalogue.ids)[cfg.split], seed=cfg.seed)
+        groups.extend([shopper] if len(shopper) else [])  # a catalogue without attribute columns has none
     photos = sample_positions(test, cfg.lq_queries, cfg.seed)
     if "img2img_lq" in cfg.tasks:
         groups.extend(lq_groups(catalogue, photos, cfg.degradations, cfg.severities, cfg.seed))

@@ -29,7 +29,7 @@ from enclip.errors import EnclipError
 
 log = logging.getLogger(__name__)
 
-TASKS: tuple[str, ...] = ("title2img", "title2img_dup", "attr2img", "img2img_lq", "both2img")
+TASKS: tuple[str, ...] = ("title2img", "title2img_dup", "attr2img", "attrs2img", "img2img_lq", "both2img")
 CUSTOM = "custom"
 ATTRIBUTE_TASK_KEYS: tuple[str, ...] = ("articleType", "subCategory", "baseColour", "usage", "season")
 # Values that mean "unknown" in the catalogue: asking for them as text ("NA") tests nothing a shopper would type.
@@ -38,6 +38,7 @@ MISSING_VALUES = frozenset({"", "NA", "nan", "None", "null"})
 TITLE_METRICS = ("R@1", "R@5", "R@10", "MRR@10", "nDCG@10")
 DUP_METRICS = ("R@10", "MRR@10")
 ATTR_METRICS = ("P@1", "P@10", "MRR@10")
+ATTRS_METRICS = ("P@10", "nDCG@10")
 LQ_METRICS = ("R@1", "R@10")
 CUSTOM_METRICS = TITLE_METRICS
 
@@ -125,6 +126,17 @@ def attribute_groups(catalogue: Catalogue, attributes: Sequence[str] = ATTRIBUTE
         groups.append(QueryGroup(f"attr2img/{name}", values, values, [None] * len(values), [1.0] * len(values),
                                  [judgement]))
     return groups
+
+
+def attrs_group(catalogue: Catalogue, positions: np.ndarray, n: int = 500, seed: int = 0) -> QueryGroup:
+    """``attrs2img``: shopper-style attribute queries drawn from ``positions`` (validation or test items);
+    relevant = every item matching all the query's attributes (``eval/shopper_queries.py``)."""
+    from enclip.eval.shopper_queries import build_shopper_queries
+
+    queries = build_shopper_queries(catalogue, positions, n=n, seed=seed)
+    texts = [q.text for q in queries]
+    judgement = Judgement("attrs2img", [q.relevant for q in queries], ATTRS_METRICS)
+    return QueryGroup("attrs2img", texts, list(texts), [None] * len(texts), [1.0] * len(texts), [judgement])
 
 
 def sample_positions(test: np.ndarray, n: int, seed: int) -> np.ndarray:
