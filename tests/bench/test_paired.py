@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench import paired
+
+pytestmark = pytest.mark.slow  # runs the benchmark scripts end to end; .ci/run runs the slow set
 
 
 def test_an_index_against_itself_differs_by_zero(tiny_index_dir, capsys):

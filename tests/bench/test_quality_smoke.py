@@ -12,6 +12,8 @@ from bench import run_all
 from bench.quality import Bench, BenchCfg, RememberedTexts, run_limited_data, run_quality, training_costs
 from tests.conftest import synthetic_catalogue, tiny_run_cfg
 
+pytestmark = pytest.mark.slow  # runs the benchmark scripts end to end; .ci/run runs the slow set
+
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):

@@ -13,6 +13,8 @@ import pytest
 from bench import speed
 from bench.speed import MODES, SpeedCfg, latency_vs_baseline, measure_all, recall_at_k, render_markdown, synthetic_dim
 
+pytestmark = pytest.mark.slow  # runs the benchmark scripts end to end; .ci/run runs the slow set
+
 TINY = SpeedCfg(repeats=2, queries=4, warmup=1, embed_items=16, embed_batch_size=8, synthetic_n=2000,
                 synthetic_queries=10, synthetic_clusters=16)
 

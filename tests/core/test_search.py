@@ -113,6 +113,7 @@ def test_index_directory_is_self_describing(tiny_index_dir):
     assert (tiny_index_dir / "model" / "ensemble.json").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_indexing_resumes_to_the_same_index(tmp_path, catalogue, tiny_ensemble_dir, monkeypatch):
     from enclip import indexing
     from enclip.vectors import IndexCfg

@@ -50,6 +50,7 @@ def test_training_writes_a_loadable_model_that_beats_its_start(tmp_path, catalog
     assert not (out / "cache").exists(), "the feature cache is removed after a finished run"
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, catalogue, monkeypatch):
     cfg = tiny_run_cfg(members=2, strategy="bagging", epochs=3, patience=5)
     reference = _heads(train_system(catalogue, tmp_path / "straight", cfg))
