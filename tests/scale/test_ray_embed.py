@@ -88,3 +88,27 @@ def test_two_nodes_both_work_and_a_killed_worker_node_loses_and_duplicates_nothi
         written = sorted(p.name for p in (tmp_path / "killed").glob("shard-*.npz"))
         assert written == [shard_path(tmp_path, s).name for s in range(ITEMS // SHARD)]
         assert_same_vectors(result["vectors"], local_vectors)  # ...once each: no item lost, none duplicated
+
+
+def test_cli_index_on_ray_into_milvus_equals_the_local_faiss_index(tmp_path):
+    pytest.importorskip("pymilvus")
+    from enclip.cli import main
+    from enclip.vectors import load_index
+    from enclip.vectors.milvus import release_lite
+    from tests.core.test_cli import TINY_FLAGS
+    from tests.data.conftest import make_items, write_hf_parquet
+
+    data = write_hf_parquet(tmp_path / "data", make_items(50, seed=4))
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "model"), *TINY_FLAGS, "--members", "2"]) == 0
+    common = ["index", "--data", str(data), "--model", str(tmp_path / "model"), "--kind", "flat"]
+    uri = str(tmp_path / "milvus.db")
+    assert main([*common, "--out", str(tmp_path / "local")]) == 0
+    assert main([*common, "--out", str(tmp_path / "ray"), "--engine", "ray", "--store", "milvus", "--uri", uri]) == 0
+    local, on_ray = load_index(tmp_path / "local" / "vectors"), load_index(tmp_path / "ray" / "vectors")
+    try:
+        assert on_ray.kind == "milvus" and len(on_ray) == len(local) == 50
+        everything = np.arange(50)
+        assert_same_vectors(on_ray.reconstruct(everything), local.reconstruct(everything))
+    finally:
+        on_ray.close()
+        release_lite(uri)
