@@ -22,7 +22,8 @@ from enclip.data.degrade import DEGRADATIONS, MAX_SEVERITY
 from enclip.data.split import split_indices
 from enclip.errors import EnclipError
 from enclip.eval.bootstrap import bootstrap_ci
-from enclip.eval.metrics import compute_metrics, parse_metric
+from enclip.eval.evaluator import RetrievalEvaluator
+from enclip.eval.metrics import parse_metric
 from enclip.eval.tasks import (
     CUSTOM,
     TASKS,
@@ -136,7 +137,7 @@ def score_group(group: QueryGroup, rankings: list[list[str]]) -> dict[str, np.nd
     """Per-query metric values of every judgement of ``group``, under flat keys such as ``"title2img/R@10"``."""
     scores = {}
     for judgement in group.judgements:
-        values = compute_metrics(rankings, judgement.relevant, judgement.metrics)
+        values = RetrievalEvaluator(judgement.relevant, judgement.metrics, judgement.metrics[0]).per_query(rankings)
         scores.update({f"{judgement.key}/{name}": array for name, array in values.items()})
     return scores
 

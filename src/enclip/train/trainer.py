@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from enclip.artifacts import atomic_file
 from enclip.data.captions import CaptionCfg
 from enclip.data.degrade import AugmentCfg
+from enclip.eval.evaluator import RetrievalEvaluator
 from enclip.models.ensemble import Ensemble, HeadCfg
 from enclip.train.features import FeatureCache
 
@@ -303,7 +304,8 @@ def _embed_images(member, cache: FeatureCache, rows: np.ndarray, device) -> torc
 @torch.no_grad()
 def validation_recall(ensemble: Ensemble, index: int, val: FeatureCache, rows: np.ndarray, k: int = 10,
                       distractors: tuple[FeatureCache, np.ndarray] | None = None) -> float:
-    """Title → image recall@k of validation items, each title's own item being the one relevant.
+    """Title → image recall@k of validation items, each title's own item being the one relevant, judged by the
+    evaluator ``enclip eval`` uses.
 
     The gallery holds the validation images plus ``distractors`` (training images): as in the real search, a
     held-out title must beat the training items the model has learnt, not only other unseen ones.
@@ -313,14 +315,18 @@ def validation_recall(ensemble: Ensemble, index: int, val: FeatureCache, rows: n
     images = _embed_images(member, val, rows, device)
     texts = torch.cat([member.encode_text(val.text_batch(val.first_caption[rows[i : i + 512]], device))
                        for i in range(0, len(rows), 512)])
-    own = (texts * images).sum(dim=1, keepdim=True)
-    beaten = (texts @ images.T > own).sum(dim=1)
+    best_scores, best = (texts @ images.T).topk(min(k, len(rows)), dim=1)  # gallery rows 0..n-1: validation items
     if distractors is not None:
         cache, distractor_rows = distractors
         for start in range(0, len(distractor_rows), 4096):
             gallery = _embed_images(member, cache, distractor_rows[start : start + 4096], device)
-            beaten += (texts @ gallery.T > own).sum(dim=1)
-    return float((beaten < k).float().mean())
+            scores, found = (texts @ gallery.T).topk(min(k, len(gallery)), dim=1)
+            merged_scores = torch.cat([best_scores, scores], dim=1)
+            merged = torch.cat([best, found + len(rows) + start], dim=1)  # distractors after the validation rows
+            best_scores, keep = merged_scores.topk(min(k, merged.shape[1]), dim=1)
+            best = merged.gather(1, keep)
+    evaluator = RetrievalEvaluator([(i,) for i in range(len(rows))], (f"R@{k}",), f"R@{k}")
+    return evaluator.primary_score(best.tolist())
 
 
 def _save_checkpoint(path: Path, member, optimizer, scheduler, state: dict, aux: nn.Module | None = None) -> None:
