@@ -85,15 +85,12 @@ class ShardEncoder:
                 "worker": np.array([self.worker] * len(outputs)), "seconds": np.full(len(outputs), seconds)}
 
     def _encode(self, images: list[bytes]) -> np.ndarray:
-        import torch
-
         from enclip.data.images import decode_image
 
         chunks = []
         for start in range(0, len(images), self.batch_size):
             pictures = [decode_image(bytes(data))[0] for data in images[start : start + self.batch_size]]
-            with torch.no_grad():
-                members = self.model.encode_image_features(self.model.image_trunk(self.model.pixels(pictures)))
+            members = self.model.encode_pixels(self.model.pixels(pictures))  # as encode_catalogue does
             chunks.append(members.permute(1, 0, 2).reshape(len(pictures), -1).cpu().numpy().astype(self.dtype))
         return np.concatenate(chunks)
 
