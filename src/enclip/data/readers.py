@@ -112,13 +112,14 @@ def _read_text(path: Path) -> tuple[str, list[str]]:
             line.decode("utf-8")
         except UnicodeDecodeError:
             bad.append(f"line {number}")
-    logger.warning("%s: %d line(s) hold bytes that are not UTF-8 (first: %s); they were read with U+FFFD in "
-                   "their place", path, len(bad), bad[0])
+    if bad:
+        logger.warning("%s: %d line(s) hold bytes that are not UTF-8 (first: %s); they were read with U+FFFD in "
+                       "their place", path, len(bad), bad[0])
     return data.decode("utf-8-sig", errors="replace"), bad
 
 
 def _lines(text: str) -> list[str]:
-    """Physical lines with their endings, split at \n, \r\n or \r only (``str.splitlines`` also splits at
+    r"""Physical lines with their endings, split at \n, \r\n or \r only (``str.splitlines`` also splits at
     U+2028, \x1c and others, which may sit inside a title)."""
     return io.StringIO(text, newline=None).readlines()
 
