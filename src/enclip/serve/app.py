@@ -278,7 +278,8 @@ def _add_search_routes(app: FastAPI, state: ServiceState) -> None:
             text=query.text, image=image, k=query.k, filters=query.filters or None, weight=query.weight,
             fusion=query.fusion, channels=query.channels, fusion_weights=query.fusion_weights,
             channel_fusion=query.channel_fusion))
-        return _search_out(result)
+        # Serialised once here: returning the model would make FastAPI validate and encode it a second time.
+        return Response(_search_out(result).model_dump_json(), media_type="application/json")
 
     @app.get("/filters", responses=schemas.ERRORS)
     def filters() -> dict[str, list[str]]:
