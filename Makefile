@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all test-properties test-scale bench bench-quick lock clean
+.PHONY: setup demo test test-all test-slow bench bench-quick lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; run make PYTHON=/path/to/python3.11"; exit 1; }
@@ -25,19 +25,16 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m '' $(ARGS)
 
-# The long property-based runs (hypothesis, many fresh random examples) of the input boundaries; .ci/run runs them.
-test-properties: $(STAMP)
-	$(BIN)/python -m pytest -q -m slow $(wildcard tests/*/test_properties.py) $(ARGS)
-
-# The scale-out engines (Milvus store, Ray embedding and training; slow, a few minutes): the scale extra is
-# installed on first use, so `make test` never needs it. .ci/run runs them.
+# The slow set (.ci/run runs it after `make test`): long property-based runs, the scale-out engines (Milvus store,
+# Ray embedding and training), benchmark smoke runs and resume-equivalence runs. The scale extra is installed on
+# first use, so `make test` never needs it.
 SCALE_STAMP := $(VENV)/.installed-scale
 $(SCALE_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[serve,test,scale]'
 	touch $(SCALE_STAMP)
 
-test-scale: $(SCALE_STAMP)
-	$(BIN)/python -m pytest -q -m slow tests/scale tests/vectors/test_milvus.py $(ARGS)
+test-slow: $(SCALE_STAMP)
+	$(BIN)/python -m pytest -q -m slow $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py $(ARGS)
