@@ -5,11 +5,13 @@ from enclip.errors import EnclipError
 __version__ = "0.1.0"
 
 
-def load_searcher(path, **kwargs):
-    """Load a built index directory for searching (see :class:`enclip.search.Searcher`)."""
-    from enclip.search import Searcher
+def __getattr__(name: str):
+    """``enclip.load_searcher`` is :func:`enclip.search.load_searcher`, imported on first use (it loads torch)."""
+    if name == "load_searcher":
+        from enclip.search import load_searcher
 
-    return Searcher.load(path, **kwargs)
+        return load_searcher
+    raise AttributeError(f"module 'enclip' has no attribute {name!r}")
 
 
 __all__ = ["EnclipError", "load_searcher", "__version__"]

@@ -396,6 +396,4 @@ def _faiss_threads(n: int):
         faiss.omp_set_num_threads(before)
 
 
-def load_searcher(path: str | Path, **cfg) -> Searcher:
-    """Open an index directory built by ``enclip index`` for searching."""
-    return Searcher.load(path, **cfg)
+load_searcher = Searcher.load  # open an index directory built by ``enclip index`` for searching

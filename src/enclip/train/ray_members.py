@@ -30,12 +30,12 @@ class RayTrainCfg:
     cpus_per_member: float = 1.0  # CPUs each member's task reserves (and its torch threads)
 
 
-def _train_one(ensemble: Ensemble, index: int, train: FeatureCache, groups: np.ndarray, val: FeatureCache,
+def _train_one(ensemble: Ensemble, member: int, train: FeatureCache, groups: np.ndarray, val: FeatureCache,
                run: MemberRun, cfg: TrainCfg, info: dict, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    return train_member(ensemble, index, train, groups, val, run, cfg, resume=True, info=info)
+    return train_member(ensemble, member, train, groups, val, run, cfg, resume=True, info=info)
 
 
 def train_members_ray(ensemble: Ensemble, runs: list[MemberRun], infos: list[dict], train: FeatureCache,

@@ -187,7 +187,7 @@ def _epoch_batches(run: MemberRun, epoch: int, batch_size: int, lengths: np.ndar
 
 def train_member(
     ensemble: Ensemble,
-    index: int,
+    member: int,
     train: FeatureCache,
     groups: np.ndarray,
     val: FeatureCache,
@@ -196,12 +196,12 @@ def train_member(
     resume: bool = True,
     info: dict | None = None,
 ) -> dict:
-    """Train member ``index`` on ``run.rows`` of ``train``; returns the training history."""
+    """Train member number ``member`` (its heads) on ``run.rows`` of ``train``; returns the training history."""
     device = ensemble.device
-    member = ensemble.members[index]
+    heads = ensemble.members[member]
     steps_per_epoch = len(_epoch_batches(run, 0, cfg.batch_size, train.title_lengths()))
-    aux, labels = _attribute_heads(member, train, cfg, run.seed, device)
-    groups_of_params = _param_groups(member, cfg)
+    aux, labels = _attribute_heads(heads, train, cfg, run.seed, device)
+    groups_of_params = _param_groups(heads, cfg)
     if aux is not None:
         groups_of_params.append({"params": list(aux.parameters()), "lr": cfg.lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups_of_params)
@@ -210,15 +210,15 @@ def train_member(
     checkpoint = run.out_dir / "checkpoint.pt"
     if resume and checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
-        member.load_state_dict(saved["member"])
+        heads.load_state_dict(saved["member"])
         if aux is not None:
             aux.load_state_dict(saved["aux"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["state"]
-        log.info("member %d: resuming after epoch %d", index, state["epoch"])
+        log.info("member %d: resuming after epoch %d", member, state["epoch"])
     if state["done"]:
-        ensemble.load_member(index, run.out_dir)
+        ensemble.load_member(member, run.out_dir)
         return state
     group_tensor = torch.from_numpy(groups)
     val_rows = _val_sample(val, cfg)
@@ -226,25 +226,25 @@ def train_member(
     while state["epoch"] < cfg.epochs and not state["done"]:
         epoch, started = state["epoch"], time.perf_counter()
         torch.manual_seed(int(np.random.default_rng([run.seed, epoch, 2]).integers(2**31)))
-        loss = _run_epoch(ensemble, member, train, group_tensor, run, epoch, optimizer, scheduler, cfg, index,
+        loss = _run_epoch(ensemble, heads, train, group_tensor, run, epoch, optimizer, scheduler, cfg, member,
                           (aux, labels))
-        recall = validation_recall(ensemble, index, val, val_rows, distractors=distractors)
+        recall = validation_recall(ensemble, member, val, val_rows, distractors=distractors)
         seconds = round(time.perf_counter() - started, 2)  # the epoch and its validation
         state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall, "seconds": seconds})
         state["epoch"] = epoch + 1
         if recall > state["best"]:
             state["best"], state["bad_epochs"] = recall, 0
-            ensemble.save_member(index, run.out_dir, **(info or {}), best_val_recall_at_10=recall, epoch=epoch + 1)
+            ensemble.save_member(member, run.out_dir, **(info or {}), best_val_recall_at_10=recall, epoch=epoch + 1)
         else:
             state["bad_epochs"] += 1
         state["done"] = state["bad_epochs"] >= cfg.patience or state["epoch"] >= cfg.epochs
-        log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", index, epoch + 1, loss, recall)
-        _save_checkpoint(checkpoint, member, optimizer, scheduler, state, aux)
-    ensemble.load_member(index, run.out_dir)
+        log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", member, epoch + 1, loss, recall)
+        _save_checkpoint(checkpoint, heads, optimizer, scheduler, state, aux)
+    ensemble.load_member(member, run.out_dir)
     return state
 
 
-def _run_epoch(ensemble, member, train, groups, run, epoch, optimizer, scheduler, cfg, index, auxiliary) -> float:
+def _run_epoch(ensemble, heads, train, groups, run, epoch, optimizer, scheduler, cfg, member, auxiliary) -> float:
     rng = np.random.default_rng([run.seed, epoch, 3])
     device = ensemble.device
     batches = _epoch_batches(run, epoch, cfg.batch_size, train.title_lengths())
@@ -252,14 +252,14 @@ def _run_epoch(ensemble, member, train, groups, run, epoch, optimizer, scheduler
     losses = []
     started = time.perf_counter()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
-    with tqdm(batches, desc=f"member {index} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False) as bar:
+    with tqdm(batches, desc=f"member {member} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False) as bar:
         for rows in bar:
             views = rng.integers(0, len(train.images), size=len(rows))
             captions = _pick_captions(train, rows, rng)
             with autocast:
-                image = member.encode_image(train.image_batch(rows, views, device))
-                text = member.encode_text(train.text_batch(captions, device))
-                loss = contrastive_loss(image, text, member.logit_scale, groups[rows].to(device))
+                image = heads.encode_image(train.image_batch(rows, views, device))
+                text = heads.encode_text(train.text_batch(captions, device))
+                loss = contrastive_loss(image, text, heads.logit_scale, groups[rows].to(device))
                 aux, labels = auxiliary
                 if aux is not None:
                     picked = torch.from_numpy(rows).to(device)
@@ -302,7 +302,7 @@ def _embed_images(member, cache: FeatureCache, rows: np.ndarray, device) -> torc
 
 
 @torch.no_grad()
-def validation_recall(ensemble: Ensemble, index: int, val: FeatureCache, rows: np.ndarray, k: int = 10,
+def validation_recall(ensemble: Ensemble, member: int, val: FeatureCache, rows: np.ndarray, k: int = 10,
                       distractors: tuple[FeatureCache, np.ndarray] | None = None) -> float:
     """Title → image recall@k of validation items, each title's own item being the one relevant, judged by the
     evaluator ``enclip eval`` uses.
@@ -310,16 +310,16 @@ def validation_recall(ensemble: Ensemble, index: int, val: FeatureCache, rows: n
     The gallery holds the validation images plus ``distractors`` (training images): as in the real search, a
     held-out title must beat the training items the model has learnt, not only other unseen ones.
     """
-    member = ensemble.members[index]
+    heads = ensemble.members[member]
     device = ensemble.device
-    images = _embed_images(member, val, rows, device)
-    texts = torch.cat([member.encode_text(val.text_batch(val.first_caption[rows[i : i + 512]], device))
+    images = _embed_images(heads, val, rows, device)
+    texts = torch.cat([heads.encode_text(val.text_batch(val.first_caption[rows[i : i + 512]], device))
                        for i in range(0, len(rows), 512)])
     best_scores, best = (texts @ images.T).topk(min(k, len(rows)), dim=1)  # gallery rows 0..n-1: validation items
     if distractors is not None:
         cache, distractor_rows = distractors
         for start in range(0, len(distractor_rows), 4096):
-            gallery = _embed_images(member, cache, distractor_rows[start : start + 4096], device)
+            gallery = _embed_images(heads, cache, distractor_rows[start : start + 4096], device)
             scores, found = (texts @ gallery.T).topk(min(k, len(gallery)), dim=1)
             merged_scores = torch.cat([best_scores, scores], dim=1)
             merged = torch.cat([best, found + len(rows) + start], dim=1)  # distractors after the validation rows
