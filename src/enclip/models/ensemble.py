@@ -151,21 +151,21 @@ class Ensemble(nn.Module):
         return out
 
     # -- disk ------------------------------------------------------------------------------------------------
-    def save_member(self, member: int, directory: Path, **info) -> None:
-        """Write member number ``member`` as a standalone enclip model directory."""
+    def save_member(self, number: int, directory: Path, **info) -> None:
+        """Write member ``number`` as a standalone enclip model directory (``info`` goes into its model.json)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_file(directory / "heads.pt") as handle:
-            torch.save(self.members[member].state_dict(), handle)
+            torch.save(self.members[number].state_dict(), handle)
         write_json(
             directory / "model.json",
             manifest("model", backbone=asdict(self.backbone.cfg), heads=asdict(self.head_cfg),
                      trunk_fingerprint=self.trunk_fingerprint(), **info),
         )
 
-    def load_member(self, member: int, directory: Path) -> None:
+    def load_member(self, number: int, directory: Path) -> None:
         state = torch.load(Path(directory) / "heads.pt", map_location=self.device, weights_only=True)
-        self.members[member].load_state_dict(state)
+        self.members[number].load_state_dict(state)
 
     def trunk_fingerprint(self) -> str:
         """Hash of the frozen trunks' weights: saved heads are only valid on the very trunk they were trained on."""

@@ -37,6 +37,7 @@ class Candidates:
     found: dict[str, np.ndarray]  # channel -> positions it retrieved, best first
     scores: dict[str, np.ndarray]  # channel -> (U,) score of each union item
     member_scores: np.ndarray
+    _listed: dict[str, dict[int, int]] | None = field(default=None, repr=False)
 
     def matched(self, channel: str) -> np.ndarray:
         """Whether the channel matches each union item at all (keyword search matches only items sharing a word)."""
@@ -52,12 +53,10 @@ class Candidates:
 
     def listed_ranks(self, row: int) -> dict[str, int]:
         """Union row ``row``'s rank in each channel's own retrieved list (0: that channel did not retrieve it)."""
+        if self._listed is None:
+            self._listed = {c: {int(p): r for r, p in enumerate(found.tolist(), 1)} for c, found in self.found.items()}
         position = int(self.union[row])
-        ranks_ = {}
-        for channel, found in self.found.items():
-            hits = np.flatnonzero(found == position)
-            ranks_[channel] = int(hits[0]) + 1 if len(hits) else 0
-        return ranks_
+        return {channel: listed.get(position, 0) for channel, listed in self._listed.items()}
 
 
 def check_channels(channels, available: tuple[str, ...]) -> tuple[str, ...]:

@@ -90,7 +90,7 @@ class KeywordIndex:
         return self._run(query, k if where is None or where.mask is None or not where.clusters else 4 * k, where, k)
 
     def score(self, text: str, positions: np.ndarray) -> np.ndarray:
-        """BM25 score of ``text`` for each of ``positions`` (0 where no word matches)."""
+        """BM25 score of ``text`` for each of the distinct ``positions`` (0 where no word matches)."""
         import tantivy
 
         query = self._query(text, None)
@@ -102,9 +102,8 @@ class KeywordIndex:
             (tantivy.Occur.Must, query),
             (tantivy.Occur.Must, tantivy.Query.term_set_query(schema, "position", [int(p) for p in positions]))])
         found, scores = self._run(restricted, len(positions), None, len(positions))
-        where = {int(p): j for j, p in enumerate(positions)}
-        for position, score in zip(found, scores):
-            out[where[int(position)]] = score
+        sorter = np.argsort(positions, kind="stable")
+        out[sorter[np.searchsorted(positions, found, sorter=sorter)]] = scores
         return out
 
     def _query(self, text: str, where: Where | None):
@@ -127,7 +126,8 @@ class KeywordIndex:
     def _run(self, query, limit: int, where: Where | None, k: int) -> tuple[np.ndarray, np.ndarray]:
         searcher = self._index.searcher()
         hits = searcher.search(query, limit=max(1, limit), count=False).hits
-        positions = np.array([searcher.doc(address)["position"][0] for _, address in hits], dtype=np.int64)
+        positions = np.array(searcher.fast_field_values("position", [address for _, address in hits]) if hits else [],
+                             dtype=np.int64)
         scores = np.array([score for score, _ in hits], dtype=np.float32)
         if where is not None and where.mask is not None and where.clusters:  # clusters are not indexed: mask them
             keep = where.mask[positions]
