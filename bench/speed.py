@@ -43,6 +43,7 @@ import torch
 from enclip.artifacts import library_versions
 from enclip.data.catalogue import Catalogue, load_catalogue
 from enclip.embed.catalogue import encode_catalogue
+from enclip.embed.space import concat_members, to_joint
 from enclip.errors import EnclipError
 from enclip.indexing import IndexBuildCfg
 from enclip.search import Searcher, load_searcher
@@ -270,7 +271,7 @@ def fused_text_queries(searcher: Searcher, texts: list[str]) -> np.ndarray:
     """Text queries in the index's joint space, members weighted equally (the ``mean`` fusion query)."""
     parts = [searcher.model.encode_texts(texts[i : i + 64]) for i in range(0, len(texts), 64)]
     members = np.concatenate(parts, axis=1)  # (K, q, d)
-    return members.transpose(1, 0, 2).reshape(len(texts), -1) / np.sqrt(len(members))
+    return to_joint(concat_members(members), len(members))
 
 
 def measure_stored_kinds(searcher: Searcher, cfg: SpeedCfg) -> dict:
