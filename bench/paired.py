@@ -25,13 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", required=True, type=Path)
     parser.add_argument("--index", required=True, type=Path)
     parser.add_argument("--tasks", nargs="+", default=["title2img", "title2img_dup"])
+    parser.add_argument("--keys", nargs="+", help="metric keys to compare (default: TASK/R@10 for each task), e.g. "
+                        "attrs2img/P@10 attr2img/baseColour/P@10")
     args = parser.parse_args(argv)
     cfg = EvalCfg(tasks=tuple(args.tasks))
     with tempfile.TemporaryDirectory() as tmp:
         base = evaluate_index(args.baseline, cfg, out=Path(tmp) / "baseline.json")
         other = evaluate_index(args.index, cfg, out=Path(tmp) / "index.json")
     print(f"| task | {args.baseline} | {args.index} | difference [95% paired bootstrap] |\n|---|---|---|---|")
-    for key in (f"{task}/R@10" for task in args.tasks):
+    for key in args.keys or [f"{task}/R@10" for task in args.tasks]:
         a, b, d = base[key], other[key], compare(other, base, key)
         print(f"| {key} | {a['mean']:.3f} [{a['low']:.3f}, {a['high']:.3f}] | {b['mean']:.3f} [{b['low']:.3f}, "
               f"{b['high']:.3f}] | {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] |")

@@ -34,6 +34,7 @@ def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: s
     cfg = run_cfg(args)
     heads = f"img{cfg.train.heads.trainable_image}-txt{cfg.train.heads.trainable_text}-views{cfg.train.views}"
     cfg.cache_dir = str(out / "feature-cache" / heads)  # recipes with the same cut share their trunk outputs
+    _share_image_views(out / "feature-cache", heads)
     started = time.perf_counter()
     train_system(catalogue, model_dir, cfg, resume=True)
     history = []
@@ -47,6 +48,23 @@ def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: s
             "best_epoch": 1 + curve.index(max(curve)),
             "epoch_seconds": [entry["seconds"] for entry in history[0]],
             "train_seconds": manifest.get("train_seconds"), "wall_seconds_this_call": time.perf_counter() - started}
+
+
+def _share_image_views(root: Path, heads: str) -> None:
+    """Caches that differ only in the text cut hold the same image trunk outputs: link them instead of recomputing
+    (same image cut, views, seed and augmentation; the text side is cached apart, under distinct-texts)."""
+    image_cut = heads.split("-txt")[0]
+    views = heads.split("-views")[1]
+    target = root / heads
+    for other in sorted(root.glob(f"{image_cut}-txt*-views{views}")):
+        if other.name == heads:
+            continue
+        for split in ("train", "val"):
+            for view in sorted((other / split).glob("image-view*")):
+                link = target / split / view.name
+                if not link.exists():
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    link.symlink_to(view.resolve(), target_is_directory=True)
 
 
 def table(results: dict) -> str:
