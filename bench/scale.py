@@ -1,0 +1,183 @@
+"""Scale-out figures: the Ray embedding engine against the local one, and the Milvus store against faiss.
+
+Two parts, each timed in this one run so that machine load falls on both sides alike:
+
+- ``embed``: catalogue images/s of ``enclip.embed.catalogue.encode_catalogue`` (the local engine) and of
+  ``enclip.embed.ray_engine.encode_catalogue_ray`` on a local Ray cluster (127.0.0.1, one actor per core, one torch
+  thread each), same model, same images, decode included. The Ray figure counts from submitting the job to the
+  last shard written, so it includes starting the workers and loading the model in each; the per-worker figures
+  are each actor's own encoding rate. The vectors of both engines are compared.
+- ``store``: one-query search p50 and recall@10 against exact search, for faiss (flat, HNSW) and Milvus Lite
+  (FLAT, HNSW) over the same seeded, clustered, L2-normalised vectors of the K=5 shape (5 x 256 = 1280 numbers),
+  with the build time of each (Milvus: insert + flush + index build).
+
+    python bench/scale.py --items 8192 --store-sizes 44441 200000      # both parts
+    python bench/scale.py --skip-embed --store-sizes 44441             # the store part only
+
+Prints a markdown table per part and writes ``bench/out/scale.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "fashion-product-images-small"
+OUT = ROOT / "bench" / "out" / "scale.json"
+DIM = 5 * 256  # the K=5 ensemble's stored vector
+
+
+def embed_part(items: int, shard_size: int, batch_size: int) -> dict:
+    import faiss  # noqa: F401  (imported before torch, as enclip does)
+    import torch
+
+    from enclip.data.catalogue import load_catalogue
+    from enclip.embed.catalogue import encode_catalogue
+    from enclip.embed.ray_engine import RayEmbedCfg, RayEmbedReport, encode_catalogue_ray
+    from enclip.models.ensemble import Ensemble, HeadCfg
+    from enclip.models.registry import create_backbone
+    from enclip.ray_cluster import ray_session
+
+    catalogue = load_catalogue(DATA, limit=items, validate_images=False)[0]
+    torch.manual_seed(0)
+    ensemble = Ensemble(create_backbone("offline"), HeadCfg())
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        ensemble.save_member(0, work / "model")  # the default model's shape: trunk + one member's heads
+        encode_catalogue(ensemble, catalogue.subset(range(64)), work / "warm", batch_size=batch_size)
+        started = time.perf_counter()
+        local = encode_catalogue(ensemble, catalogue, work / "local", batch_size=batch_size, shard_size=shard_size)
+        local_seconds = time.perf_counter() - started
+        cpus = os.cpu_count() or 1
+        with ray_session(cpus=cpus):
+            report = RayEmbedReport()
+            cfg = RayEmbedCfg(workers=cpus, cpus_per_worker=1, batch_size=batch_size, shard_size=shard_size)
+            on_ray = encode_catalogue_ray(work / "model", catalogue, work / "ray", cfg, report=report)
+    workers = [{"worker": name.split(":")[1], "items": stats.items, "seconds": round(stats.seconds, 1),
+                "images_per_s": round(stats.items / stats.seconds, 1)} for name, stats in report.workers.items()]
+    return {"items": len(catalogue), "shard_size": shard_size, "batch_size": batch_size, "cpus": cpus,
+            "local_images_per_s": round(len(catalogue) / local_seconds, 1),
+            "ray_images_per_s": round(report.items_per_second, 1),
+            "ray_share_of_local": round(report.items_per_second / (len(catalogue) / local_seconds), 3),
+            "ray_workers": workers, "max_abs_difference": float(np.abs(local - on_ray).max())}
+
+
+def clustered(n: int, seed: int, centres: np.ndarray) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, DIM), np.float32)
+    for start in range(0, n, 50_000):
+        m = min(n, start + 50_000) - start
+        block = centres[rng.integers(0, len(centres), m)] + rng.standard_normal((m, DIM), np.float32) / np.sqrt(DIM)
+        out[start : start + m] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def timed_queries(index, queries: np.ndarray, k: int = 10) -> tuple[float, np.ndarray]:
+    """Median one-query latency (ms) and every query's top-k positions."""
+    index.search(queries[:3], k)  # warm
+    latencies, found = [], []
+    for query in queries:
+        started = time.perf_counter()
+        found.append(index.search(query[None, :], k)[1][0])
+        latencies.append(1000 * (time.perf_counter() - started))
+    return statistics.median(latencies), np.stack(found)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def store_part(n: int, n_queries: int, work: Path) -> list[dict]:
+    import faiss
+
+    from enclip.vectors import IndexCfg, ItemFields, create_index
+    from enclip.vectors.milvus import release_lite
+
+    faiss.omp_set_num_threads(1)  # as the searcher runs one-query searches
+    centres = np.random.default_rng(1234).standard_normal((500, DIM)).astype(np.float32)
+    vectors = clustered(n, seed=0, centres=centres)
+    queries = clustered(n_queries, seed=1, centres=centres)
+    truth = faiss.IndexFlatIP(DIM)
+    truth.add(vectors)
+    want = truth.search(queries, 10)[1]
+    del truth
+    genders = ["Men", "Women"] * (n // 2) + ["Men"] * (n % 2)
+    fields = ItemFields(ids=[str(i) for i in range(n)], attributes={"gender": genders},
+                        clusters=[0] * n)
+    rows = []
+    uri = str(work / f"milvus-{n}.db")
+    for label, cfg in (("faiss flat", IndexCfg(kind="flat")), ("faiss hnsw", IndexCfg(kind="hnsw")),
+                       ("milvus FLAT", IndexCfg(kind="milvus", milvus_uri=uri, milvus_index="flat")),
+                       ("milvus HNSW", IndexCfg(kind="milvus", milvus_uri=uri, milvus_index="hnsw"))):
+        started = time.perf_counter()
+        index = create_index(DIM, cfg)
+        index.add(vectors, fields)
+        if cfg.kind == "milvus":
+            index.wait_for_index()
+        build = time.perf_counter() - started
+        p50, found = timed_queries(index, queries)
+        rows.append({"items": n, "store": label, "build_s": round(build, 1), "p50_ms": round(p50, 2),
+                     "recall_at_10": round(recall(found, want), 4)})
+        print(json.dumps(rows[-1]), flush=True)
+        if cfg.kind == "milvus":
+            index.drop()
+            index.close()
+        del index
+    release_lite(uri)
+    return rows
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    if "embed" in results:
+        e = results["embed"]
+        lines += [f"Embedding {e['items']} catalogue images ({e['cpus']} cores, shards of {e['shard_size']}):", "",
+                  "| engine | images/s | share of local |", "|---|---|---|",
+                  f"| local (one process, {e['cpus']} torch threads) | {e['local_images_per_s']} | 1.00 |",
+                  f"| Ray, local cluster ({len(e['ray_workers'])} workers x 1 CPU), end to end | "
+                  f"{e['ray_images_per_s']} | {e['ray_share_of_local']:.2f} |"]
+        lines += [f"| Ray worker {w['worker']} (its own encoding rate) | {w['images_per_s']} | |"
+                  for w in e["ray_workers"]]
+        lines += ["", f"Largest difference between the engines' vectors: {e['max_abs_difference']:.2e}", ""]
+    if "store" in results:
+        lines += ["| items | store | build s | p50 ms | recall@10 |", "|---|---|---|---|---|"]
+        lines += [f"| {r['items']:,} | {r['store']} | {r['build_s']} | {r['p50_ms']} | {r['recall_at_10']:.3f} |"
+                  for r in results["store"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=8192, help="catalogue images embedded by each engine")
+    parser.add_argument("--shard-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--store-sizes", type=int, nargs="*", default=[44441], help="vectors per store run")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--skip-embed", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    results: dict = {"command": "python bench/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    if not args.skip_embed:
+        results["embed"] = embed_part(args.items, args.shard_size, args.batch_size)
+        print(json.dumps(results["embed"]), flush=True)
+    if args.store_sizes:
+        with tempfile.TemporaryDirectory() as work:
+            results["store"] = [row for n in args.store_sizes for row in store_part(n, args.queries, Path(work))]
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(results, indent=2))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
