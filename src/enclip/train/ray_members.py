@@ -2,7 +2,7 @@
 
 Each task runs the very :func:`enclip.train.trainer.train_member` the local engine runs, on a copy of the untrained
 ensemble made by the driver (so every member starts from the weights the local run gives it) and on the trunk-feature
-cache the driver computed or found in ``--cache-dir``; that cache and the ensemble reach the tasks through Ray's
+cache the driver computed or found in ``RunCfg.cache_dir``; that cache and the ensemble reach the tasks through Ray's
 object store (shared memory on a node, copied once to each other node). A member seeds its own data order, views
 and dropout, so the result equals the local run seed for seed. Members write their heads and checkpoints into the
 run directory, which must therefore be on storage every node sees; a task lost with its node is retried by Ray and
