@@ -81,10 +81,6 @@ class Catalogue:
             raise EnclipError(f"item id {item_id!r} is not in the catalogue ({len(self)} items from {self.source!r})")
         return position
 
-    def refresh(self) -> None:
-        """Rebuild the id lookup after rows were appended or ids changed in place (live index edits)."""
-        self._positions = None
-
     def subset(self, indices: Sequence[int]) -> Catalogue:
         """A new catalogue holding the given rows in the given order (inputs are left untouched)."""
         rows = [int(i) for i in indices]
