@@ -50,6 +50,18 @@ def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: s
             "train_seconds": manifest.get("train_seconds"), "wall_seconds_this_call": time.perf_counter() - started}
 
 
+def validation_attrs(catalogue, model_dir: Path, index_dir: Path, trunk_cache: str) -> dict:
+    """attrs2img on validation items (P@10, nDCG@10), photo channel only, from an index built off the trunk cache."""
+    from enclip.eval.evaluate import EvalCfg, evaluate_index
+    from enclip.indexing import IndexBuildCfg, build_index
+
+    if not (index_dir / "index.json").exists():
+        build_index(model_dir, catalogue, index_dir, IndexBuildCfg(trunk_cache=trunk_cache, channels=("image",)))
+    metrics = evaluate_index(index_dir, EvalCfg(tasks=("attrs2img",), split="val", n_resamples=200),
+                             out=index_dir / "val-metrics.json")
+    return {key: round(metrics[key]["mean"], 4) for key in ("attrs2img/P@10", "attrs2img/nDCG@10")}
+
+
 def _share_image_views(root: Path, heads: str) -> None:
     """Caches that differ only in the text cut hold the same image trunk outputs: link them instead of recomputing
     (same image cut, views, seed and augmentation; the text side is cached apart, under distinct-texts)."""
@@ -68,12 +80,15 @@ def _share_image_views(root: Path, heads: str) -> None:
 
 
 def table(results: dict) -> str:
-    lines = ["| recipe | flags | val R@10 per epoch | best (epoch) | s per epoch (median) |", "|---|---|---|---|---|"]
+    lines = ["| recipe | flags | val R@10 per epoch | best (epoch) | s per epoch (median) "
+             "| val attrs2img P@10 / nDCG@10 |", "|---|---|---|---|---|---|"]
     for name, r in results.items():
         seconds = sorted(r["epoch_seconds"])[len(r["epoch_seconds"]) // 2]
         curve = ", ".join(f"{v:.3f}" for v in r["val_R@10"])
+        attrs = r.get("val_attrs2img")
+        attrs = f"{attrs['attrs2img/P@10']:.3f} / {attrs['attrs2img/nDCG@10']:.3f}" if attrs else "-"
         lines.append(f"| {name} | `{r['flags'] or '(defaults)'}` | {curve} | {r['best']:.4f} ({r['best_epoch']}) "
-                     f"| {seconds:.0f} |")
+                     f"| {seconds:.0f} | {attrs} |")
     return "\n".join(lines)
 
 
@@ -83,6 +98,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/out/recipes")
     parser.add_argument("--trunk-cache", default="bench/out/trunk-cache", help="catalogue-wide clean trunk cache")
     parser.add_argument("--recipe", action="append", required=True, help="NAME=FLAGS (enclip train flags)")
+    parser.add_argument("--eval-val", action="store_true", help="also score attrs2img on validation items")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = Path(args.out)
@@ -97,6 +113,12 @@ def main(argv=None) -> int:
         results[name] = run_recipe(catalogue, name, shlex.split(flags), out, args.trunk_cache)
         results_path.write_text(json.dumps(results, indent=1))
         print(table({name: results[name]}), flush=True)
+    for spec in args.recipe if args.eval_val else []:
+        name = spec.partition("=")[0]
+        if "val_attrs2img" not in results[name]:
+            results[name]["val_attrs2img"] = validation_attrs(catalogue, out / "runs" / name, out / "index" / name,
+                                                              args.trunk_cache)
+            results_path.write_text(json.dumps(results, indent=1))
     print(table(results))
     return 0
 
