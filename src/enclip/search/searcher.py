@@ -38,7 +38,7 @@ from enclip.search.filters import FilterIndex
 from enclip.search.query import QueryEncoder, check_query
 from enclip.search_request import CHANNEL_FUSIONS, MAX_K
 from enclip.store import IndexDir
-from enclip.store.items import item_fields
+from enclip.store.live import LiveIndex
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +100,14 @@ class Searcher:
         self.changelog_path = index_dir.changelog_path
         self.model, self.info = load_model(index_dir.model_dir, device=self.cfg.device)
         self.encoder = QueryEncoder(self.model)
-        self.catalogue = index_dir.load_items()
-        self.index = index_dir.load_vectors()
-        self.centroids, self.item_clusters = index_dir.load_routing()
+        self.members = len(self.model)
+        self.live = LiveIndex(index_dir, self.members)
+        self.catalogue, self.centroids = self.live.catalogue, self.live.centroids
+        self.index, self.text_index, self.keywords = self.live.vectors, self.live.text_vectors, self.live.keywords
         self.filters = FilterIndex(self.catalogue)
-        self.text_index = index_dir.load_text_vectors()
-        self.keywords = index_dir.load_keywords()
         self.channels = tuple(c for c, part in (("image", self.index), ("text", self.text_index),
                                                 ("keyword", self.keywords)) if part is not None)
         self.default_channels = check_channels(self.cfg.channels or self.channels, self.channels)
-        self.members = len(self.model)
         self.dim = self.index.dim // self.members
         weights = np.asarray(self.info.weights or [1.0] * self.members, dtype=np.float32)
         self.weights = weights / weights.sum()
@@ -122,6 +120,11 @@ class Searcher:
 
     def __len__(self) -> int:
         return self.catalogue.live_count
+
+    @property
+    def item_clusters(self) -> np.ndarray:
+        """Each row's cluster (-1: none); grows with live additions."""
+        return self.live.item_clusters
 
     @property
     def filter_keys(self) -> list[str]:
@@ -333,39 +336,19 @@ class Searcher:
         """Insert or replace items (by id); the caller makes the change durable (see enclip.serve.changelog)."""
         if len(items) != len(images):
             raise EnclipError("add_items needs one image per item")
-        vectors = self.model.encode_images([load_image(data) for data in images])  # (K, B, d)
-        stored = concat_members(vectors)
+        vectors = concat_members(self.model.encode_images([load_image(data) for data in images]))
+        text_vectors = None
+        if self.text_index is not None:
+            texts = [item_text(str(it.get("title", "")), dict(it.get("attributes") or {})) for it in items]
+            text_vectors = concat_members(self.model.encode_texts(texts))
         with self._lock:
-            replaced = [str(item["id"]) for item in items if self.catalogue.has(str(item["id"]))]
-            if replaced:
-                self.remove_items(replaced)
-            positions = self.catalogue.append(items, images)
-            clusters = self._assign_clusters(stored)
-            fields = item_fields(self.catalogue, positions, clusters)  # what a Milvus store filters on
-            self.index.add(stored, fields)
-            if self.text_index is not None:
-                texts = [item_text(str(it.get("title", "")), dict(it.get("attributes") or {})) for it in items]
-                self.text_index.add(concat_members(self.model.encode_texts(texts)), fields)
-            if self.keywords is not None:
-                self.keywords.add(positions, items)
-            self.item_clusters = np.concatenate([self.item_clusters, clusters])
+            self.live.add(items, images, vectors, text_vectors)
             self.filters.invalidate()
-
-    def _assign_clusters(self, stored: np.ndarray) -> np.ndarray:
-        if not len(self.centroids):
-            return np.full(len(stored), -1)
-        return np.argmax(to_joint(stored, self.members) @ self.centroids.T, axis=1)
 
     def remove_items(self, ids: Sequence[str]) -> None:
         """Remove live items by id (an unknown id is an error and nothing is removed)."""
         with self._lock:
-            positions = self.catalogue.remove([str(item_id) for item_id in ids])
-            if len(positions):
-                self.index.remove(positions)
-                if self.text_index is not None:
-                    self.text_index.remove(positions)
-                if self.keywords is not None:
-                    self.keywords.remove(positions)
+            self.live.remove(ids)
             self.filters.invalidate()
 
 
