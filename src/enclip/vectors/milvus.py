@@ -19,6 +19,8 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -110,6 +112,20 @@ def release_lite(uri: str) -> None:
         from milvus_lite.server_manager import server_manager_instance
 
         server_manager_instance.release_server(uri)
+
+
+@contextmanager
+def _quiet_lite_timestamps(uri: str) -> Iterator[None]:
+    """pymilvus asks for a timestamp while waiting for a new index, which Milvus Lite does not implement: its gRPC
+    server logs a traceback for every collection created, and pymilvus carries on. Keep that out of the user's log."""
+    grpc_server = logging.getLogger("grpc._server")
+    level = grpc_server.level
+    if uri.endswith(".db"):
+        grpc_server.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        grpc_server.setLevel(level)
 
 
 class MilvusIndex(VectorIndex):
@@ -288,8 +304,9 @@ class MilvusIndex(VectorIndex):
                  if self.cfg.milvus_index == "hnsw" else {})
         index_params.add_index(field_name=VECTOR, index_type=MILVUS_INDEXES[self.cfg.milvus_index],
                                metric_type="IP", params=build)
-        self.client.create_collection(self.collection, schema=schema, index_params=index_params,
-                                      consistency_level="Strong")
+        with _quiet_lite_timestamps(self.uri):
+            self.client.create_collection(self.collection, schema=schema, index_params=index_params,
+                                          consistency_level="Strong")
         log.info("created Milvus collection %s at %s (%s)", self.collection, self.uri, self.cfg.milvus_index)
 
     def _records(self, rows: np.ndarray, fields: ItemFields, start: int, stop: int) -> list[dict]:
