@@ -152,7 +152,7 @@ def test_rows_added_after_the_last_save_are_replaced_by_the_next_change(data, ur
     one = ItemFields(ids=["late"], attributes={"colour": ["Red"]}, clusters=[0])
     store.add(queries[:1], one)  # after the save: a change the changelog would hold
     reopened = load_index(tmp_path / "vectors")
-    assert len(reopened) == N and reopened.search(queries[:1], 1)[1][0, 0] != N
+    assert len(reopened) == N and reopened.n_removed == 0 and reopened.search(queries[:1], 1)[1][0, 0] != N
     reopened.add(queries[:1], one)  # the replay
     assert len(reopened) == N + 1 and reopened.n_removed == 0
     assert reopened.search(queries[:1], 1)[1][0, 0] == N

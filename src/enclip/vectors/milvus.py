@@ -244,7 +244,7 @@ class MilvusIndex(VectorIndex):
             raise EnclipError(f"the Milvus collection {index.collection} at {index.uri} is gone; rebuild the index")
         if index._n:
             index.client.load_collection(index.collection)
-            index._live = index._count()
+            index._live = index._count(f"{POSITION} < {index._n}")  # rows added after the save are not counted
         return index
 
     # ----- Milvus specifics ---------------------------------------------------------------------------------------
@@ -338,8 +338,8 @@ class MilvusIndex(VectorIndex):
         self._saved_n = None
         self._live = self._count()
 
-    def _count(self) -> int:
-        result = self.client.query(self.collection, filter="", output_fields=["count(*)"])
+    def _count(self, expression: str = "") -> int:
+        result = self.client.query(self.collection, filter=expression, output_fields=["count(*)"])
         return int(result[0]["count(*)"])
 
     def _expression(self, allowed: np.ndarray | Where | None) -> str | None:
