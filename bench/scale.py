@@ -11,7 +11,7 @@ Two parts, each timed in this one run so that machine load falls on both sides a
   (FLAT, HNSW) over the same seeded, clustered, L2-normalised vectors of the K=5 shape (5 x 256 = 1280 numbers),
   with the build time of each (Milvus: insert + flush + index build).
 
-    python bench/scale.py --items 8192 --store-sizes 44441 200000      # both parts
+    python bench/scale.py --items 4096 --repeats 3 --store-sizes 44441   # both parts
     python bench/scale.py --skip-embed --store-sizes 44441             # the store part only
 
 Prints a markdown table per part and writes ``bench/out/scale.json``.
@@ -37,7 +37,8 @@ OUT = ROOT / "bench" / "out" / "scale.json"
 DIM = 5 * 256  # the K=5 ensemble's stored vector
 
 
-def embed_part(items: int, shard_size: int, batch_size: int) -> dict:
+def embed_part(items: int, shard_size: int, batch_size: int, repeats: int) -> dict:
+    """Local and Ray engines alternating, ``repeats`` times each (so changing machine load falls on both)."""
     import faiss  # noqa: F401  (imported before torch, as enclip does)
     import torch
 
@@ -51,25 +52,31 @@ def embed_part(items: int, shard_size: int, batch_size: int) -> dict:
     catalogue = load_catalogue(DATA, limit=items, validate_images=False)[0]
     torch.manual_seed(0)
     ensemble = Ensemble(create_backbone("offline"), HeadCfg())
-    with tempfile.TemporaryDirectory() as work:
+    cpus = os.cpu_count() or 1
+    local_rates, ray_rates, workers, difference = [], [], [], 0.0
+    with tempfile.TemporaryDirectory() as work, ray_session(cpus=cpus):
         work = Path(work)
         ensemble.save_member(0, work / "model")  # the default model's shape: trunk + one member's heads
         encode_catalogue(ensemble, catalogue.subset(range(64)), work / "warm", batch_size=batch_size)
-        started = time.perf_counter()
-        local = encode_catalogue(ensemble, catalogue, work / "local", batch_size=batch_size, shard_size=shard_size)
-        local_seconds = time.perf_counter() - started
-        cpus = os.cpu_count() or 1
-        with ray_session(cpus=cpus):
+        for repeat in range(repeats):
+            started = time.perf_counter()
+            local = encode_catalogue(ensemble, catalogue, work / f"local{repeat}", batch_size=batch_size,
+                                     shard_size=shard_size)
+            local_rates.append(len(catalogue) / (time.perf_counter() - started))
             report = RayEmbedReport()
             cfg = RayEmbedCfg(workers=cpus, cpus_per_worker=1, batch_size=batch_size, shard_size=shard_size)
-            on_ray = encode_catalogue_ray(work / "model", catalogue, work / "ray", cfg, report=report)
-    workers = [{"worker": name.split(":")[1], "items": stats.items, "seconds": round(stats.seconds, 1),
-                "images_per_s": round(stats.items / stats.seconds, 1)} for name, stats in report.workers.items()]
+            on_ray = encode_catalogue_ray(work / "model", catalogue, work / f"ray{repeat}", cfg, report=report)
+            ray_rates.append(report.items_per_second)
+            workers += [round(stats.items / stats.seconds, 1) for stats in report.workers.values()]
+            difference = max(difference, float(np.abs(local - on_ray).max()))
+            print(json.dumps({"repeat": repeat, "local": round(local_rates[-1], 1), "ray": round(ray_rates[-1], 1)}),
+                  flush=True)
+    local_median, ray_median = statistics.median(local_rates), statistics.median(ray_rates)
     return {"items": len(catalogue), "shard_size": shard_size, "batch_size": batch_size, "cpus": cpus,
-            "local_images_per_s": round(len(catalogue) / local_seconds, 1),
-            "ray_images_per_s": round(report.items_per_second, 1),
-            "ray_share_of_local": round(report.items_per_second / (len(catalogue) / local_seconds), 3),
-            "ray_workers": workers, "max_abs_difference": float(np.abs(local - on_ray).max())}
+            "repeats": repeats, "local_images_per_s": [round(r, 1) for r in local_rates],
+            "ray_images_per_s": [round(r, 1) for r in ray_rates], "local_median": round(local_median, 1),
+            "ray_median": round(ray_median, 1), "ray_share_of_local": round(ray_median / local_median, 3),
+            "ray_worker_images_per_s": workers, "max_abs_difference": difference}
 
 
 def clustered(n: int, seed: int, centres: np.ndarray) -> np.ndarray:
@@ -141,14 +148,15 @@ def markdown(results: dict) -> str:
     lines = []
     if "embed" in results:
         e = results["embed"]
-        lines += [f"Embedding {e['items']} catalogue images ({e['cpus']} cores, shards of {e['shard_size']}):", "",
+        lines += [f"Embedding {e['items']} catalogue images ({e['cpus']} cores, shards of {e['shard_size']}; the two "
+                  f"engines alternating, {e['repeats']} runs each; median, then every run):", "",
                   "| engine | images/s | share of local |", "|---|---|---|",
-                  f"| local (one process, {e['cpus']} torch threads) | {e['local_images_per_s']} | 1.00 |",
-                  f"| Ray, local cluster ({len(e['ray_workers'])} workers x 1 CPU), end to end | "
-                  f"{e['ray_images_per_s']} | {e['ray_share_of_local']:.2f} |"]
-        lines += [f"| Ray worker {w['worker']} (its own encoding rate) | {w['images_per_s']} | |"
-                  for w in e["ray_workers"]]
-        lines += ["", f"Largest difference between the engines' vectors: {e['max_abs_difference']:.2e}", ""]
+                  f"| local (one process, {e['cpus']} torch threads) | {e['local_median']} "
+                  f"({', '.join(map(str, e['local_images_per_s']))}) | 1.00 |",
+                  f"| Ray, local cluster ({e['cpus']} workers x 1 CPU), end to end | {e['ray_median']} "
+                  f"({', '.join(map(str, e['ray_images_per_s']))}) | {e['ray_share_of_local']:.2f} |",
+                  f"| one Ray worker (its own encoding rate) | {', '.join(map(str, e['ray_worker_images_per_s']))} | |",
+                  "", f"Largest difference between the engines' vectors: {e['max_abs_difference']:.2e}", ""]
     if "store" in results:
         lines += ["| items | store | build s | p50 ms | recall@10 |", "|---|---|---|---|---|"]
         lines += [f"| {r['items']:,} | {r['store']} | {r['build_s']} | {r['p50_ms']} | {r['recall_at_10']:.3f} |"
@@ -161,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=8192, help="catalogue images embedded by each engine")
     parser.add_argument("--shard-size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each engine, alternating")
     parser.add_argument("--store-sizes", type=int, nargs="*", default=[44441], help="vectors per store run")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--skip-embed", action="store_true")
@@ -168,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     results: dict = {"command": "python bench/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     if not args.skip_embed:
-        results["embed"] = embed_part(args.items, args.shard_size, args.batch_size)
+        results["embed"] = embed_part(args.items, args.shard_size, args.batch_size, args.repeats)
         print(json.dumps(results["embed"]), flush=True)
     if args.store_sizes:
         with tempfile.TemporaryDirectory() as work:
