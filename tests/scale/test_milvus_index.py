@@ -140,3 +140,33 @@ def test_admin_changes_reach_milvus_durably_and_survive_a_restart(built, tmp_pat
             assert np.isin(["900001", "1002"], ids).all()
     finally:
         close(restarted)
+
+
+@pytest.mark.realdata
+def test_milvus_hnsw_recall_on_real_embeddings(real_data, tmp_path):
+    """Milvus HNSW against exact search on real photo embeddings (the default trunk, K=5 heads: 1,280 numbers),
+    after its index build has finished."""
+    import torch
+
+    from enclip.data.catalogue import load_catalogue
+    from enclip.embed.catalogue import encode_catalogue
+    from enclip.models.ensemble import Ensemble, HeadCfg
+    from enclip.models.registry import create_backbone
+    from enclip.vectors import IndexCfg, ItemFields, create_index
+    from tests.vectors.test_congruence import recall
+
+    catalogue = load_catalogue(real_data, limit=3000, validate_images=False)[0]
+    torch.manual_seed(0)
+    vectors = encode_catalogue(Ensemble(create_backbone("offline"), HeadCfg(), members=5), catalogue, tmp_path / "w")
+    queries, gallery = vectors[:100], vectors[100:]
+    fields = ItemFields(ids=catalogue.ids[100:], attributes={"gender": catalogue.attributes["gender"][100:]})
+    uri = str(tmp_path / "real.db")
+    exact, hnsw = create_index(gallery.shape[1], IndexCfg(kind="exact")), create_index(
+        gallery.shape[1], IndexCfg(kind="milvus", milvus_uri=uri, milvus_index="hnsw"))
+    try:
+        exact.add(gallery)
+        hnsw.add(gallery, fields)
+        hnsw.wait_for_index()
+        assert recall(hnsw.search(queries, 10)[1], exact.search(queries, 10)[1]) >= 0.95
+    finally:
+        hnsw.close()
