@@ -33,3 +33,4 @@ def test_two_members_as_ray_tasks_equal_the_local_run(tmp_path, catalogue):
     histories = [read_json(path / "ensemble.json")["member_train_seconds"] for path in (local, on_ray)]
     assert all(seconds is not None for seconds in histories[1]), "every member's epochs were timed on Ray too"
     assert torch.load(on_ray / "members/1/checkpoint.pt", weights_only=False)["state"]["done"]
+    assert not (on_ray / "ray-features").exists(), "the feature cache published for the tasks is removed"

@@ -1,21 +1,24 @@
 """Train ensemble members as Ray tasks: one task per member, side by side on a Ray cluster.
 
 Each task runs the very :func:`enclip.train.trainer.train_member` the local engine runs, on a copy of the untrained
-ensemble made by the driver (so every member starts from the weights the local run gives it) and on the trunk-feature
-cache the driver computed or found in ``RunCfg.cache_dir``; that cache and the ensemble reach the tasks through Ray's
-object store (shared memory on a node, copied once to each other node). A member seeds its own data order, views
-and dropout, so the result equals the local run seed for seed. Members write their heads and checkpoints into the
-run directory, which must therefore be on storage every node sees; a task lost with its node is retried by Ray and
-resumes from the member's last checkpoint.
+ensemble made by the driver (so every member starts from the weights the local run gives it; it travels through
+Ray's object store) and on the trunk-feature cache the driver computed, which it publishes once as ``.npy`` files in
+the run directory: every task memory-maps them from there, so the run directory must be on storage every node
+sees, as it must anyway for the members' heads and checkpoints. A member seeds its own data order, views and
+dropout, so the result equals the local run seed for seed. A task lost with its node is retried by Ray and resumes
+from the member's last checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 
+from enclip.artifacts import atomic_file
 from enclip.models.ensemble import Ensemble
 from enclip.ray_cluster import ray_session
 from enclip.train.features import FeatureCache
@@ -30,29 +33,68 @@ class RayTrainCfg:
     cpus_per_member: float = 1.0  # CPUs each member's task reserves (and its torch threads)
 
 
-def _train_one(ensemble: Ensemble, member: int, train: FeatureCache, groups: np.ndarray, val: FeatureCache,
+def publish(cache: FeatureCache, directory: Path) -> tuple[str, dict]:
+    """Write every array of ``cache`` as a ``.npy`` file in ``directory``; returns what :func:`open_published`
+    needs: the directory and each field's kind (None: an array; a length: a list; keys: a dict)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    layout = {}
+    for field in fields(cache):
+        value = getattr(cache, field.name)
+        if isinstance(value, list):
+            layout[field.name], named = len(value), {f"{field.name}.{i}": v for i, v in enumerate(value)}
+        elif isinstance(value, dict):
+            layout[field.name], named = list(value), {f"{field.name}.{key}": v for key, v in value.items()}
+        else:
+            layout[field.name], named = None, {field.name: value}
+        for name, array in named.items():
+            with atomic_file(directory / f"{name}.npy") as handle:
+                np.save(handle, np.asarray(array), allow_pickle=False)
+    return str(directory), layout
+
+
+def open_published(directory: str, layout: dict) -> FeatureCache:
+    """The cache :func:`publish` wrote, memory-mapped (pages are read from the shared storage as training uses them)."""
+    def load(name: str) -> np.ndarray:
+        return np.load(Path(directory) / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+
+    values = {}
+    for field, kind in layout.items():
+        if isinstance(kind, int):
+            values[field] = [load(f"{field}.{i}") for i in range(kind)]
+        elif isinstance(kind, list):
+            values[field] = {key: load(f"{field}.{key}") for key in kind}
+        else:
+            values[field] = load(field)
+    return FeatureCache(**values)
+
+
+def _train_one(ensemble: Ensemble, member: int, train: tuple[str, dict], groups: np.ndarray, val: tuple[str, dict],
                run: MemberRun, cfg: TrainCfg, info: dict, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    return train_member(ensemble, member, train, groups, val, run, cfg, resume=True, info=info)
+    return train_member(ensemble, member, open_published(*train), groups, open_published(*val), run, cfg,
+                        resume=True, info=info)
 
 
 def train_members_ray(ensemble: Ensemble, runs: list[MemberRun], infos: list[dict], train: FeatureCache,
-                      groups: np.ndarray, val: FeatureCache, cfg: TrainCfg, ray_cfg: RayTrainCfg | None = None,
-                      ) -> list[dict]:
+                      groups: np.ndarray, val: FeatureCache, cfg: TrainCfg, shared_dir: Path,
+                      ray_cfg: RayTrainCfg | None = None) -> list[dict]:
     """Train every member of ``runs`` as a Ray task; load the trained heads into ``ensemble``; return each member's
-    training state (its history), as the local loop does. Tasks always resume from a member's checkpoint when there
-    is one, which is what makes a retried task cheap."""
+    training state (its history), as the local loop does. ``shared_dir`` (in the run directory) receives the
+    published feature cache and is removed afterwards. Tasks always resume from a member's checkpoint when there is
+    one, which is what makes a retried task cheap."""
     ray_cfg = ray_cfg or RayTrainCfg()
     threads = max(1, int(ray_cfg.cpus_per_member))
+    published = publish(train, shared_dir / "train"), publish(val, shared_dir / "val")
     with ray_session(ray_cfg.address) as ray:
         task = ray.remote(num_cpus=ray_cfg.cpus_per_member, max_retries=3)(_train_one)
-        shared = [ray.put(obj) for obj in (ensemble, train, groups, val)]
+        ensemble_ref, groups_ref = ray.put(ensemble), ray.put(groups)
         log.info("training %d members as Ray tasks (%s CPU each)", len(runs), ray_cfg.cpus_per_member)
-        futures = [task.remote(shared[0], i, shared[1], shared[2], shared[3], run, cfg, infos[i], threads)
+        futures = [task.remote(ensemble_ref, i, published[0], groups_ref, published[1], run, cfg, infos[i], threads)
                    for i, run in enumerate(runs)]
         states = ray.get(futures)
+    shutil.rmtree(shared_dir, ignore_errors=True)
     for i, run in enumerate(runs):
         ensemble.load_member(i, run.out_dir)
     return states

@@ -143,7 +143,7 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
     runs = member_runs(ens, rows, out_dir, cfg.train.seed, clustering)
     infos = [{**info, "member": i, "strategy": ens.strategy, "member_items": int(len(run.rows))}
              for i, run in enumerate(runs)]
-    for state in _train_members(ensemble, runs, infos, train_cache, groups, val_cache, cfg, resume):
+    for state in _train_members(ensemble, runs, infos, train_cache, groups, val_cache, cfg, resume, out_dir):
         timed = [entry.get("seconds") for entry in state["history"]]
         member_seconds.append(None if None in timed else round(sum(timed), 1))
     write_json(out_dir / "ensemble.json", manifest(
@@ -184,13 +184,13 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _train_members(ensemble, runs, infos, train_cache, groups, val_cache, cfg: RunCfg, resume: bool):
+def _train_members(ensemble, runs, infos, train_cache, groups, val_cache, cfg: RunCfg, resume: bool, out_dir: Path):
     """Each member's training state: one after another here, or side by side as Ray tasks (``engine="ray"``)."""
     if cfg.engine == "ray":
         from enclip.train.ray_members import RayTrainCfg, train_members_ray
 
         yield from train_members_ray(ensemble, runs, infos, train_cache, groups, val_cache, cfg.train,
-                                     RayTrainCfg(address=cfg.ray_address))
+                                     out_dir / "ray-features", RayTrainCfg(address=cfg.ray_address))
         return
     for i, (run, info) in enumerate(zip(runs, infos)):
         log.info("training member %d of %d on %d items", i + 1, len(runs), len(run.rows))
