@@ -52,6 +52,8 @@ def test_index_directory_points_at_the_milvus_collection(built):
     info = json.loads((root / "milvus" / "vectors" / "index_info.json").read_text())
     assert info["kind"] == "milvus" and info["uri"] == uri and info["n"] == 60
     assert not (root / "milvus" / "vectors" / "vectors.npy").exists(), "the vectors live in Milvus only"
+    text = json.loads((root / "milvus" / "text_vectors" / "index_info.json").read_text())
+    assert text["kind"] == "milvus" and text["collection"] != info["collection"], "item-text vectors: their own"
 
 
 def test_cli_search_answers_alike_on_both_stores(built, capsys):
