@@ -159,3 +159,18 @@ def test_admin_changes_reach_every_channel_and_survive_a_kill(tmp_path, tiny_ind
         for channel in (["image"], ["text"], ["keyword"], ["image", "text", "keyword"]):
             assert gone not in ids(title, channel)
     assert len(json.loads("[" + ",".join(searcher.changelog_path.read_text().splitlines()) + "]")) == 4
+
+
+def test_item_text_vectors_are_each_items_text_through_the_text_tower(tmp_path, catalogue, tiny_ensemble_dir):
+    from enclip.data.catalogue import Catalogue
+    from enclip.embed.item_text import encode_item_texts, item_texts
+    from enclip.embed.space import concat_members
+    from enclip.models.ensemble import load_model
+
+    rows = [0, 1, 2, 0, 1, 5]  # repeated texts are encoded once and shared
+    repeated = Catalogue(ids=[f"r{i}" for i in range(len(rows))], titles=[catalogue.titles[r] for r in rows],
+                         attributes={k: [v[r] for r in rows] for k, v in catalogue.attributes.items()},
+                         images=[catalogue.images[r] for r in rows])
+    ensemble, _ = load_model(tiny_ensemble_dir)
+    got = encode_item_texts(ensemble, repeated, tmp_path / "work", batch_size=2, shard_size=3)
+    np.testing.assert_allclose(got, concat_members(ensemble.encode_texts(item_texts(repeated))), atol=1e-5)

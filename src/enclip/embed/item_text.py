@@ -21,15 +21,20 @@ def item_texts(catalogue: Catalogue) -> list[str]:
 def encode_item_texts(ensemble: Ensemble, catalogue: Catalogue, work_dir: Path, *, batch_size: int = 256,
                       shard_size: int = 8192, dtype: str = "float32", times: StageTimes | None = None,
                       job: dict | None = None) -> np.ndarray:
-    """(n, K*d) concatenated member embeddings of each item's text, resumably (shards of the same job only)."""
-    texts = item_texts(catalogue)
+    """(n, K*d) concatenated member embeddings of each item's text, resumably (shards of the same job only).
+
+    Each distinct text is encoded once, shortest first, so batches hold texts of similar length and pad little.
+    """
+    distinct, inverse = np.unique(np.asarray(item_texts(catalogue), dtype=str), return_inverse=True)
+    order = np.argsort([len(text) for text in distinct], kind="stable")
     target = np.float16 if dtype == "float16" else np.float32
 
     def read(rows: np.ndarray) -> list[str]:
-        return [texts[int(r)] for r in rows]
+        return [str(distinct[order[int(r)]]) for r in rows]
 
     def encode(batch: list[str]) -> dict[str, np.ndarray]:
         return {"vectors": concat_members(ensemble.encode_texts(batch)).astype(target)}
 
-    return run_sharded(len(texts), read, encode, work_dir, batch_size=batch_size, shard_size=shard_size,
-                       desc="embed item texts", times=times, job=job)["vectors"]
+    encoded = run_sharded(len(distinct), read, encode, work_dir, batch_size=batch_size, shard_size=shard_size,
+                          desc="embed item texts", times=times, job=job)["vectors"]
+    return encoded[np.argsort(order)][inverse]  # shortest-first rows -> distinct texts -> items
