@@ -143,7 +143,7 @@ def write_index(model_dir: Path, catalogue: Catalogue, vectors: np.ndarray, out_
     index = create_index(vectors.shape[1], index_cfg)
     index.add(vectors, fields_of_rows)
     fields = dict(members=members, member_dim=vectors.shape[1] // members, fusion=info.fusion, strategy=info.strategy,
-                  weights=info.weights, data_fingerprint=catalogue.fingerprint(),
+                  data_fingerprint=catalogue.fingerprint(),
                   model_fingerprint=info.data_fingerprint, source=catalogue.source, backbone=backbone,
                   index=asdict(index_cfg), **extra)
     IndexDir.write(out_dir, model_dir=model_dir, catalogue=catalogue, vectors=index,

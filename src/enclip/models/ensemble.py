@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -209,7 +209,6 @@ def _digest(*modules: nn.Module, extra: str = "") -> str:
 class EnsembleInfo:
     members: list[str]  # member model directories, relative to the ensemble directory
     strategy: str = "single"  # "single", "seeds", "bagging" or "cluster"
-    weights: list[float] = field(default_factory=list)  # mean-fusion weights (equal when empty)
     fusion: str = "mean"  # default fusion rule at query time
     data_fingerprint: str = ""  # catalogue the members were trained on
     clusters: str | None = None  # clustering directory, relative, for cluster-trained ensembles

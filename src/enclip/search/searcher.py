@@ -109,8 +109,7 @@ class Searcher:
                                                 ("keyword", self.keywords)) if part is not None)
         self.default_channels = check_channels(self.cfg.channels or self.channels, self.channels)
         self.dim = self.index.dim // self.members
-        weights = np.asarray(self.info.weights or [1.0] * self.members, dtype=np.float32)
-        self.weights = weights / weights.sum()
+        self.weights = np.full(self.members, 1.0 / self.members, dtype=np.float32)  # mean fusion: equal members
         self.default_fusion = fusion.check_rule(self.cfg.fusion or self.info.fusion or "mean")
         self._lock = threading.RLock()
 

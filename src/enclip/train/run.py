@@ -148,7 +148,7 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
         member_seconds.append(None if None in timed else round(sum(timed), 1))
     write_json(out_dir / "ensemble.json", manifest(
         "ensemble", members=[f"members/{i}" for i in range(ens.members)], strategy=ens.strategy,
-        weights=[], fusion=ens.fusion, data_fingerprint=fingerprint,
+        fusion=ens.fusion, data_fingerprint=fingerprint,
         clusters="clusters" if clustering is not None else None,
         train_seconds=round(time.perf_counter() - started, 1), member_train_seconds=member_seconds,
     ))
