@@ -6,6 +6,7 @@ One encoder serves the searcher and the evaluator, so ``enclip eval`` scores exa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -27,10 +28,17 @@ def check_query(text: str | None, image: Any, weight: float) -> None:
 
 
 class QueryEncoder:
-    """Encodes batches of queries with a model's towers: each text and each photo once, then mixed."""
+    """Encodes batches of queries with a model's towers: each text and each photo once, then mixed.
 
-    def __init__(self, model) -> None:
+    A single query runs on ``single_query_threads`` torch threads (default 1). Its matrices are tiny, so a second
+    thread gains little on an idle machine, and on a busy one (or under concurrent requests) waiting threads spin
+    for their share: on this project's 2 cores under load, one text query took 45 ms on one thread and 950 ms on two
+    (docs/RESULTS.md). Batches keep the process's setting.
+    """
+
+    def __init__(self, model, single_query_threads: int = 1) -> None:
         self.model = model
+        self.single_query_threads = single_query_threads
 
     @property
     def members(self) -> int:
@@ -39,7 +47,8 @@ class QueryEncoder:
     def encode_one(self, text: str | None = None, image: Any = None, weight: float = 0.5) -> np.ndarray:
         """(K, d) member query vectors; with both inputs, ``weight`` is the text's share of the score."""
         check_query(text, image, weight)
-        return self.encode([text], [image], [weight])[:, 0]
+        with torch_threads(self.single_query_threads):
+            return self.encode([text], [image], [weight])[:, 0]
 
     def encode(self, texts: Sequence[str | None], images: Sequence[Any], weights: Sequence[float]) -> np.ndarray:
         """(K, B, d) vectors for B queries; query j is ``w_j * text_j + (1 - w_j) * image_j`` when it has both,
@@ -62,6 +71,21 @@ class QueryEncoder:
         for rows, vectors, shares in parts:
             out[:, rows] += vectors * np.asarray(shares, dtype=np.float32)[None, :, None]
         return out
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run torch with ``n`` intra-op threads inside the block (None: leave the setting alone). The setting is
+    process-wide; switching it costs under a microsecond."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _picture(image: Any) -> Image.Image:

@@ -54,6 +54,7 @@ class SearchCfg:
     min_votes_share: float = 0.5  # low-confidence: top hit in fewer members' top-k than this share
     device: str = "cpu"  # where the query encoders run
     query_threads: int = 1  # faiss threads for a one-query search (batches use every core; see _faiss_threads)
+    encoder_threads: int | None = 1  # torch threads encoding one query (None: the process's; see QueryEncoder)
     channels: tuple[str, ...] | None = None  # channels a text query uses by default (None = every one the index has)
     hybrid: HybridCfg = field(default_factory=HybridCfg)  # how channels are fused
 
@@ -99,7 +100,7 @@ class Searcher:
         self.path, self.manifest = index_dir.path, index_dir.manifest
         self.changelog_path = index_dir.changelog_path
         self.model, self.info = load_model(index_dir.model_dir, device=self.cfg.device)
-        self.encoder = QueryEncoder(self.model)
+        self.encoder = QueryEncoder(self.model, self.cfg.encoder_threads)
         self.members = len(self.model)
         self.live = LiveIndex(index_dir, self.members)
         self.catalogue, self.centroids = self.live.catalogue, self.live.centroids
