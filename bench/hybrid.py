@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"channel candidates for {sum(len(q) for s in sets.values() for q in s.values())} queries in "
           f"{time.perf_counter() - started:.0f} s")
     best, best_score, trials = fit(searcher, candidates["val"], sets["val"])
-    equal = HybridCfg(depth=DEPTH)
+    equal = HybridCfg(weights={"image": 1.0, "text": 1.0, "keyword": 1.0}, fusion="rrf", depth=DEPTH)
     print(f"fitted on validation: {best} (objective {best_score:.3f}; equal-weight rrf "
           f"{objective(evaluate(searcher, candidates['val'], sets['val'], equal)):.3f})")
     systems = {"photo-only": "image", "keyword-only": "keyword", "item-text-only": "text",

@@ -360,8 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", help="what a text query is matched against, any of image,text,keyword "
                    "(default: every channel the index has; --channels image searches photos only)")
     p.add_argument("--fusion-weights", help="channel weights in the fused ranking, e.g. image=1,text=1,keyword=0.5")
-    p.add_argument("--channel-fusion", choices=CHANNEL_FUSIONS, help="rrf (weighted reciprocal rank, the default) "
-                   "or sum (weighted sum of min-max normalised scores)")
+    p.add_argument("--channel-fusion", choices=CHANNEL_FUSIONS, help="sum (weighted sum of min-max normalised "
+                   "scores; the default, with weights fitted on validation) or rrf (weighted reciprocal rank)")
     p.add_argument("--queries", help="JSONL file, one {\"text\": ..., \"image\": ...} per line")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)

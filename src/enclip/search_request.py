@@ -37,7 +37,8 @@ class SearchRequest(BaseModel):
         "(BM25); every channel the index has when omitted. A photo-only query always uses image.")
     fusion_weights: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = Field(
         None, description="weight of each channel in the fused ranking, e.g. {\"keyword\": 0.5}")
-    channel_fusion: str | None = Field(None, description="rrf (weighted reciprocal rank, default) or sum")
+    channel_fusion: str | None = Field(None, description="sum (weighted sum of min-max normalised "
+                                          "scores, the default) or rrf (weighted reciprocal rank)")
 
 
 class QueryLine(SearchRequest):

@@ -83,7 +83,7 @@ SEARCH_FORM_SCHEMA = {"type": "object", "properties": {
     "filters": {"type": "string", "description": "JSON object attribute -> value(s)"},
     "channels": {"type": "string", "description": "comma-separated: image,text,keyword (default: all the index has)"},
     "fusion_weights": {"type": "string", "description": "JSON object channel -> weight"},
-    "channel_fusion": {"type": "string", "description": "rrf (default) or sum"}}}
+    "channel_fusion": {"type": "string", "description": "sum (default) or rrf"}}}
 # The search route reads its body itself (JSON or multipart), so its OpenAPI request body is spelled out here.
 SEARCH_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": SearchRequest.model_json_schema()},
