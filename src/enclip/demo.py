@@ -20,7 +20,8 @@ TEXT_QUERIES = ("navy check shirt for men", "red dress for women", "black sports
 def _show(title: str, result) -> None:
     print(f"\n== {title}  ({result.took_ms:.0f} ms{', low confidence' if result.low_confidence else ''})")
     for rank, hit in enumerate(result.hits, 1):
-        print(f"  {rank}. {hit.score:.3f}  {hit.id:>6}  {hit.title}")
+        found = f"  ({hit.explanation})" if len(result.channels) > 1 else ""
+        print(f"  {rank}. {hit.score:.3f}  {hit.id:>6}  {hit.title}{found}")
 
 
 @dataclass

@@ -68,3 +68,16 @@ def test_eval_writes_metrics(cli_run, capsys):
     assert main(["eval", "--index", str(cli_run / "index"), "--tasks", "title2img"]) == 0
     metrics = json.loads((cli_run / "index" / "metrics.json").read_text())
     assert 0 <= metrics["title2img/R@10"]["mean"] <= 1
+
+
+@pytest.mark.slow
+def test_demo_trains_indexes_searches_and_reports_held_out_quality(tmp_path, capsys):
+    """`enclip demo` end to end with the default (offline, pretrained) backbone, on a small synthetic catalogue."""
+    from tests.data.conftest import write_kaggle
+
+    data = write_kaggle(tmp_path / "catalogue", make_items(120, seed=4))
+    assert main(["demo", "--data", str(data), "--out", str(tmp_path / "demo"), "--quick", "--eval-queries", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "== text: 'navy check shirt for men'" in out and "title2img" in out
+    assert "(title #" in out or "(photo #" in out  # text searches run on every channel and say which found a hit
+    assert {"keywords", "text_vectors", "vectors"} <= {p.name for p in (tmp_path / "demo" / "index").iterdir()}
