@@ -50,27 +50,50 @@ class QueryEncoder:
         with torch_threads(self.single_query_threads):
             return self.encode([text], [image], [weight])[:, 0]
 
+    def encode_parts(self, text: str | None = None, image: Any = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """One query's (K, d) text vectors and photo vectors, each None when absent: for callers that need both
+        the mix (the photo channel) and the text alone (the item-text channel)."""
+        check_query(text, image, 0.5)
+        with torch_threads(self.single_query_threads), torch.inference_mode():
+            text_vectors = self.model.encode_texts([str(text)])[:, 0] if text is not None else None
+            image_vectors = self.model.encode_images([_picture(image)])[:, 0] if image is not None else None
+        return text_vectors, image_vectors
+
     def encode(self, texts: Sequence[str | None], images: Sequence[Any], weights: Sequence[float]) -> np.ndarray:
-        """(K, B, d) vectors for B queries; query j is ``w_j * text_j + (1 - w_j) * image_j`` when it has both,
-        else whichever it has. Images may be PIL images, paths or encoded bytes."""
+        """(K, B, d) vectors for B queries, each mixed by :func:`mix`. Images may be PIL images, paths or bytes."""
         text_rows = [j for j, text in enumerate(texts) if text is not None]
         image_rows = [j for j, image in enumerate(images) if image is not None]
-        parts = []
-        with torch.inference_mode():
-            if text_rows:
-                shares = [weights[j] if images[j] is not None else 1.0 for j in text_rows]
-                parts.append((text_rows, self.model.encode_texts([str(texts[j]) for j in text_rows]), shares))
-            if image_rows:
-                pictures = [_picture(images[j]) for j in image_rows]
-                shares = [1.0 - weights[j] if texts[j] is not None else 1.0 for j in image_rows]
-                parts.append((image_rows, self.model.encode_images(pictures), shares))
-        if not parts:
+        if not text_rows and not image_rows:
             raise EnclipError("a query needs text, an image, or both")
-        members, _, dim = parts[0][1].shape
-        out = np.zeros((members, len(texts), dim), dtype=np.float32)
-        for rows, vectors, shares in parts:
-            out[:, rows] += vectors * np.asarray(shares, dtype=np.float32)[None, :, None]
-        return out
+        with torch.inference_mode():
+            text_part = self.model.encode_texts([str(texts[j]) for j in text_rows]) if text_rows else None
+            image_part = self.model.encode_images([_picture(images[j]) for j in image_rows]) if image_rows else None
+        members, _, dim = (text_part if text_part is not None else image_part).shape
+        both = [np.zeros((members, len(texts), dim), np.float32) for _ in range(2)]
+        if text_part is not None:
+            both[0][:, text_rows] = text_part
+        if image_part is not None:
+            both[1][:, image_rows] = image_part
+        has_text = np.array([t is not None for t in texts])
+        has_image = np.array([i is not None for i in images])
+        return mix(both[0], both[1], _shares(has_text, has_image, weights))  # absent parts are zeros with share 0
+
+
+def mix(text_vectors: np.ndarray | None, image_vectors: np.ndarray | None, weight) -> np.ndarray:
+    """The one mixing rule: ``weight * text + (1 - weight) * image`` (either alone when the other is None).
+
+    ``weight`` may broadcast against the vectors, e.g. one text share per query of a batch.
+    """
+    if text_vectors is None or image_vectors is None:
+        return text_vectors if image_vectors is None else image_vectors
+    weight = np.asarray(weight, dtype=np.float32)
+    return (weight * text_vectors + (1.0 - weight) * image_vectors).astype(np.float32)
+
+
+def _shares(has_text: np.ndarray, has_image: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """Each query's text share: its weight when it has both, 1 with text only, 0 with a photo only."""
+    share = np.where(has_text & has_image, np.asarray(weights, dtype=np.float32), np.where(has_text, 1.0, 0.0))
+    return share.astype(np.float32)[None, :, None]
 
 
 @contextmanager

@@ -35,7 +35,7 @@ from enclip.search.channels import (
     explain,
 )
 from enclip.search.filters import FilterIndex
-from enclip.search.query import QueryEncoder, check_query
+from enclip.search.query import QueryEncoder, check_query, mix
 from enclip.search_request import CHANNEL_FUSIONS, MAX_K
 from enclip.store import IndexDir
 from enclip.store.live import LiveIndex
@@ -149,8 +149,7 @@ class Searcher:
         rule = self._check(k, fusion, clusters)
         check_query(text, image, weight)
         channels = self._channels(channels, text)
-        text_query = self.encoder.encode_one(text=text) if text is not None else None
-        image_query = self.encoder.encode_one(image=image) if image is not None else None
+        text_query, image_query = self.encoder.encode_parts(text, image)
         query = mix(text_query, image_query, weight)
         with self._lock, _faiss_threads(self.cfg.query_threads):
             where = self._where(filters, query, clusters)
@@ -266,8 +265,8 @@ class Searcher:
         hybrid fusion ranks (public so that benchmarks can fit channel weights without re-searching)."""
         rule = self._check(10, fusion, None)
         check_query(text, image, weight)
-        text_query = self.encoder.encode_one(text=text)
-        query = mix(text_query, self.encoder.encode_one(image=image) if image is not None else None, weight)
+        text_query, image_query = self.encoder.encode_parts(text, image)
+        query = mix(text_query, image_query, weight)
         with self._lock, _faiss_threads(self.cfg.query_threads):
             return self._candidates(query, text, text_query, rule, self._where(filters, query, None),
                                     self._channels(channels, text), depth or self.cfg.hybrid.depth)
@@ -350,13 +349,6 @@ class Searcher:
         with self._lock:
             self.live.remove(ids)
             self.filters.invalidate()
-
-
-def mix(text_query: np.ndarray | None, image_query: np.ndarray | None, weight: float) -> np.ndarray:
-    """The photo channel's query: ``weight`` of the text's vectors plus the rest of the photo's (either alone)."""
-    if text_query is None or image_query is None:
-        return text_query if image_query is None else image_query
-    return weight * text_query + (1.0 - weight) * image_query
 
 
 def _valid(positions: np.ndarray) -> np.ndarray:
