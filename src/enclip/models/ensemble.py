@@ -26,9 +26,10 @@ from enclip.models.registry import Backbone, BackboneCfg, create_backbone
 
 log = logging.getLogger(__name__)
 
-# Images per image-tower call when encoding many: on 2 CPU cores EfficientNet-Lite0 at 96 px runs 2-4x faster in
-# batches of 32-64 (activations stay in cache) than in batches of 256 (bench/embed_speed.py).
-TRUNK_CHUNK = 48
+# Images per image-tower call when encoding many (bounds activation memory). Smaller chunks measured no faster on
+# one thread and much slower on two threads when other work shares the cores (each call is more OpenMP barriers):
+# `bench/embed_speed.py --chunk 48 --chunk 256`, RESULTS.md.
+TRUNK_CHUNK = 256
 
 
 @dataclass
