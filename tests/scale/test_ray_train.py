@@ -24,7 +24,12 @@ def heads(model_dir) -> list[dict[str, torch.Tensor]]:
 
 def test_two_members_as_ray_tasks_equal_the_local_run(tmp_path, catalogue):
     cfg = tiny_run_cfg(members=2, strategy="bagging", epochs=2, patience=5)
-    local = train_system(catalogue, tmp_path / "local", cfg)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each Ray task does (one CPU a member): bit-equality needs the same summation order
+    try:
+        local = train_system(catalogue, tmp_path / "local", cfg)
+    finally:
+        torch.set_num_threads(before)
     on_ray = train_system(catalogue, tmp_path / "ray", replace(cfg, engine="ray"))
     for want, got in zip(heads(local), heads(on_ray), strict=True):
         assert want.keys() == got.keys()
