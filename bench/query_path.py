@@ -4,15 +4,16 @@
 
 For each index, on distinct validation titles (no query repeats within a pass): p50 of ``Searcher.search`` with
 the photo channel only and with every channel; its split into query encoding and ranking; and p50 of
-``POST /search`` (JSON, keep-alive client) against ``enclip serve``'s app on 127.0.0.1, photo channel and all
-channels, so the HTTP overhead is the difference from the same run. Each figure is the median of ``repeats``
-passes.
+``POST /search`` (JSON, keep-alive client) against ``enclip serve`` running in its own process on 127.0.0.1,
+photo channel and all channels, so the HTTP overhead is the difference from the same run. Each figure is the
+median of ``repeats`` passes.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,17 +36,34 @@ def p50_ms(run, items, repeats: int) -> float:
     return statistics.median(passes)
 
 
-def http_p50(searcher, texts: list[str], channels, repeats: int) -> float:
+def http_p50(index: Path, texts: list[str], channels, repeats: int) -> float:
+    """p50 of POST /search against ``enclip serve`` in its own process (as a shop's front end would call it)."""
     import httpx
 
-    from enclip.serve.app import ServeCfg, create_app
-    from tests.serve.conftest import free_port, running_server
+    from tests.serve.conftest import free_port
 
-    body = {} if channels is None else {"channels": channels}
-    with running_server(create_app(searcher, ServeCfg()), free_port()) as url, httpx.Client(base_url=url) as client:
-        client.post("/search", json={"text": "warm up", **body}).raise_for_status()
-        return p50_ms(lambda t: client.post("/search", json={"text": t, "k": 10, **body}).raise_for_status(),
-                      texts, repeats)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "enclip.cli", "serve", "--index", str(index), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if client.get("/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("enclip serve did not start")
+                time.sleep(0.2)
+            body = {} if channels is None else {"channels": channels}
+            client.post("/search", json={"text": "warm up", **body}).raise_for_status()
+            return p50_ms(lambda t: client.post("/search", json={"text": t, "k": 10, **body}).raise_for_status(),
+                          texts, repeats)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def measure(path: Path, n: int, repeats: int) -> dict:
@@ -59,8 +77,8 @@ def measure(path: Path, n: int, repeats: int) -> dict:
         "rank photo": p50_ms(lambda t: searcher.search_vectors(vectors[t], k=10), texts, repeats),
         "search photo": p50_ms(lambda t: searcher.search(text=t, k=10, channels="image"), texts, repeats),
         "search all": p50_ms(lambda t: searcher.search(text=t, k=10), texts, repeats),
-        "http photo": http_p50(searcher, texts, ["image"], repeats),
-        "http all": http_p50(searcher, texts, None, repeats),
+        "http photo": http_p50(path, texts, ["image"], repeats),
+        "http all": http_p50(path, texts, None, repeats),
     }
 
 
