@@ -59,6 +59,21 @@ def _loopback_only() -> Iterator[None]:
             os.environ[name] = env_before
 
 
+def _start_local(ray, cpus: int, attempts: int = 2) -> None:
+    """A new local cluster ("local": never one that `ray start` left running), tried twice: on a busy machine its
+    GCS server sometimes misses Ray's start-up deadline, and a second start succeeds."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address="local", num_cpus=cpus, _node_ip_address=LOCAL_HOST, include_dashboard=False,
+                     log_to_driver=False)
+            return
+        except Exception as error:  # noqa: BLE001 - retried once, then reported by the caller
+            ray.shutdown()
+            if attempt == attempts:
+                raise
+            log.warning("Ray: the local cluster did not start (%s); trying again", error)
+
+
 @contextmanager
 def ray_session(address: str | None = None, cpus: int | None = None) -> Iterator[object]:
     """A connected Ray session, shut down on exit if this call opened it.
@@ -78,9 +93,7 @@ def ray_session(address: str | None = None, cpus: int | None = None) -> Iterator
                 _use_token_if_any()
                 ray.init(address=address, log_to_driver=False)
             else:
-                # "local": a new cluster, never one that `ray start` left running on this machine
-                ray.init(address="local", num_cpus=cpus or os.cpu_count() or 1, _node_ip_address=LOCAL_HOST,
-                         include_dashboard=False, log_to_driver=False)
+                _start_local(ray, cpus or os.cpu_count() or 1)
         except Exception as error:  # ConnectionError, RuntimeError, ValueError... depending on what is wrong
             raise EnclipError(f"cannot start or reach the Ray cluster {address or '(local)'}: {error}") from error
         stack.callback(ray.shutdown)
