@@ -40,10 +40,6 @@ class QueryEncoder:
         self.model = model
         self.single_query_threads = single_query_threads
 
-    @property
-    def members(self) -> int:
-        return len(self.model)
-
     def encode_one(self, text: str | None = None, image: Any = None, weight: float = 0.5) -> np.ndarray:
         """(K, d) member query vectors; with both inputs, ``weight`` is the text's share of the score."""
         check_query(text, image, weight)

@@ -87,7 +87,8 @@ class KeywordIndex:
         query = self._query(text, where)
         if query is None:
             return np.empty(0, np.int64), np.empty(0, np.float32)
-        return self._run(query, k if where is None or where.mask is None or not where.clusters else 4 * k, where, k)
+        clustered = where is not None and bool(where.clusters)  # clusters are masked after the search: fetch more
+        return self._run(query, 4 * k if clustered else k, where, k)
 
     def score(self, text: str, positions: np.ndarray) -> np.ndarray:
         """BM25 score of ``text`` for each of the distinct ``positions`` (0 where no word matches)."""
