@@ -132,7 +132,7 @@ class Bench:
             out = self.cfg.out / "metrics" / f"{label}-{split}.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
-            self.results[key] = _cached_evaluation(out, lambda: evaluate_index(
+            self.results[key] = cached_evaluation(out, lambda: evaluate_index(
                 index_dir, eval_cfg, out=out, searcher=self.searcher(index_dir, search_cfg)))
             self.seconds["evaluate"] += time.perf_counter() - started
         return self.results[key]
@@ -174,7 +174,7 @@ class RememberedTexts:
         return len(self.model)
 
 
-def _cached_evaluation(out: Path, run) -> dict:
+def cached_evaluation(out: Path, run) -> dict:
     """Metrics and per-query values from a previous run of the benchmark, or from ``run()`` now."""
     per_query = out.with_suffix(".npz")
     if out.exists() and per_query.exists():

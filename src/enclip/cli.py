@@ -68,7 +68,7 @@ def _trainable(value: str) -> int:
 def _train_args(parser: argparse.ArgumentParser) -> None:
     from enclip.models.ensemble import HeadCfg
     from enclip.models.registry import BackboneCfg
-    from enclip.train.run import EnsembleCfg
+    from enclip.train.run import STRATEGIES, EnsembleCfg
     from enclip.train.trainer import TrainCfg
 
     b, t, h, e = BackboneCfg(), TrainCfg(), HeadCfg(), EnsembleCfg()
@@ -78,7 +78,8 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embed-dim", type=int, default=b.embed_dim)
     parser.add_argument("--image-size", type=int, default=b.image_size)
     parser.add_argument("--members", type=int, default=e.members, help="ensemble size K (1 = single model)")
-    parser.add_argument("--strategy", default=e.strategy, choices=["seeds", "bagging", "cluster"])
+    parser.add_argument("--strategy", default=e.strategy, choices=STRATEGIES,
+                        help="what members differ by; snapshot: K learning-rate cycles of one run (see `enclip soup`)")
     parser.add_argument("--mix", type=float, default=e.mix, help="cluster strategy: share of out-of-cluster items")
     parser.add_argument("--fusion", default=e.fusion, choices=FUSION_RULES)
     parser.add_argument("--data-fraction", type=float, default=e.data_fraction)
@@ -95,6 +96,8 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="attribute columns both embeddings learn to classify (auxiliary losses)")
     parser.add_argument("--aux-weight", type=float, default=t.aux_weight,
                         help="weight of the auxiliary attribute losses (0 = off)")
+    parser.add_argument("--batch-clusters", type=int, default=t.batch_clusters,
+                        help="draw each batch within one of N image clusters (hard negatives; 0 = random batches)")
     parser.add_argument("--seed", type=int, default=t.seed)
     parser.add_argument("--device", default=t.device)
     parser.add_argument("--keep-cache", action="store_true", help="keep cached trunk features after training")
@@ -120,7 +123,8 @@ def run_cfg(args):
     train = TrainCfg(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, views=args.views, seed=args.seed,
                      heads=HeadCfg(args.trainable_image, args.trainable_text), device=args.device,
                      captions=CaptionCfg(use_attributes=args.attribute_captions),
-                     aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight)
+                     aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight,
+                     batch_clusters=args.batch_clusters)
     ensemble = EnsembleCfg(members=args.members, strategy=args.strategy, mix=args.mix, fusion=args.fusion,
                            data_fraction=args.data_fraction)
     return RunCfg(backbone=backbone, train=train, ensemble=ensemble, keep_cache=args.keep_cache,
@@ -134,6 +138,14 @@ def cmd_train(args) -> int:
     catalogue, _ = load_data(args, out)
     train_system(catalogue, out, run_cfg(args), resume=args.resume)
     print(f"model written to {out}; next: enclip index --model {out} --out {out}/index")
+    return 0
+
+
+def cmd_soup(args) -> int:
+    from enclip.models.soup import soup
+
+    out = soup(args.model, args.out)
+    print(f"soup of {args.model}'s members written to {out}; next: enclip index --model {out} --out {out}/index")
     return 0
 
 
@@ -319,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("soup", help="average a snapshot ensemble's members into one model (one model's query cost)")
+    p.add_argument("model", help="ensemble directory trained with --strategy snapshot")
+    p.add_argument("--out", required=True, help="model directory to write (must not hold a model yet)")
+    p.set_defaults(func=cmd_soup)
 
     p = sub.add_parser("index", help="embed a catalogue with a trained model and build a search index")
     _data_args(p)

@@ -209,7 +209,7 @@ def _digest(*modules: nn.Module, extra: str = "") -> str:
 @dataclass
 class EnsembleInfo:
     members: list[str]  # member model directories, relative to the ensemble directory
-    strategy: str = "single"  # "single", "seeds", "bagging" or "cluster"
+    strategy: str = "single"  # "single", "seeds", "bagging", "cluster" or "snapshot"
     fusion: str = "mean"  # default fusion rule at query time
     data_fingerprint: str = ""  # catalogue the members were trained on
     clusters: str | None = None  # clustering directory, relative, for cluster-trained ensembles

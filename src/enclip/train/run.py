@@ -4,7 +4,10 @@ Strategies decide what each member trains on:
 - ``seeds``: every member sees the whole train split, with its own seed (data order, degraded views drawn, dropout);
 - ``bagging``: each member sees a bootstrap resample of the train split;
 - ``cluster``: member i sees cluster i's items plus a ``mix`` share drawn from the other clusters, in batches taken
-  within one cluster (hard negatives); pair it with routed fusion.
+  within one cluster (hard negatives); pair it with routed fusion;
+- ``snapshot``: one training run whose learning rate restarts K times; the weights at the end of each cycle are
+  the members (Huang et al. 2017, "Snapshot ensembles: train 1, get M for free"), so K members cost one model's
+  epochs. Its members share one trajectory, so ``enclip soup`` can average them into one model.
 Members train one after another; each finished member is a standalone model directory, so an interrupted run
 loses at most the member in progress (and of that, at most the current epoch).
 """
@@ -15,16 +18,17 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from enclip.artifacts import manifest, read_json, write_json
-from enclip.cluster.kmeans import ClusterCfg, Clustering
+from enclip.cluster.kmeans import ClusterCfg, Clustering, fit_clusters
 from enclip.data.catalogue import Catalogue
 from enclip.data.split import split_indices
+from enclip.embed.space import l2_normalise
 from enclip.embed.trunk_cache import catalogue_image_features
 from enclip.errors import EnclipError
 from enclip.models.device import resolve_device
@@ -32,11 +36,11 @@ from enclip.models.ensemble import Ensemble
 from enclip.models.registry import BackboneCfg, create_backbone
 from enclip.train.features import FeatureCache, cache_features
 from enclip.train.specialists import member_clusters
-from enclip.train.trainer import MemberRun, TrainCfg, title_groups, train_member
+from enclip.train.trainer import MemberRun, TrainCfg, cycle_ends, title_groups, train_member
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("seeds", "bagging", "cluster")
+STRATEGIES = ("seeds", "bagging", "cluster", "snapshot")
 RESUME_MAY_CHANGE = ("train.device", "keep_cache", "cache_dir", "trunk_cache",  # where it runs, not what it learns
                      "engine", "ray_address")
 
@@ -44,7 +48,7 @@ RESUME_MAY_CHANGE = ("train.device", "keep_cache", "cache_dir", "trunk_cache",  
 @dataclass
 class EnsembleCfg:
     members: int = 1  # ensemble size K (1 = a single model)
-    strategy: str = "seeds"  # "seeds", "bagging" or "cluster"
+    strategy: str = "seeds"  # "seeds", "bagging", "cluster" or "snapshot"
     mix: float = 0.3  # cluster strategy: share of a member's items drawn from the other clusters
     fusion: str = "mean"  # default fusion rule stored with the model
     cluster: ClusterCfg = field(default_factory=ClusterCfg)  # clustering of the train images (cluster strategy)
@@ -86,6 +90,9 @@ def subset_rows(n: int, fraction: float, seed: int) -> np.ndarray:
 def member_runs(cfg: EnsembleCfg, rows: np.ndarray, out_dir: Path, seed: int,
                 clustering: Clustering | None) -> list[MemberRun]:
     """What each member trains on (``rows`` of the training cache), by strategy."""
+    if cfg.strategy == "snapshot":  # one trajectory; each learning-rate cycle's end is saved as a member
+        snapshots = tuple(out_dir / "members" / str(i) for i in range(cfg.members))
+        return [MemberRun(rows, seed * 1000, out_dir / "members" / "trajectory", snapshots=snapshots)]
     runs = []
     for i in range(cfg.members):
         member_seed = seed * 1000 + i
@@ -119,6 +126,11 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
         raise EnclipError(f"unknown strategy {ens.strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if ens.members < 1:
         raise EnclipError("--members must be at least 1")
+    if ens.strategy == "snapshot":
+        cycle_ends(cfg.train.epochs, ens.members)  # refuses too few epochs before any caching
+        if cfg.engine == "ray":
+            raise EnclipError("a snapshot ensemble is one training run, which Ray cannot spread; "
+                              "use --engine local, or another --strategy to train members as Ray tasks")
     if not resume and (out_dir / "train_config.json").exists():
         raise EnclipError(f"{out_dir} already holds a run; pass --resume to continue it or choose a new --out")
     if resume and (out_dir / "train_config.json").exists():
@@ -136,16 +148,21 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
     if ens.strategy == "cluster":
         clustering = member_clusters(train_cache.pooled_images()[rows], train_cache.positions[rows], catalogue,
                                      out_dir / "clusters", ens.members, ens.cluster)
+    runs = member_runs(ens, rows, out_dir, cfg.train.seed, clustering)
+    if cfg.train.batch_clusters and ens.strategy != "cluster":  # the cluster strategy batches within clusters already
+        within = _batch_groups(train_cache, rows, out_dir / "batch-clusters", cfg)
+        runs = [replace(run, groups_of_rows=within) for run in runs]
     groups = title_groups([catalogue.titles[p] for p in train_cache.positions])
     fingerprint = catalogue.fingerprint()
     info = {"data_fingerprint": fingerprint, "train_items": int(len(rows))}
     member_seconds = []  # each member's epochs and validations, summed over resumed runs (None: not all timed)
-    runs = member_runs(ens, rows, out_dir, cfg.train.seed, clustering)
     infos = [{**info, "member": i, "strategy": ens.strategy, "member_items": int(len(run.rows))}
              for i, run in enumerate(runs)]
     for state in _train_members(ensemble, runs, infos, train_cache, groups, val_cache, cfg, resume, out_dir):
         timed = [entry.get("seconds") for entry in state["history"]]
         member_seconds.append(None if None in timed else round(sum(timed), 1))
+    for i, directory in enumerate(runs[0].snapshots):
+        ensemble.load_member(i, directory)
     write_json(out_dir / "ensemble.json", manifest(
         "ensemble", members=[f"members/{i}" for i in range(ens.members)], strategy=ens.strategy,
         fusion=ens.fusion, data_fingerprint=fingerprint,
@@ -155,6 +172,21 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
     if not cfg.cache_dir and not cfg.keep_cache:
         shutil.rmtree(cache_dir, ignore_errors=True)
     return out_dir
+
+
+def _batch_groups(train_cache: FeatureCache, rows: np.ndarray, directory: Path, cfg: RunCfg) -> np.ndarray:
+    """Cluster id per training-cache row (-1 outside ``rows``) for hard-negative batches: spherical k-means on the
+    pooled trunk features of the train images, fitted once and reused on resume."""
+    if (directory / "clusters.json").exists():
+        clustering = Clustering.load(directory)
+    else:
+        clustering = fit_clusters(l2_normalise(train_cache.pooled_images()[rows]),
+                                  replace(cfg.ensemble.cluster, k=cfg.train.batch_clusters, seed=cfg.train.seed))
+        clustering.save(directory)
+        log.info("hard-negative batches within %d clusters of sizes %s", clustering.k, clustering.sizes.tolist())
+    groups = np.full(len(train_cache), -1, dtype=np.int64)
+    groups[rows] = clustering.assignments
+    return groups
 
 
 def _check_same_settings(out_dir: Path, cfg: RunCfg) -> None:

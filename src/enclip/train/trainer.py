@@ -8,6 +8,7 @@ any point resumes from the last finished epoch and ends with the same weights as
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import time
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from enclip.artifacts import atomic_file
 from enclip.data.captions import CaptionCfg
 from enclip.data.degrade import AugmentCfg
+from enclip.errors import EnclipError
 from enclip.eval.evaluator import RetrievalEvaluator
 from enclip.models.ensemble import Ensemble, HeadCfg
 from enclip.train.features import FeatureCache
@@ -46,6 +48,9 @@ class TrainCfg:
     val_items: int = 2000  # validation items scored each epoch (seeded sample; 0 = all)
     val_distractors: int = 20000  # training images added to the validation gallery (0 = validation images only)
     seed: int = 0  # seeds data order, views, dropout
+    # batches drawn within one of this many k-means clusters of the train images, so the negatives an item meets
+    # look alike (hard negatives; a reading of the paper's clustering that serves every member); 0 = random batches
+    batch_clusters: int = 0
     # attribute columns both embeddings learn to classify (columns the catalogue lacks are skipped)
     aux_columns: tuple[str, ...] = ("gender", "articleType", "baseColour", "usage", "season")
     aux_weight: float = 0.5  # weight of those auxiliary classification losses beside the contrastive loss (0 = off)
@@ -142,13 +147,26 @@ def _param_groups(member: torch.nn.Module, cfg: TrainCfg) -> list[dict]:
     ]
 
 
-def _schedule(total_steps: int, warmup: float):
-    warm = max(1, int(total_steps * warmup))
+def cycle_ends(epochs: int, cycles: int) -> list[int]:
+    """The epoch after which each learning-rate cycle ends: ``cycles`` cycles as even as whole epochs allow."""
+    if not 1 <= cycles <= epochs:
+        raise EnclipError(f"{cycles} learning-rate cycles need at least as many epochs (got --epochs {epochs}); "
+                          "a snapshot ensemble of K members needs --epochs K or more")
+    return [round(epochs * (cycle + 1) / cycles) for cycle in range(cycles)]
+
+
+def _schedule(steps_per_epoch: int, epochs: int, warmup: float, cycles: int = 1):
+    """Learning-rate factor per step: linear warm-up, then cosine decay to zero, restarted at the top ``cycles``
+    times (cosine annealing with warm restarts, Loshchilov & Hutter 2017; the warm-up is in the first cycle only)."""
+    bounds = [0] + [end * steps_per_epoch for end in cycle_ends(epochs, cycles)]
+    warm = max(1, int(bounds[1] * warmup))
 
     def factor(step: int) -> float:
-        if step < warm:
+        cycle = min(bisect.bisect_right(bounds, step) - 1, cycles - 1)
+        if cycle == 0 and step < warm:
             return (step + 1) / warm
-        progress = (step - warm) / max(1, total_steps - warm)
+        begin = warm if cycle == 0 else bounds[cycle]
+        progress = (step - begin) / max(1, bounds[cycle + 1] - begin)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
@@ -160,8 +178,16 @@ class MemberRun:
 
     rows: np.ndarray  # rows of the training FeatureCache this member sees
     seed: int  # member seed (data order, views, dropout)
-    out_dir: Path  # member model directory
+    out_dir: Path  # member model directory (and its training checkpoint)
     groups_of_rows: np.ndarray | None = None  # optional cluster id per row: batches drawn within one group
+    # snapshot ensembles: one model directory per learning-rate cycle, where the weights at the cycle's end are
+    # saved (one trajectory, K members); empty: one cycle, and the best epoch is saved to ``out_dir``
+    snapshots: tuple[Path, ...] = ()
+
+    @property
+    def model_dirs(self) -> tuple[Path, ...]:
+        """Where this run's trained weights are saved (the last one is what the member holds afterwards)."""
+        return self.snapshots or (self.out_dir,)
 
 
 def _epoch_batches(run: MemberRun, epoch: int, batch_size: int, lengths: np.ndarray | None = None) -> list[np.ndarray]:
@@ -206,9 +232,13 @@ def train_member(
     if aux is not None:
         groups_of_params.append({"params": list(aux.parameters()), "lr": cfg.lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups_of_params)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps_per_epoch * cfg.epochs, cfg.warmup))
+    cycles = max(1, len(run.snapshots))
+    snapshot_epochs = cycle_ends(cfg.epochs, cycles) if run.snapshots else []
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps_per_epoch, cfg.epochs, cfg.warmup,
+                                                                       cycles))
     state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": [], "done": False}
     checkpoint = run.out_dir / "checkpoint.pt"
+    run.out_dir.mkdir(parents=True, exist_ok=True)
     if resume and checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
         heads.load_state_dict(saved["member"])
@@ -219,7 +249,7 @@ def train_member(
         state = saved["state"]
         log.info("member %d: resuming after epoch %d", member, state["epoch"])
     if state["done"]:
-        ensemble.load_member(member, run.out_dir)
+        ensemble.load_member(member, run.model_dirs[-1])
         return state
     group_tensor = torch.from_numpy(groups)
     val_rows = _val_sample(val, cfg)
@@ -233,15 +263,23 @@ def train_member(
         seconds = round(time.perf_counter() - started, 2)  # the epoch and its validation
         state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall, "seconds": seconds})
         state["epoch"] = epoch + 1
-        if recall > state["best"]:
-            state["best"], state["bad_epochs"] = recall, 0
-            ensemble.save_member(member, run.out_dir, **(info or {}), best_val_recall_at_10=recall, epoch=epoch + 1)
+        if run.snapshots:  # every cycle's end is a member, whatever its score: no best epoch, no early stop
+            if epoch + 1 in snapshot_epochs:
+                cycle = snapshot_epochs.index(epoch + 1)
+                ensemble.save_member(member, run.snapshots[cycle], **{**(info or {}), "member": cycle},
+                                     val_recall_at_10=recall, epoch=epoch + 1)
+            state["done"] = state["epoch"] >= cfg.epochs
         else:
-            state["bad_epochs"] += 1
-        state["done"] = state["bad_epochs"] >= cfg.patience or state["epoch"] >= cfg.epochs
+            if recall > state["best"]:
+                state["best"], state["bad_epochs"] = recall, 0
+                ensemble.save_member(member, run.out_dir, **(info or {}), best_val_recall_at_10=recall,
+                                     epoch=epoch + 1)
+            else:
+                state["bad_epochs"] += 1
+            state["done"] = state["bad_epochs"] >= cfg.patience or state["epoch"] >= cfg.epochs
         log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", member, epoch + 1, loss, recall)
         _save_checkpoint(checkpoint, heads, optimizer, scheduler, state, aux)
-    ensemble.load_member(member, run.out_dir)
+    ensemble.load_member(member, run.model_dirs[-1])
     return state
 
 

@@ -1,0 +1,120 @@
+"""Single model against ENCLIP ensemble variants at equal training wall-clock, scored on test with paired intervals.
+
+Every system trains the same heads for the same number of epochs in total (one member's epoch costs what a single
+model's does, as they share the trunk cache), so equal epochs is equal training time; the measured seconds are
+printed beside each system to check it. Variants:
+
+- ``single``: one model, E epochs (the best validation epoch is kept);
+- ``seeds``: K members of E/K epochs each, different seeds and projections;
+- ``snapshot``: one run of E epochs in K learning-rate cycles, each cycle's end a member;
+- ``soup``: the snapshot members' weights averaged into one model (one model's query cost).
+
+Each is indexed over the whole catalogue (photo channel) and scored on every test title (``title2img``) and on
+degraded test photos plus their titles (``both2img`` at severity 3); differences against ``single`` come with 95%
+paired bootstrap intervals. Query p50 is timed in this process (alternating systems, 3 passes over 200 validation
+titles). Finished trainings, indexes and evaluations are reused, so an interrupted run resumes.
+
+    python bench/equal_budget.py --out bench/out/equal --trunk-cache runs/trunk-cache --epochs 6 --members 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.quality import cached_evaluation, compare  # noqa: E402
+from bench.recipes import DATA, run_recipe  # noqa: E402
+from enclip.data.catalogue import load_catalogue  # noqa: E402
+from enclip.data.split import split_indices  # noqa: E402
+from enclip.eval.evaluate import EvalCfg, evaluate_index  # noqa: E402
+from enclip.indexing import IndexBuildCfg, build_index  # noqa: E402
+from enclip.models.soup import soup  # noqa: E402
+from enclip.search import load_searcher  # noqa: E402
+
+KEYS = ("title2img/R@10", "both2img/R@10")
+
+
+def systems(epochs: int, members: int, flags: str) -> dict[str, str]:
+    """Name -> `enclip train` flags, every one E epochs of training in total."""
+    if epochs % members:
+        raise SystemExit(f"--epochs {epochs} must be a multiple of --members {members} for equal budgets")
+    return {"single": f"{flags} --epochs {epochs}",
+            "seeds": f"{flags} --epochs {epochs // members} --members {members} --strategy seeds",
+            "snapshot": f"{flags} --epochs {epochs} --members {members} --strategy snapshot"}
+
+
+def query_p50(indexes: dict[str, Path], titles: list[str], passes: int = 3) -> dict[str, float]:
+    """Median ms per text search of each index, systems alternating within each pass."""
+    searchers = {name: load_searcher(path) for name, path in indexes.items()}
+    times: dict[str, list[float]] = {name: [] for name in searchers}
+    for _ in range(passes):
+        for title in titles:
+            for name, searcher in searchers.items():
+                started = time.perf_counter()
+                searcher.search(text=title, k=10)
+                times[name].append((time.perf_counter() - started) * 1000)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--out", default="bench/out/equal")
+    parser.add_argument("--trunk-cache", default="bench/out/trunk-cache", help="catalogue-wide clean trunk cache")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs every system gets in total")
+    parser.add_argument("--members", type=int, default=3)
+    parser.add_argument("--flags", default="", help="further `enclip train` flags every system shares")
+    parser.add_argument("--max-queries", type=int, help="test titles (default: all)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    catalogue = load_catalogue(args.data)[0]
+    models = {}
+    for name, flags in systems(args.epochs, args.members, args.flags).items():
+        if name not in results:
+            results[name] = run_recipe(catalogue, name, flags.split(), out, args.trunk_cache)
+            results_path.write_text(json.dumps(results, indent=1))
+        models[name] = out / "runs" / name
+    models["soup"] = out / "runs" / "soup"
+    if not (models["soup"] / "model.json").exists():
+        soup(models["snapshot"], models["soup"])
+    results.setdefault("soup", {"epochs_seconds": results["snapshot"]["epochs_seconds"], "flags": "enclip soup"})
+    cfg = EvalCfg(tasks=("title2img", "both2img"), max_queries=args.max_queries, severities=(3,), both_severity=3)
+    metrics, indexes = {}, {}
+    for name, model in models.items():
+        indexes[name] = out / "index" / name
+        if not (indexes[name] / "index.json").exists():
+            build_index(model, catalogue, indexes[name], IndexBuildCfg(trunk_cache=args.trunk_cache,
+                                                                         channels=("image",)))
+        path = indexes[name] / "test-metrics.json"
+        metrics[name] = cached_evaluation(path, lambda: evaluate_index(indexes[name], cfg, out=path))
+    titles = [catalogue.titles[p] for p in split_indices(catalogue.ids)["val"][:200]]
+    p50 = query_p50(indexes, titles)
+    lines = ["| system | training s (epochs + validation) | " + " | ".join(f"{k} [95%] | vs single [95% paired]" for k in KEYS)
+             + " | query p50 ms |", "|---|---|" + "---|---|" * len(KEYS) + "---|"]
+    for name in models:
+        cells = []
+        for key in KEYS:
+            m = metrics[name][key]
+            d = compare(metrics[name], metrics["single"], key)
+            cells += [f"{m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]",
+                      "–" if name == "single" else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"]
+        lines.append(f"| {name} | {results[name]['epochs_seconds']:.0f} | " + " | ".join(cells) + f" | {p50[name]:.1f} |")
+    print("\n".join(lines))
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

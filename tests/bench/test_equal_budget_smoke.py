@@ -1,0 +1,34 @@
+"""bench/equal_budget.py end to end on a tiny model: every variant trains for the same epochs in total, the soup is
+one model, every system is scored on test against the single model, and a rerun reuses what is finished."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import equal_budget
+from tests.core.test_cli import TINY_FLAGS
+from tests.data.conftest import make_items, write_hf_parquet
+
+pytestmark = pytest.mark.slow  # trains three systems and scores four
+
+TINY = " ".join(flag for flag in TINY_FLAGS[:-4])  # backbone and sizes; epochs and batch come from the bench
+
+
+def test_equal_budget_trains_scores_and_resumes(tmp_path, capsys):
+    data = write_hf_parquet(tmp_path / "data", make_items(90, seed=5))
+    args = ["--data", str(data), "--out", str(tmp_path / "out"), "--trunk-cache", str(tmp_path / "trunk"),
+            "--epochs", "2", "--members", "2", f"--flags={TINY} --batch-size 16"]
+    assert equal_budget.main(args) == 0
+    table = capsys.readouterr().out
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| system")]
+    assert [row.split(" | ")[0].strip("| ") for row in rows] == ["single", "seeds", "snapshot", "soup"]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [len(results[name]["val_R@10"]) for name in ("single", "seeds", "snapshot")] == [2, 1, 2]
+    assert json.loads((tmp_path / "out" / "runs" / "soup" / "model.json").read_text())["soup_of"]
+    assert "+" in rows[1] or "-" in rows[1]  # a paired difference against the single model
+    with pytest.raises(SystemExit, match="multiple"):
+        equal_budget.main([*args[:6], "--epochs", "3", "--members", "2"])
+    assert equal_budget.main(args) == 0  # everything reused
+    assert capsys.readouterr().out.count("| soup |") == 1
