@@ -170,3 +170,41 @@ def test_members_draw_their_own_projections_and_share_pretrained_blocks():
                 assert not torch.equal(tensor, other[name]), name
             else:
                 torch.testing.assert_close(tensor, other[name])
+
+
+@torch.no_grad()
+def test_folded_trunk_computes_what_the_trunk_does_without_its_batch_norms(tiny):
+    import copy
+
+    from enclip.models.towers import fold_batch_norms
+
+    trunk = copy.deepcopy(tiny.split_image(1).trunk).eval()
+    generator = torch.Generator().manual_seed(0)
+    for module in trunk.modules():  # statistics and affine maps like a pretrained net's, not the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            for tensor, low, high in ((module.running_mean, -1, 1), (module.running_var, 0.5, 2),
+                                      (module.weight, 0.5, 1.5), (module.bias, -0.5, 0.5)):
+                tensor.copy_(low + (high - low) * torch.rand(tensor.shape, generator=generator))
+    pixels = torch.stack([tiny.preprocess(image) for image in photos()])
+    folded = fold_batch_norms(trunk, pixels[:1])
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in trunk.modules()) > 0, "the loaded trunk is left as is"
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(folded(pixels), trunk(pixels), atol=1e-4, rtol=1e-4)
+
+
+def test_a_norm_not_fed_by_a_convolution_is_not_folded():
+    from enclip.models.towers import fold_batch_norms
+
+    trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.BatchNorm2d(4)).eval()
+    assert fold_batch_norms(trunk, torch.zeros(1, 3, 8, 8)) is trunk
+
+
+def test_the_ensemble_runs_a_folded_trunk_but_keeps_the_loaded_weights_fingerprint(tiny):
+    ensemble = Ensemble(tiny_backbone(), HeadCfg())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in ensemble.image_trunk.modules())
+    loaded = tiny_backbone().split_image(1).trunk.eval()
+    pixels = ensemble.pixels(photos())
+    torch.testing.assert_close(ensemble.image_trunk_outputs(pixels), loaded(pixels), atol=1e-4, rtol=1e-4)
+    from enclip.models.ensemble import _digest
+
+    assert ensemble.trunk_fingerprint() == _digest(loaded, ensemble.text_trunk)  # saved models stay loadable

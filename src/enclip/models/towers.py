@@ -219,3 +219,44 @@ def split_generic(model: nn.Module, method: str, trainable: int, dim: int) -> To
 def clone_head(head: nn.Module) -> nn.Module:
     """An independent copy of a head (ensemble members start from the same pretrained weights)."""
     return copy.deepcopy(head)
+
+
+def fold_batch_norms(trunk: nn.Module, probe: torch.Tensor) -> nn.Module:
+    """An inference copy of a frozen trunk with each batch norm folded into the convolution that feeds it.
+
+    A frozen trunk's batch norms are fixed affine maps, so each can be merged into its convolution's weights and bias
+    (``torch.nn.utils.fusion.fuse_conv_bn_eval``); what follows the norm (timm's ``BatchNormAct2d`` activation)
+    stays. On the EfficientNet trunk, batch norm took as long as the convolutions themselves on the CPU, and folding
+    makes the trunk about 1.7x faster. Pairs are found by running ``probe`` once: a norm folds when its input is
+    exactly the output of the convolution that ran just before it. Outputs equal the original's up to float
+    rounding, a kernel-level difference like another thread count, so cache keys and fingerprints (taken from the
+    weights as loaded) stay valid. A trunk without such pairs (a ViT, the identity) is returned as it is.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    calls: list[tuple[nn.Module, torch.Tensor]] = []
+    hooks = [module.register_forward_hook(lambda m, i, o: calls.append((m, o))) if isinstance(module, nn.Conv2d)
+             else module.register_forward_pre_hook(lambda m, i: calls.append((m, i[0])))
+             for module in trunk.modules() if isinstance(module, (nn.Conv2d, nn.BatchNorm2d))]
+    try:
+        with torch.no_grad():
+            trunk(probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    pairs = [(conv, norm) for (conv, out), (norm, given) in zip(calls, calls[1:])
+             if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and given is out]
+    if not pairs:
+        return trunk
+    names = {module: name for name, module in trunk.named_modules()}
+    folded = copy.deepcopy(trunk).eval()
+    for conv, norm in pairs:
+        _replace(folded, names[conv], fuse_conv_bn_eval(folded.get_submodule(names[conv]), norm))
+        after = [getattr(norm, part) for part in ("drop", "act") if isinstance(getattr(norm, part, None), nn.Module)]
+        _replace(folded, names[norm], nn.Sequential(*after) if after else nn.Identity())
+    return folded.requires_grad_(False)
+
+
+def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attribute = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attribute, module)
