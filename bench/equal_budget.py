@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.quality import cached_evaluation, compare  # noqa: E402
-from bench.recipes import DATA, run_recipe  # noqa: E402
+from bench.recipes import DATA, open_results, run_recipe  # noqa: E402
 from enclip.data.catalogue import load_catalogue  # noqa: E402
 from enclip.data.split import split_indices  # noqa: E402
 from enclip.eval.evaluate import EvalCfg, evaluate_index  # noqa: E402
@@ -74,11 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("--flags", default="", help="further `enclip train` flags every system shares")
     parser.add_argument("--max-queries", type=int, help="test titles (default: all)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    out, results_path, results = open_results(args.out)
     catalogue = load_catalogue(args.data)[0]
     models = {}
     for name, flags in systems(args.epochs, args.members, args.flags).items():
@@ -98,11 +94,12 @@ def main(argv=None) -> int:
             build_index(model, catalogue, indexes[name], IndexBuildCfg(trunk_cache=args.trunk_cache,
                                                                          channels=("image",)))
         path = indexes[name] / "test-metrics.json"
-        metrics[name] = cached_evaluation(path, lambda: evaluate_index(indexes[name], cfg, out=path))
+        metrics[name] = cached_evaluation(path, partial(evaluate_index, indexes[name], cfg, out=path))
     titles = [catalogue.titles[p] for p in split_indices(catalogue.ids)["val"][:200]]
     p50 = query_p50(indexes, titles)
-    lines = ["| system | training s (epochs + validation) | " + " | ".join(f"{k} [95%] | vs single [95% paired]" for k in KEYS)
-             + " | query p50 ms |", "|---|---|" + "---|---|" * len(KEYS) + "---|"]
+    header = " | ".join(f"{key} [95%] | vs single [95% paired]" for key in KEYS)
+    lines = [f"| system | training s (epochs + validation) | {header} | query p50 ms |",
+             "|---|---|" + "---|---|" * len(KEYS) + "---|"]
     for name in models:
         cells = []
         for key in KEYS:
@@ -110,7 +107,8 @@ def main(argv=None) -> int:
             d = compare(metrics[name], metrics["single"], key)
             cells += [f"{m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]",
                       "–" if name == "single" else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"]
-        lines.append(f"| {name} | {results[name]['epochs_seconds']:.0f} | " + " | ".join(cells) + f" | {p50[name]:.1f} |")
+        seconds = results[name]["epochs_seconds"]
+        lines.append(f"| {name} | {seconds:.0f} | " + " | ".join(cells) + f" | {p50[name]:.1f} |")
     print("\n".join(lines))
     (out / "table.md").write_text("\n".join(lines) + "\n")
     return 0

@@ -81,6 +81,15 @@ def _share_image_views(root: Path, heads: str) -> None:
                     link.symlink_to(view.resolve(), target_is_directory=True)
 
 
+def open_results(folder: str) -> tuple[Path, Path, dict]:
+    """The output folder, its ``results.json`` and what earlier runs recorded there (finished recipes are reused)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    return out, results_path, json.loads(results_path.read_text()) if results_path.exists() else {}
+
+
 def table(results: dict) -> str:
     lines = ["| recipe | flags | val R@10 per epoch | best (epoch) | s per epoch (median) "
              "| val attrs2img P@10 / nDCG@10 |", "|---|---|---|---|---|---|"]
@@ -102,11 +111,7 @@ def main(argv=None) -> int:
     parser.add_argument("--recipe", action="append", required=True, help="NAME=FLAGS (enclip train flags)")
     parser.add_argument("--eval-val", action="store_true", help="also score attrs2img on validation items")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    out, results_path, results = open_results(args.out)
     catalogue = load_catalogue(args.data)[0]
     for spec in args.recipe:
         name, _, flags = spec.partition("=")

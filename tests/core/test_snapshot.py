@@ -103,7 +103,8 @@ def test_average_states_keeps_integer_buffers():
     a = {"w": torch.tensor([1.0, 3.0]), "n": torch.tensor(4)}
     b = {"w": torch.tensor([3.0, 5.0]), "n": torch.tensor(9)}
     mean = average_states([a, b])
-    assert torch.equal(mean["w"], torch.tensor([2.0, 4.0])) and mean["n"].item() == 4 and mean["n"].dtype == a["n"].dtype
+    assert torch.equal(mean["w"], torch.tensor([2.0, 4.0]))
+    assert mean["n"].item() == 4 and mean["n"].dtype == a["n"].dtype
 
 
 def test_batch_clusters_draw_every_batch_within_one_cluster(tmp_path, catalogue, monkeypatch):
