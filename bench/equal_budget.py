@@ -9,10 +9,14 @@ printed beside each system to check it. Variants:
 - ``snapshot``: one run of E epochs in K learning-rate cycles, each cycle's end a member;
 - ``soup``: the snapshot members' weights averaged into one model (one model's query cost).
 
-Each is indexed over the whole catalogue (photo channel) and scored on every test title (``title2img``) and on
-degraded test photos plus their titles (``both2img`` at severity 3); differences against ``single`` come with 95%
-paired bootstrap intervals. Query p50 is timed in this process (alternating systems, 3 passes over 200 validation
-titles). Finished trainings, indexes and evaluations are reused, so an interrupted run resumes.
+Each is indexed over the whole catalogue (photo channel) and scored on every test title (``title2img``), on
+degraded test photos plus their titles (``both2img`` at severity 3) and, with ``--lq``, on degraded photos alone
+(``img2img_lq`` at severities 1, 3 and 5); differences against ``single`` come with 95% paired bootstrap intervals.
+``--flags "--data-fraction 0.05"`` with another ``--out`` (and ``--feature-cache`` of the full run, whose trunk
+outputs it reuses) makes a limited-data point.
+
+Query p50 is timed in this process (alternating systems, 3 passes over 200 validation titles). Finished trainings,
+indexes and evaluations are reused, so an interrupted run resumes.
 
     python bench/equal_budget.py --out bench/out/equal --trunk-cache runs/trunk-cache --epochs 6 --members 3
 """
@@ -34,12 +38,13 @@ from bench.quality import cached_evaluation, compare  # noqa: E402
 from bench.recipes import DATA, open_results, run_recipe  # noqa: E402
 from enclip.data.catalogue import load_catalogue  # noqa: E402
 from enclip.data.split import split_indices  # noqa: E402
-from enclip.eval.evaluate import EvalCfg, evaluate_index  # noqa: E402
+from enclip.eval.evaluate import EvalCfg, evaluate_index, summarise  # noqa: E402
 from enclip.indexing import IndexBuildCfg, build_index  # noqa: E402
 from enclip.models.soup import soup  # noqa: E402
 from enclip.search import load_searcher  # noqa: E402
 
 KEYS = ("title2img/R@10", "both2img/R@10")
+LQ_KEYS = tuple(f"img2img_lq/{severity}/R@10" for severity in (1, 3, 5))  # pooled over degradations
 
 
 def systems(epochs: int, members: int, flags: str) -> dict[str, str]:
@@ -49,6 +54,17 @@ def systems(epochs: int, members: int, flags: str) -> dict[str, str]:
     return {"single": f"{flags} --epochs {epochs}",
             "seeds": f"{flags} --epochs {epochs // members} --members {members} --strategy seeds",
             "snapshot": f"{flags} --epochs {epochs} --members {members} --strategy snapshot"}
+
+
+LQ = EvalCfg(tasks=("img2img_lq",), severities=(1, 3, 5))
+
+
+def with_pooled_lq(metrics: dict, lq: dict) -> dict:
+    """``metrics`` plus ``img2img_lq/<severity>/R@10``: every degradation's photos at that severity, pooled."""
+    pooled = {key: np.concatenate([np.asarray(lq["per_query"][f"img2img_lq/{name}/{key.split('/')[1]}/R@10"])
+                                   for name in LQ.degradations]) for key in LQ_KEYS}
+    return {**metrics, **summarise(pooled, LQ.n_resamples, LQ.seed),
+            "per_query": {**metrics["per_query"], **pooled}}
 
 
 def query_p50(indexes: dict[str, Path], titles: list[str], passes: int = 3) -> dict[str, float]:
@@ -73,13 +89,16 @@ def main(argv=None) -> int:
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--flags", default="", help="further `enclip train` flags every system shares")
     parser.add_argument("--max-queries", type=int, help="test titles (default: all)")
+    parser.add_argument("--feature-cache", type=Path, help="trunk-feature caches to share (default: OUT/feature-cache)")
+    parser.add_argument("--lq", action="store_true", help="also score degraded photos alone (img2img_lq, severities "
+                        "1, 3, 5)")
     args = parser.parse_args(argv)
     out, results_path, results = open_results(args.out)
     catalogue = load_catalogue(args.data)[0]
     models = {}
     for name, flags in systems(args.epochs, args.members, args.flags).items():
         if name not in results:
-            results[name] = run_recipe(catalogue, name, flags.split(), out, args.trunk_cache)
+            results[name] = run_recipe(catalogue, name, flags.split(), out, args.trunk_cache, args.feature_cache)
             results_path.write_text(json.dumps(results, indent=1))
         models[name] = out / "runs" / name
     models["soup"] = out / "runs" / "soup"
@@ -95,14 +114,19 @@ def main(argv=None) -> int:
                                                                          channels=("image",)))
         path = indexes[name] / "test-metrics.json"
         metrics[name] = cached_evaluation(path, partial(evaluate_index, indexes[name], cfg, out=path))
+        if args.lq:
+            path = indexes[name] / "lq-metrics.json"
+            metrics[name] = with_pooled_lq(metrics[name], cached_evaluation(
+                path, partial(evaluate_index, indexes[name], LQ, out=path)))
     titles = [catalogue.titles[p] for p in split_indices(catalogue.ids)["val"][:200]]
     p50 = query_p50(indexes, titles)
-    header = " | ".join(f"{key} [95%] | vs single [95% paired]" for key in KEYS)
+    keys = KEYS + (LQ_KEYS if args.lq else ())
+    header = " | ".join(f"{key} [95%] | vs single [95% paired]" for key in keys)
     lines = [f"| system | training s (epochs + validation) | {header} | query p50 ms |",
-             "|---|---|" + "---|---|" * len(KEYS) + "---|"]
+             "|---|---|" + "---|---|" * len(keys) + "---|"]
     for name in models:
         cells = []
-        for key in KEYS:
+        for key in keys:
             m = metrics[name][key]
             d = compare(metrics[name], metrics["single"], key)
             cells += [f"{m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]",

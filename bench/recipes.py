@@ -26,15 +26,18 @@ from enclip.train.run import train_system
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small"
 
 
-def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: str) -> dict:
-    """Train one recipe (or reuse its finished run) and return its validation history."""
+def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: str,
+               feature_cache: Path | None = None) -> dict:
+    """Train one recipe (or reuse its finished run) and return its validation history. Feature caches live under
+    ``feature_cache`` (default ``out/feature-cache``), one per cut, shared by the recipes that use it."""
     model_dir = out / "runs" / name
     args = build_parser().parse_args(["train", "--out", str(model_dir), "--trunk-cache", trunk_cache,
                                       *flags])
     cfg = run_cfg(args)
     heads = f"img{cfg.train.heads.trainable_image}-txt{cfg.train.heads.trainable_text}-views{cfg.train.views}"
-    cfg.cache_dir = str(out / "feature-cache" / heads)  # recipes with the same cut share their trunk outputs
-    _share_image_views(out / "feature-cache", heads)
+    feature_cache = feature_cache or out / "feature-cache"
+    cfg.cache_dir = str(feature_cache / heads)  # recipes with the same cut share their trunk outputs
+    _share_image_views(feature_cache, heads)
     started = time.perf_counter()
     train_system(catalogue, model_dir, cfg, resume=True)
     import torch

@@ -19,9 +19,10 @@ TINY = " ".join(flag for flag in TINY_FLAGS[:-4])  # backbone and sizes; epochs 
 def test_equal_budget_trains_scores_and_resumes(tmp_path, capsys):
     data = write_hf_parquet(tmp_path / "data", make_items(90, seed=5))
     args = ["--data", str(data), "--out", str(tmp_path / "out"), "--trunk-cache", str(tmp_path / "trunk"),
-            "--epochs", "2", "--members", "2", f"--flags={TINY} --batch-size 16"]
+            "--epochs", "2", "--members", "2", f"--flags={TINY} --batch-size 16", "--lq"]
     assert equal_budget.main(args) == 0
     table = capsys.readouterr().out
+    assert "img2img_lq/5/R@10" in table  # --lq adds the degraded-photo study, pooled per severity
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| system")]
     assert [row.split(" | ")[0].strip("| ") for row in rows] == ["single", "seeds", "snapshot", "soup"]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
