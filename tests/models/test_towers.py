@@ -200,7 +200,7 @@ def test_a_norm_not_fed_by_a_convolution_is_not_folded():
 
 
 def test_the_ensemble_runs_a_folded_trunk_but_keeps_the_loaded_weights_fingerprint(tiny):
-    ensemble = Ensemble(tiny_backbone(), HeadCfg())
+    ensemble = Ensemble(tiny_backbone(), HeadCfg(trainable_image=1, trainable_text=1))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in ensemble.image_trunk.modules())
     loaded = tiny_backbone().split_image(1).trunk.eval()
     pixels = ensemble.pixels(photos())
