@@ -113,6 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--trunk-cache", default="bench/out/trunk-cache", help="catalogue-wide clean trunk cache")
     parser.add_argument("--recipe", action="append", required=True, help="NAME=FLAGS (enclip train flags)")
     parser.add_argument("--eval-val", action="store_true", help="also score attrs2img on validation items")
+    parser.add_argument("--feature-cache", type=Path, help="trunk-feature caches to share (default: OUT/feature-cache)")
     args = parser.parse_args(argv)
     out, results_path, results = open_results(args.out)
     catalogue = load_catalogue(args.data)[0]
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
         name, _, flags = spec.partition("=")
         if name in results and results[name]["flags"] == " ".join(shlex.split(flags)):
             continue
-        results[name] = run_recipe(catalogue, name, shlex.split(flags), out, args.trunk_cache)
+        results[name] = run_recipe(catalogue, name, shlex.split(flags), out, args.trunk_cache, args.feature_cache)
         results_path.write_text(json.dumps(results, indent=1))
         print(table({name: results[name]}), flush=True)
     for spec in args.recipe if args.eval_val else []:

@@ -85,7 +85,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-fraction", type=float, default=e.data_fraction)
     parser.add_argument("--epochs", type=int, default=t.epochs)
     parser.add_argument("--batch-size", type=int, default=t.batch_size)
-    parser.add_argument("--lr", type=float, default=t.lr)
+    parser.add_argument("--lr", type=float, default=t.lr, help="peak learning rate of new layers and the temperature")
+    parser.add_argument("--block-lr", type=float, default=t.block_lr,
+                        help="peak learning rate of the unfrozen pretrained blocks")
     parser.add_argument("--trainable-image", type=_trainable, default=h.trainable_image,
                         help="image blocks trained from the top: 0 = projection only, N, or 'all'")
     parser.add_argument("--trainable-text", type=_trainable, default=h.trainable_text,
@@ -120,7 +122,8 @@ def run_cfg(args):
 
     backbone = BackboneCfg(name=args.backbone, pretrained=args.pretrained, embed_dim=args.embed_dim,
                            image_size=args.image_size)
-    train = TrainCfg(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, views=args.views, seed=args.seed,
+    train = TrainCfg(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, block_lr=args.block_lr,
+                     views=args.views, seed=args.seed,
                      heads=HeadCfg(args.trainable_image, args.trainable_text), device=args.device,
                      captions=CaptionCfg(use_attributes=args.attribute_captions),
                      aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight,

@@ -158,9 +158,12 @@ def test_a_brand_name_finds_that_brands_products_with_a_keyword_badge(browser, t
         page.fill("[data-testid=query]", "Brand7")
         page.click("[data-testid=search-button]")
         seq = wait_for_results(page, 0)
-        first = page.locator("[data-testid=result-card]").first
-        assert first.locator(".title").inner_text() == brand_title
-        badge = first.locator("[data-testid=channel-badge][data-channel=keyword]")
+        # the tiny model is untrained, so its photo and text channels may rank another item first; the keyword
+        # channel must rank the brand's item first and say so on its card
+        cards = page.locator("[data-testid=result-card]")
+        titles = [cards.nth(i).locator(".title").inner_text() for i in range(cards.count())]
+        assert brand_title in titles
+        badge = cards.nth(titles.index(brand_title)).locator("[data-testid=channel-badge][data-channel=keyword]")
         assert badge.inner_text() == "keyword #1"
         shots(page, "05-brand-keyword-badge")
 
