@@ -125,3 +125,14 @@ def test_batch_clusters_draw_every_batch_within_one_cluster(tmp_path, catalogue,
     for batch in batches:
         assert len(np.unique(groups[batch])) == 1, "a batch mixes clusters"
     assert {int(groups[b[0]]) for b in batches} == {0, 1}, "batches come from every cluster"
+
+
+def test_enclip_soup_writes_a_model_and_refuses_other_strategies_by_name(tmp_path, catalogue, tiny_ensemble_dir,
+                                                                         capsys):
+    from enclip.cli import main
+
+    snap = train_system(catalogue, tmp_path / "snap", tiny_run_cfg(members=2, strategy="snapshot", epochs=2))
+    assert main(["soup", str(snap), "--out", str(tmp_path / "soup")]) == 0
+    assert len(load_model(tmp_path / "soup")[0]) == 1
+    assert main(["soup", str(tiny_ensemble_dir), "--out", str(tmp_path / "other")]) == 2
+    assert "--strategy snapshot" in capsys.readouterr().err
