@@ -39,6 +39,7 @@ from bench.recipes import DATA, open_results, run_recipe  # noqa: E402
 from enclip.data.catalogue import load_catalogue  # noqa: E402
 from enclip.data.split import split_indices  # noqa: E402
 from enclip.eval.evaluate import EvalCfg, evaluate_index, summarise  # noqa: E402
+from enclip.eval.tasks import pool_degradations  # noqa: E402
 from enclip.indexing import IndexBuildCfg, build_index  # noqa: E402
 from enclip.models.soup import soup  # noqa: E402
 from enclip.search import load_searcher  # noqa: E402
@@ -61,8 +62,9 @@ LQ = EvalCfg(tasks=("img2img_lq",), severities=(1, 3, 5))
 
 def with_pooled_lq(metrics: dict, lq: dict) -> dict:
     """``metrics`` plus ``img2img_lq/<severity>/R@10``: every degradation's photos at that severity, pooled."""
-    pooled = {key: np.concatenate([np.asarray(lq["per_query"][f"img2img_lq/{name}/{key.split('/')[1]}/R@10"])
-                                   for name in LQ.degradations]) for key in LQ_KEYS}
+    per_query = {key: np.asarray(values) for key, values in lq["per_query"].items()}
+    pooled = {key: pool_degradations(per_query, "img2img_lq", LQ.degradations, int(key.split("/")[1]), "R@10")
+              for key in LQ_KEYS}
     return {**metrics, **summarise(pooled, LQ.n_resamples, LQ.seed),
             "per_query": {**metrics["per_query"], **pooled}}
 

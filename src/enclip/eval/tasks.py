@@ -179,13 +179,20 @@ def _degraded_groups(task: str, catalogue: Catalogue, positions: np.ndarray, deg
     return groups
 
 
+def pool_degradations(per_query: dict[str, np.ndarray], task: str, degradations: Sequence[str], severity: int,
+                      metric: str) -> np.ndarray:
+    """Per-query ``metric`` of a degraded-photo task (``img2img_lq``, ``both2img``) at ``severity``, every
+    degradation's queries one after another, in ``degradations`` order."""
+    return np.concatenate([per_query[f"{task}/{name}/{severity}/{metric}"] for name in degradations])
+
+
 def pool_both(per_query: dict[str, np.ndarray], labels: dict[str, list[str]], degradations: Sequence[str],
               severity: int) -> None:
     """Add the headline ``both2img/<metric>`` figures: every degradation at ``severity``, pooled (in place)."""
     keys = [f"both2img/{name}/{severity}" for name in degradations]
     metrics = {key.rsplit("/", 1)[1] for key in per_query if key.startswith(f"{keys[0]}/")}
     for metric in sorted(metrics):
-        per_query[f"both2img/{metric}"] = np.concatenate([per_query[f"{key}/{metric}"] for key in keys])
+        per_query[f"both2img/{metric}"] = pool_degradations(per_query, "both2img", degradations, severity, metric)
     labels["both2img"] = [f"{item}/{key.split('/')[1]}" for key in keys for item in labels[key]]
 
 
