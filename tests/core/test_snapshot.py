@@ -16,6 +16,7 @@ from enclip.models.soup import average_states, soup
 from enclip.train import trainer
 from enclip.train.run import train_system
 from tests.conftest import tiny_run_cfg
+from tests.core.test_train import interrupted_then_resumed
 
 
 def test_one_cycle_is_the_plain_warm_up_and_cosine_schedule():
@@ -61,19 +62,9 @@ def test_snapshot_needs_an_epoch_per_member_before_any_work(tmp_path, catalogue)
 def test_an_interrupted_snapshot_run_resumes_to_the_same_members(tmp_path, catalogue, monkeypatch):
     cfg = tiny_run_cfg(members=2, strategy="snapshot", epochs=4)
     reference = load_model(train_system(catalogue, tmp_path / "straight", cfg))[0]
-    real, calls = trainer.validation_recall, {"n": 0}
-
-    def crash_on_third(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # after the first member's cycle, in the second
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "validation_recall", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        train_system(catalogue, tmp_path / "resumed", cfg)
-    monkeypatch.setattr(trainer, "validation_recall", real)
-    resumed = load_model(train_system(catalogue, tmp_path / "resumed", cfg, resume=True))[0]
+    # after the first member's cycle, in the second
+    resumed = load_model(interrupted_then_resumed(catalogue, cfg, tmp_path / "resumed", monkeypatch,
+                                                  at_validation=3))[0]
     for ref, got in zip(reference.members, resumed.members):
         for key, value in ref.state_dict().items():
             assert torch.equal(value, got.state_dict()[key]), key

@@ -21,6 +21,23 @@ def _heads(model_dir):
     return [{k: v.clone() for k, v in m.state_dict().items()} for m in ensemble.members]
 
 
+def interrupted_then_resumed(catalogue, cfg, out, monkeypatch, at_validation: int):
+    """Train into ``out``, interrupted (Ctrl-C) at the ``at_validation``-th epoch's validation, then resume it."""
+    real, calls = trainer.validation_recall, {"n": 0}
+
+    def crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at_validation:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "validation_recall", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_system(catalogue, out, cfg)
+    monkeypatch.setattr(trainer, "validation_recall", real)
+    return train_system(catalogue, out, cfg, resume=True)
+
+
 def test_contrastive_loss_does_not_penalise_confusing_items_with_the_same_title():
     unit = lambda rows: torch.nn.functional.normalize(torch.tensor(rows), dim=1)  # noqa: E731
     text = unit([[1.0, 0.2, 0.0], [1.0, 0.0, 0.2], [0.0, 1.0, 0.0]])
@@ -55,20 +72,8 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, catalogue, m
     cfg = tiny_run_cfg(members=2, strategy="bagging", epochs=3, patience=5)
     reference = _heads(train_system(catalogue, tmp_path / "straight", cfg))
 
-    real = trainer.validation_recall
-    calls = {"n": 0}
-
-    def crash_on_fourth(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:  # member 1, epoch 1: member 0 is finished, member 1 mid-way
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "validation_recall", crash_on_fourth)
-    with pytest.raises(KeyboardInterrupt):
-        train_system(catalogue, tmp_path / "resumed", cfg)
-    monkeypatch.setattr(trainer, "validation_recall", real)
-    resumed = _heads(train_system(catalogue, tmp_path / "resumed", cfg, resume=True))
+    # member 1, epoch 1: member 0 is finished, member 1 mid-way
+    resumed = _heads(interrupted_then_resumed(catalogue, cfg, tmp_path / "resumed", monkeypatch, at_validation=4))
     for ref, got in zip(reference, resumed):
         assert ref.keys() == got.keys()
         for key in ref:
