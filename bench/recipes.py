@@ -21,6 +21,7 @@ from pathlib import Path
 from enclip.artifacts import read_json
 from enclip.cli import build_parser, run_cfg
 from enclip.data.catalogue import load_catalogue
+from enclip.eval.tasks import ATTRIBUTE_TASK_KEYS
 from enclip.train.run import train_system
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small"
@@ -56,15 +57,17 @@ def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: s
 
 
 def validation_attrs(catalogue, model_dir: Path, index_dir: Path, trunk_cache: str) -> dict:
-    """attrs2img on validation items (P@10, nDCG@10), photo channel only, from an index built off the trunk cache."""
+    """attrs2img on validation items (P@10, nDCG@10) and attr2img P@10 (each attribute value as the query), photo
+    channel only, from an index built off the trunk cache."""
     from enclip.eval.evaluate import EvalCfg, evaluate_index
     from enclip.indexing import IndexBuildCfg, build_index
 
     if not (index_dir / "index.json").exists():
         build_index(model_dir, catalogue, index_dir, IndexBuildCfg(trunk_cache=trunk_cache, channels=("image",)))
-    metrics = evaluate_index(index_dir, EvalCfg(tasks=("attrs2img",), split="val", n_resamples=200),
+    metrics = evaluate_index(index_dir, EvalCfg(tasks=("attrs2img", "attr2img"), split="val", n_resamples=200),
                              out=index_dir / "val-metrics.json")
-    return {key: round(metrics[key]["mean"], 4) for key in ("attrs2img/P@10", "attrs2img/nDCG@10")}
+    keys = ("attrs2img/P@10", "attrs2img/nDCG@10", *(f"attr2img/{name}/P@10" for name in ATTRIBUTE_TASK_KEYS))
+    return {key: round(metrics[key]["mean"], 4) for key in keys if key in metrics}
 
 
 def _share_image_views(root: Path, heads: str) -> None:
@@ -95,14 +98,17 @@ def open_results(folder: str) -> tuple[Path, Path, dict]:
 
 def table(results: dict) -> str:
     lines = ["| recipe | flags | val R@10 per epoch | best (epoch) | s per epoch (median) "
-             "| val attrs2img P@10 / nDCG@10 |", "|---|---|---|---|---|---|"]
+             "| val attrs2img P@10 / nDCG@10 | attr2img P@10 (" + ", ".join(ATTRIBUTE_TASK_KEYS) + ") |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         seconds = sorted(r["epoch_seconds"])[len(r["epoch_seconds"]) // 2]
         curve = ", ".join(f"{v:.3f}" for v in r["val_R@10"])
         attrs = r.get("val_attrs2img")
+        attr = " / ".join(f"{attrs[f'attr2img/{n}/P@10']:.2f}" for n in ATTRIBUTE_TASK_KEYS
+                          if f"attr2img/{n}/P@10" in (attrs or {}))
         attrs = f"{attrs['attrs2img/P@10']:.3f} / {attrs['attrs2img/nDCG@10']:.3f}" if attrs else "-"
         lines.append(f"| {name} | `{r['flags'] or '(defaults)'}` | {curve} | {r['best']:.4f} ({r['best_epoch']}) "
-                     f"| {seconds:.0f} | {attrs} |")
+                     f"| {seconds:.0f} | {attrs} | {attr or '-'} |")
     return "\n".join(lines)
 
 
@@ -126,7 +132,7 @@ def main(argv=None) -> int:
         print(table({name: results[name]}), flush=True)
     for spec in args.recipe if args.eval_val else []:
         name = spec.partition("=")[0]
-        if "val_attrs2img" not in results[name]:
+        if "attr2img/articleType/P@10" not in results[name].get("val_attrs2img", {}):
             results[name]["val_attrs2img"] = validation_attrs(catalogue, out / "runs" / name, out / "index" / name,
                                                               args.trunk_cache)
             results_path.write_text(json.dumps(results, indent=1))

@@ -69,7 +69,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     from enclip.models.ensemble import HeadCfg
     from enclip.models.registry import BackboneCfg
     from enclip.train.run import STRATEGIES, EnsembleCfg
-    from enclip.train.trainer import TrainCfg
+    from enclip.train.trainer import PROTOTYPES, TrainCfg
 
     b, t, h, e = BackboneCfg(), TrainCfg(), HeadCfg(), EnsembleCfg()
     parser.add_argument("--backbone", default=b.name,
@@ -98,6 +98,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="attribute columns both embeddings learn to classify (auxiliary losses)")
     parser.add_argument("--aux-weight", type=float, default=t.aux_weight,
                         help="weight of the auxiliary attribute losses (0 = off)")
+    parser.add_argument("--aux-prototypes", default=t.aux_prototypes, choices=PROTOTYPES,
+                        help="the auxiliary losses' class vectors: free 'learned' vectors, or the 'names' of the "
+                        "classes (e.g. 'Navy Blue') through the text head, which also teaches it attribute words")
     parser.add_argument("--batch-clusters", type=int, default=t.batch_clusters,
                         help="draw each batch within one of N image clusters (hard negatives; 0 = random batches)")
     parser.add_argument("--seed", type=int, default=t.seed)
@@ -127,7 +130,7 @@ def run_cfg(args):
                      heads=HeadCfg(args.trainable_image, args.trainable_text), device=args.device,
                      captions=CaptionCfg(use_attributes=args.attribute_captions),
                      aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight,
-                     batch_clusters=args.batch_clusters)
+                     aux_prototypes=args.aux_prototypes, batch_clusters=args.batch_clusters)
     ensemble = EnsembleCfg(members=args.members, strategy=args.strategy, mix=args.mix, fusion=args.fusion,
                            data_fraction=args.data_fraction)
     return RunCfg(backbone=backbone, train=train, ensemble=ensemble, keep_cache=args.keep_cache,

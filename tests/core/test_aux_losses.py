@@ -25,8 +25,8 @@ def test_labels_skip_missing_values_absent_columns_and_single_valued_columns():
                     "season": ["Summer"] * 4})
     labels = trainer.encode_labels(cache, ("gender", "usage", "nope", "season"))
     assert set(labels) == {"gender", "usage"}  # "nope" is absent, season has one value: nothing to learn
-    assert labels["gender"].tolist() == [0, 1, 0, -1]
-    assert labels["usage"].tolist() == [0, -1, 1, 0]
+    assert labels["gender"][0] == ["Men", "Women"] and labels["gender"][1].tolist() == [0, 1, 0, -1]
+    assert labels["usage"][0] == ["Casual", "Formal"] and labels["usage"][1].tolist() == [0, -1, 1, 0]
 
 
 def test_attribute_loss_is_low_only_when_both_embeddings_point_at_the_item_class():
@@ -39,6 +39,33 @@ def test_attribute_loss_is_low_only_when_both_embeddings_point_at_the_item_class
     assert heads.loss(right.flip(0), right, labels) > good + 1  # the image embedding says the wrong class
     assert heads.loss(right, right.flip(0), labels) > good + 1  # the text embedding does
     assert heads.loss(right.flip(0), right.flip(0), {"gender": torch.tensor([-1, -1])}) == 0  # unknown: no loss
+
+
+def test_name_prototypes_are_the_members_text_embeddings_of_the_class_values(catalogue):
+    from enclip.models.ensemble import Ensemble, HeadCfg
+    from enclip.models.registry import BackboneCfg, create_backbone
+
+    ensemble = Ensemble(create_backbone(BackboneCfg(name="tiny", embed_dim=16, image_size=32,
+                                                           context_length=16)), HeadCfg(1, 1))
+    member = ensemble.members[0]
+    cache = _cache({"gender": ["Women", "Men", "Men"]})
+    cache.texts, cache.first_caption = _text_cache(ensemble, ["a", "b", "c"]), np.arange(3)
+    heads, labels = trainer._attribute_heads(ensemble, member, cache, trainer.TrainCfg(
+        aux_columns=("gender",), aux_prototypes="names"), seed=0)
+    assert list(heads.parameters()) == []  # nothing free: the class vectors are the text head's
+    vectors = heads.class_vectors(member)["gender"]
+    assert torch.allclose(vectors, torch.from_numpy(ensemble.encode_texts(["Men", "Women"])[0]), atol=1e-5)
+    assert labels["gender"].tolist() == [1, 0, 0]
+    image = vectors[[1, 0, 0]].detach()  # photos that show their own class
+    heads.loss(image, image, labels, member).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in member.text_head.parameters())  # it learns
+
+
+def _text_cache(ensemble, texts):
+    output = ensemble.text_features(texts)
+    if isinstance(output, tuple):
+        return {"hidden": output[0].numpy(), "mask": output[1].numpy()}
+    return {"pooled": output.numpy()}
 
 
 def test_training_with_auxiliary_losses_resumes_to_the_same_weights(tmp_path, catalogue, monkeypatch):

@@ -174,3 +174,16 @@ def test_item_text_vectors_are_each_items_text_through_the_text_tower(tmp_path, 
     ensemble, _ = load_model(tiny_ensemble_dir)
     got = encode_item_texts(ensemble, repeated, tmp_path / "work", batch_size=2, shard_size=3)
     np.testing.assert_allclose(got, concat_members(ensemble.encode_texts(item_texts(repeated))), atol=1e-5)
+
+
+def test_a_photo_with_words_keeps_the_photos_candidates_and_the_words_reorder_them(tiny_index_dir, catalogue):
+    searcher = load_searcher(tiny_index_dir, hybrid=HybridCfg(photo_depth=8))
+    photo, text = catalogue.image_bytes(2), "Women Black Jeans"
+    photo_channel = searcher.search(image=photo, text=text, k=8, channels="image")  # the mixed query, photos only
+    by_words = searcher.search(image=photo, text=text, k=8, fusion_weights={"image": 0, "text": 0, "keyword": 1})
+    assert {h.id for h in by_words.hits} == {h.id for h in photo_channel.hits}  # only the photo retrieves
+    positions = [searcher.catalogue.index_of(h.id) for h in by_words.hits]
+    keyword = searcher.keywords.score(text, np.asarray(positions))
+    assert keyword.max() > 0 and list(keyword) == sorted(keyword, reverse=True)  # the words decide the order
+    assert all(h.channels["image"] for h in by_words.hits)
+    assert [bool(h.channels["keyword"]) for h in by_words.hits] == [bool(s > 0) for s in keyword]

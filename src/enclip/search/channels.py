@@ -1,9 +1,10 @@
 """Fusing search channels: a text query matched against photos (``image``), item text by the model's text tower
 (``text``) and keywords (``keyword``, BM25). Pure functions over a candidate union; see Searcher for the flow.
 
-Each channel retrieves its own top candidates under the same filters; their union is re-scored on every channel;
-then either weighted reciprocal-rank fusion (``rrf``, needs no tuning: a channel's scale never matters) or a
-weighted sum of min-max normalised scores (``sum``) ranks the union.
+Each channel retrieves its own top candidates under the same filters (with a photo in the query, the photo channel
+alone retrieves and the words only re-rank); their union is re-scored on every channel; then either weighted
+reciprocal-rank fusion (``rrf``, needs no tuning: a channel's scale never matters) or a weighted sum of min-max
+normalised scores (``sum``) ranks the union.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ class HybridCfg:
     weights: dict[str, float] = field(default_factory=lambda: {"image": 0.5, "text": 2.0, "keyword": 1.0})
     fusion: str = "sum"  # "sum" (weighted sum of min-max normalised scores) or "rrf" (weighted reciprocal rank)
     depth: int = 30  # candidates each channel retrieves
+    # With a photo in the query, the photo channel alone retrieves this many candidates and the text channels only
+    # re-rank them: the photo says what is sought, the words refine it ("women" on a photo of a red jacket ranks
+    # women's red tops first). Letting the words retrieve too returned any women's item, the photo ignored.
+    photo_depth: int = 100
     rrf_k: int = 60  # reciprocal-rank constant: larger flattens the difference between ranks
 
 

@@ -157,7 +157,8 @@ class Searcher:
                 hits, low = self._rank_many([query], k, rule, where)[0]
             else:
                 hybrid = self._hybrid_cfg(fusion_weights, channel_fusion)
-                hits, low = self._rank_channels(query, text, text_query, k, rule, where, channels, hybrid)
+                hits, low = self._rank_channels(query, text, text_query, k, rule, where, channels, hybrid,
+                                                photo=image is not None)
         return SearchResult(hits, low, rule, round(1000 * (time.perf_counter() - started), 2), list(channels))
 
     def _channels(self, channels, text: str | None) -> tuple[str, ...]:
@@ -268,20 +269,24 @@ class Searcher:
         text_query, image_query = self.encoder.encode_parts(text, image)
         query = mix(text_query, image_query, weight)
         with self._lock, _faiss_threads(self.cfg.query_threads):
+            depth = depth or (self.cfg.hybrid.photo_depth if image is not None else self.cfg.hybrid.depth)
             return self._candidates(query, text, text_query, rule, self._where(filters, query, None),
-                                    self._channels(channels, text), depth or self.cfg.hybrid.depth)
+                                    self._channels(channels, text), depth, photo=image is not None)
 
     def _candidates(self, query: np.ndarray, text: str, text_query: np.ndarray, rule: str, where,
-                    channels: tuple[str, ...], depth: int) -> Candidates:
-        """Each channel's top candidates under the same filters; their union re-scored on every channel."""
+                    channels: tuple[str, ...], depth: int, photo: bool = False) -> Candidates:
+        """Each channel's top candidates under the same filters; their union re-scored on every channel. With a
+        ``photo`` in the query, only the photo channel retrieves, and the others list its candidates in their order
+        (HybridCfg.photo_depth)."""
         weights = self._member_weights(query, rule)
         found: dict[str, np.ndarray] = {}
         if "image" in channels:
             found["image"] = _valid(self.index.search((query * weights[:, None]).reshape(1, -1), depth, where)[1][0])
-        if "text" in channels:
+        retrieving = () if photo and "image" in channels else channels
+        if "text" in retrieving:
             flat = (text_query / self.members).reshape(1, -1)  # equal member weights: the mean member cosine
             found["text"] = _valid(self.text_index.search(flat, depth, where)[1][0])
-        if "keyword" in channels:
+        if "keyword" in retrieving:
             found["keyword"] = self.keywords.search(text, depth, where)[0]
         union = np.unique(np.concatenate(list(found.values())))
         scores: dict[str, np.ndarray] = {}
@@ -294,11 +299,17 @@ class Searcher:
             scores["text"] = np.einsum("cmd,md->c", item_texts, text_query) / self.members
         if "keyword" in channels:
             scores["keyword"] = self.keywords.score(text, union)
-        return Candidates(union, found, scores, member_scores)
+        candidates = Candidates(union, found, scores, member_scores)
+        for channel in set(channels) - set(retrieving):  # re-ranking channels list the photo's candidates
+            matched = candidates.matched(channel)
+            found[channel] = union[np.argsort(-np.where(matched, scores[channel], -np.inf), kind="stable")
+                                   [: int(matched.sum())]]
+        return candidates
 
     def _rank_channels(self, query: np.ndarray, text: str, text_query: np.ndarray, k: int, rule: str, where,
-                       channels: tuple[str, ...], hybrid: HybridCfg) -> tuple[list[Hit], bool]:
-        candidates = self._candidates(query, text, text_query, rule, where, channels, max(hybrid.depth, k))
+                       channels: tuple[str, ...], hybrid: HybridCfg, photo: bool = False) -> tuple[list[Hit], bool]:
+        depth = max(hybrid.photo_depth if photo else hybrid.depth, k)
+        candidates = self._candidates(query, text, text_query, rule, where, channels, depth, photo)
         if not len(candidates.union):
             return [], False
         fused = candidates.fused(hybrid)

@@ -56,6 +56,8 @@ class TrainCfg:
     # attribute columns both embeddings learn to classify (columns the catalogue lacks are skipped)
     aux_columns: tuple[str, ...] = ("gender", "articleType", "baseColour", "usage", "season")
     aux_weight: float = 0.5  # weight of those auxiliary classification losses beside the contrastive loss (0 = off)
+    # their class vectors: "learned" free vectors, or "names", the member's text embedding of each class value
+    aux_prototypes: str = "learned"
     device: str = "auto"  # "auto", "cpu", "cuda"
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
 
@@ -76,35 +78,51 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tenso
 
 
 MISSING_LABELS = ("", "NA")  # attribute values that say nothing about the item
+PROTOTYPES = ("learned", "names")  # where the auxiliary losses' class vectors come from (TrainCfg.aux_prototypes)
 
 
 class AttributeHeads(nn.Module):
     """Auxiliary multi-task heads: per attribute column, class prototypes in the joint space that the image and the
     text embedding of an item must both point to. They tell the towers what a photo shows (gender, type, colour)
-    without adding text pairs that dilute the title signal; used in training only, never saved with the model."""
+    without adding text pairs that dilute the title signal; used in training only, never saved with the model.
 
-    def __init__(self, dim: int, classes: dict[str, int], seed: int, scale: float = 16.0):
+    ``names`` given (column -> text-trunk features of its class values, e.g. "Navy Blue"), a class's prototype is
+    the member's own text embedding of its name, as in zero-shot CLIP classification: the text head then learns to
+    place a bare attribute word, which is what a shopper types, where the photos showing it are. Otherwise each
+    prototype is a free vector, which teaches the photo side only.
+    """
+
+    def __init__(self, dim: int, classes: dict[str, int], seed: int, scale: float = 16.0,
+                 names: dict[str, object] | None = None):
         super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.prototypes = nn.ParameterDict(
-            {name: nn.Parameter(torch.randn(n, dim, generator=generator) * 0.02) for name, n in classes.items()})
         self.scale = scale
+        self.names = names
+        generator = torch.Generator().manual_seed(seed)
+        self.prototypes = nn.ParameterDict() if names is not None else nn.ParameterDict(
+            {name: nn.Parameter(torch.randn(n, dim, generator=generator) * 0.02) for name, n in classes.items()})
 
-    def loss(self, image: torch.Tensor, text: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    def class_vectors(self, member: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """Normalised (classes, d) prototypes per column; name prototypes run through ``member``'s text head."""
+        if self.names is None:
+            return {name: F.normalize(prototypes, dim=-1) for name, prototypes in self.prototypes.items()}
+        return {name: member.encode_text(features) for name, features in self.names.items()}
+
+    def loss(self, image: torch.Tensor, text: torch.Tensor, labels: dict[str, torch.Tensor],
+             member: nn.Module | None = None) -> torch.Tensor:
         total = image.new_zeros(())
-        for name, prototypes in self.prototypes.items():
+        vectors = self.class_vectors(member)
+        for name, weights in vectors.items():
             known = labels[name] >= 0
             if not bool(known.any()):
                 continue
-            weights = F.normalize(prototypes, dim=-1)
             for embedding in (image, text):
                 total = total + 0.5 * F.cross_entropy(self.scale * embedding[known] @ weights.T, labels[name][known])
-        return total / max(1, len(self.prototypes))
+        return total / max(1, len(vectors))
 
 
-def encode_labels(cache: FeatureCache, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Integer class per item for each usable column (-1 where missing); columns absent or single-valued are
-    skipped, so one setting serves catalogues with other columns."""
+def encode_labels(cache: FeatureCache, columns: tuple[str, ...]) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Per usable column, its class values (sorted) and the integer class of each item (-1 where missing); columns
+    absent or single-valued are skipped, so one setting serves catalogues with other columns."""
     encoded = {}
     for name in columns:
         if name not in cache.labels:
@@ -115,20 +133,26 @@ def encode_labels(cache: FeatureCache, columns: tuple[str, ...]) -> dict[str, np
         if len(classes) < 2:
             continue
         lookup = {value: i for i, value in enumerate(classes)}
-        encoded[name] = np.array([lookup.get(value, -1) for value in values.tolist()], dtype=np.int64)
+        encoded[name] = (classes, np.array([lookup.get(value, -1) for value in values.tolist()], dtype=np.int64))
     return encoded
 
 
-def _attribute_heads(member, train: FeatureCache, cfg: TrainCfg, seed: int, device):
+def _attribute_heads(ensemble: Ensemble, member, train: FeatureCache, cfg: TrainCfg, seed: int):
     """(heads, labels) for the auxiliary losses, or (None, {}) when they are off."""
-    labels = encode_labels(train, tuple(cfg.aux_columns)) if cfg.aux_weight > 0 else {}
-    if not labels:
+    if cfg.aux_prototypes not in PROTOTYPES:
+        raise EnclipError(f"unknown auxiliary prototypes {cfg.aux_prototypes!r}; choose one of {', '.join(PROTOTYPES)}")
+    encoded = encode_labels(train, tuple(cfg.aux_columns)) if cfg.aux_weight > 0 else {}
+    if not encoded:
         return None, {}
+    device = ensemble.device
     with torch.no_grad():
         dim = member.encode_text(train.text_batch(train.first_caption[:2], device)).shape[-1]
-    classes = {name: int(values.max()) + 1 for name, values in labels.items()}
-    tensors = {name: torch.from_numpy(values).to(device) for name, values in labels.items()}
-    return AttributeHeads(dim, classes, seed).to(device), tensors
+    names = None
+    if cfg.aux_prototypes == "names":  # the frozen text trunk runs once over the class names; the head every step
+        names = {name: ensemble.text_features(classes) for name, (classes, _) in encoded.items()}
+    heads = AttributeHeads(dim, {name: len(classes) for name, (classes, _) in encoded.items()}, seed, names=names)
+    tensors = {name: torch.from_numpy(codes).to(device) for name, (_, codes) in encoded.items()}
+    return heads.to(device), tensors
 
 
 def _param_groups(member: torch.nn.Module, cfg: TrainCfg) -> list[dict]:
@@ -229,7 +253,7 @@ def train_member(
     device = ensemble.device
     heads = ensemble.members[member]
     steps_per_epoch = len(_epoch_batches(run, 0, cfg.batch_size, train.title_lengths()))
-    aux, labels = _attribute_heads(heads, train, cfg, run.seed, device)
+    aux, labels = _attribute_heads(ensemble, heads, train, cfg, run.seed)
     groups_of_params = _param_groups(heads, cfg)
     if aux is not None:
         groups_of_params.append({"params": list(aux.parameters()), "lr": cfg.lr, "weight_decay": 0.0})
@@ -304,7 +328,8 @@ def _run_epoch(ensemble, heads, train, groups, run, epoch, optimizer, scheduler,
                 aux, labels = auxiliary
                 if aux is not None:
                     picked = torch.from_numpy(rows).to(device)
-                    loss = loss + cfg.aux_weight * aux.loss(image, text, {n: v[picked] for n, v in labels.items()})
+                    loss = loss + cfg.aux_weight * aux.loss(image, text, {n: v[picked] for n, v in labels.items()},
+                                                            heads)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
