@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from enclip.models.ensemble import load_model
@@ -68,11 +69,13 @@ def _text_cache(ensemble, texts):
     return {"pooled": output.numpy()}
 
 
-def test_training_with_auxiliary_losses_resumes_to_the_same_weights(tmp_path, catalogue, monkeypatch):
-    cfg = tiny_run_cfg(epochs=3, patience=5, **AUX)
+@pytest.mark.parametrize("prototypes", trainer.PROTOTYPES)
+def test_training_with_auxiliary_losses_resumes_to_the_same_weights(tmp_path, catalogue, monkeypatch, prototypes):
+    cfg = tiny_run_cfg(epochs=3, patience=5, aux_prototypes=prototypes, **AUX)
     reference = load_model(train_system(catalogue, tmp_path / "straight", cfg))[0].members[0].state_dict()
     checkpoint = torch.load(tmp_path / "straight/members/0/checkpoint.pt", weights_only=False)
-    assert set(checkpoint["aux"]) == {"prototypes.gender", "prototypes.usage"}  # season is single-valued here
+    free = {"prototypes.gender", "prototypes.usage"}  # season is single-valued here
+    assert set(checkpoint["aux"]) == (free if prototypes == "learned" else set())  # names: the text head's own
 
     real, calls = trainer.validation_recall, {"n": 0}
 
@@ -91,3 +94,11 @@ def test_training_with_auxiliary_losses_resumes_to_the_same_weights(tmp_path, ca
     resumed = load_model(train_system(catalogue, tmp_path / "resumed", cfg, resume=True))[0].members[0].state_dict()
     for key in reference:
         assert torch.equal(reference[key], resumed[key]), key
+
+
+def test_unknown_prototypes_are_refused_with_the_choices():
+    from enclip.errors import EnclipError
+
+    with pytest.raises(EnclipError, match="learned, names"):
+        trainer._attribute_heads(None, None, _cache({"gender": ["Men", "Women"]}),
+                                 trainer.TrainCfg(aux_prototypes="nope"), seed=0)
