@@ -42,24 +42,42 @@ def test_attribute_loss_is_low_only_when_both_embeddings_point_at_the_item_class
     assert heads.loss(right.flip(0), right.flip(0), {"gender": torch.tensor([-1, -1])}) == 0  # unknown: no loss
 
 
-def test_name_prototypes_are_the_members_text_embeddings_of_the_class_values(catalogue):
+def _name_heads(values: list[str]):
     from enclip.models.ensemble import Ensemble, HeadCfg
     from enclip.models.registry import BackboneCfg, create_backbone
 
     ensemble = Ensemble(create_backbone(BackboneCfg(name="tiny", embed_dim=16, image_size=32,
                                                            context_length=16)), HeadCfg(1, 1))
     member = ensemble.members[0]
-    cache = _cache({"gender": ["Women", "Men", "Men"]})
-    cache.texts, cache.first_caption = _text_cache(ensemble, ["a", "b", "c"]), np.arange(3)
+    cache = _cache({"colour": values})
+    cache.texts, cache.first_caption = _text_cache(ensemble, ["a"] * len(values)), np.arange(len(values))
     heads, labels = trainer._attribute_heads(ensemble, member, cache, trainer.TrainCfg(
-        aux_columns=("gender",), aux_prototypes="names"), seed=0)
+        aux_columns=("colour",), aux_prototypes="names"), seed=0)
+    return ensemble, member, heads, labels
+
+
+def test_name_prototypes_are_the_members_text_embeddings_of_the_class_values():
+    ensemble, member, heads, labels = _name_heads(["Navy Blue", "Red", "Red"])
     assert list(heads.parameters()) == []  # nothing free: the class vectors are the text head's
-    vectors = heads.class_vectors(member)["gender"]
-    assert torch.allclose(vectors, torch.from_numpy(ensemble.encode_texts(["Men", "Women"])[0]), atol=1e-5)
-    assert labels["gender"].tolist() == [1, 0, 0]
-    image = vectors[[1, 0, 0]].detach()  # photos that show their own class
+    vectors = heads.class_vectors("colour", member=member)
+    assert torch.allclose(vectors, torch.from_numpy(ensemble.encode_texts(["Navy Blue", "Red"])[0]), atol=1e-5)
+    assert labels["colour"].tolist() == [0, 1, 1]
+    image = vectors[[0, 1, 1]].detach()  # photos that show their own class
     heads.loss(image, image, labels, member).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in member.text_head.parameters())  # it learns
+
+
+def test_name_prototypes_contrast_the_classes_present_in_the_batch():
+    ensemble, member, heads, labels = _name_heads(["Navy Blue", "Red", "Dark Olive Green", "White"])
+    torch.manual_seed(0)
+    image, text = (torch.nn.functional.normalize(torch.randn(3, 16), dim=-1) for _ in range(2))
+    batch = {"colour": labels["colour"][[3, 0, 3]]}  # White, Navy Blue, White: two of the four classes
+    with torch.no_grad():
+        present = heads.class_vectors("colour", member=member)[[1, 3]]  # sorted: Dark Olive Green, Navy Blue, Red, White
+        target = torch.tensor([1, 0, 1])
+        expected = 0.5 * sum(torch.nn.functional.cross_entropy(heads.scale * e @ present.T, target)
+                             for e in (image, text))
+        assert torch.allclose(heads.loss(image, text, batch, member), expected, atol=1e-5)
 
 
 def _text_cache(ensemble, texts):

@@ -103,23 +103,47 @@ class AttributeHeads(nn.Module):
         self.prototypes = nn.ParameterDict() if names is not None else nn.ParameterDict(
             {name: nn.Parameter(torch.randn(n, dim, generator=generator) * 0.02) for name, n in classes.items()})
 
-    def class_vectors(self, member: nn.Module | None = None) -> dict[str, torch.Tensor]:
-        """Normalised (classes, d) prototypes per column; name prototypes run through ``member``'s text head."""
+    @property
+    def columns(self) -> list[str]:
+        return list(self.names if self.names is not None else self.prototypes)
+
+    def class_vectors(self, column: str, classes: torch.Tensor | None = None,
+                      member: nn.Module | None = None) -> torch.Tensor:
+        """Normalised (classes, d) prototypes of one column (only ``classes``, when given); name prototypes run
+        through ``member``'s text head."""
         if self.names is None:
-            return {name: F.normalize(prototypes, dim=-1) for name, prototypes in self.prototypes.items()}
-        return {name: member.encode_text(features) for name, features in self.names.items()}
+            prototypes = self.prototypes[column]
+            return F.normalize(prototypes if classes is None else prototypes[classes], dim=-1)
+        return member.encode_text(_rows(self.names[column], classes))
 
     def loss(self, image: torch.Tensor, text: torch.Tensor, labels: dict[str, torch.Tensor],
              member: nn.Module | None = None) -> torch.Tensor:
         total = image.new_zeros(())
-        vectors = self.class_vectors(member)
-        for name, weights in vectors.items():
-            known = labels[name] >= 0
+        for column in self.columns:
+            known = labels[column] >= 0
             if not bool(known.any()):
                 continue
+            target = labels[column][known]
+            if self.names is None:
+                weights = self.class_vectors(column)
+            else:  # the batch's classes only (about 56 of 142 types): CLIP's in-batch negatives, for a third of the
+                # text head's cost over every class name, which put the default over its 10-minute budget
+                present, target = target.unique(return_inverse=True)
+                weights = self.class_vectors(column, present, member)
             for embedding in (image, text):
-                total = total + 0.5 * F.cross_entropy(self.scale * embedding[known] @ weights.T, labels[name][known])
-        return total / max(1, len(vectors))
+                total = total + 0.5 * F.cross_entropy(self.scale * embedding[known] @ weights.T, target)
+        return total / max(1, len(self.columns))
+
+
+def _rows(features, rows: torch.Tensor | None):
+    """Rows of text-trunk features, pooled or (hidden, mask) trimmed to the longest of those rows."""
+    if rows is None:
+        return features
+    if not isinstance(features, tuple):
+        return features[rows]
+    hidden, mask = features[0][rows], features[1][rows]
+    used = int(mask.any(dim=0).nonzero().max()) + 1
+    return hidden[:, :used], mask[:, :used]
 
 
 def encode_labels(cache: FeatureCache, columns: tuple[str, ...]) -> dict[str, tuple[list[str], np.ndarray]]:
