@@ -73,7 +73,7 @@ def test_name_prototypes_contrast_the_classes_present_in_the_batch():
     image, text = (torch.nn.functional.normalize(torch.randn(3, 16), dim=-1) for _ in range(2))
     batch = {"colour": labels["colour"][[3, 0, 3]]}  # White, Navy Blue, White: two of the four classes
     with torch.no_grad():
-        present = heads.class_vectors("colour", member=member)[[1, 3]]  # sorted: Dark Olive Green, Navy Blue, Red, White
+        present = heads.class_vectors("colour", member=member)[[1, 3]]  # classes sort: Dark Olive Green, Navy..., White
         target = torch.tensor([1, 0, 1])
         expected = 0.5 * sum(torch.nn.functional.cross_entropy(heads.scale * e @ present.T, target)
                              for e in (image, text))
