@@ -1,0 +1,95 @@
+"""What the auxiliary attribute losses add to a training step, measured in one process.
+
+One default head (two image stages, one text layer) takes training steps of 256 catalogue items (real titles and
+labels; image-trunk outputs are random, which costs the same) with: no auxiliary loss, free ("learned") class
+vectors, class-name vectors over the batch's classes (``names``, the default), and class-name vectors over every
+class. The variants alternate, so a machine that slows down or speeds up during the run affects them all alike;
+the figure is the median over repeats of the mean of 3 steps (forward and backward, no optimiser step).
+
+    python bench/step_cost.py [--repeats 4] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.recipes import DATA  # noqa: E402
+from enclip.data.catalogue import load_catalogue  # noqa: E402
+from enclip.models.ensemble import Ensemble, HeadCfg  # noqa: E402
+from enclip.models.registry import BackboneCfg, create_backbone  # noqa: E402
+from enclip.train import trainer  # noqa: E402
+
+COLUMNS = ("gender", "articleType", "baseColour", "usage", "season")
+
+
+class EveryClassName(trainer.AttributeHeads):
+    """Name prototypes over every class of a column each step (the first version of ``names``)."""
+
+    def loss(self, image, text, labels, member=None):
+        total = image.new_zeros(())
+        for column in self.columns:
+            known = labels[column] >= 0
+            weights = self.class_vectors(column, None, member)
+            for embedding in (image, text):
+                total = total + 0.5 * torch.nn.functional.cross_entropy(
+                    self.scale * embedding[known] @ weights.T, labels[column][known])
+        return total / len(self.columns)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    catalogue = load_catalogue(args.data)[0]
+    ensemble = Ensemble(create_backbone(BackboneCfg()), HeadCfg()).train()
+    member = ensemble.members[0]
+    rows = np.random.default_rng(0).choice(len(catalogue.titles), 256, replace=False)
+    features = ensemble.image_trunk(ensemble.pixels([catalogue.image(0)] * 2))
+    images = torch.randn(256, *features.shape[1:]).contiguous(memory_format=torch.channels_last)
+    texts = ensemble.text_features([catalogue.titles[i] for i in rows])
+    classes = {c: sorted(set(catalogue.attributes[c]) - set(trainer.MISSING_LABELS)) for c in COLUMNS}
+    labels = {c: torch.tensor([classes[c].index(v) if v in classes[c] else -1
+                               for v in (catalogue.attributes[c][i] for i in rows)]) for c in COLUMNS}
+    names = {c: ensemble.text_features(values) for c, values in classes.items()}
+    dim = member.encode_text(texts).shape[-1]
+    variants = {"no auxiliary loss": None,
+                "learned": trainer.AttributeHeads(dim, {c: len(v) for c, v in classes.items()}, 0),
+                "names, batch classes (default)": trainer.AttributeHeads(dim, {}, 0, names=names),
+                "names, every class": EveryClassName(dim, {}, 0, names=names)}
+
+    def step(aux) -> None:
+        image, text = member.encode_image(images), member.encode_text(texts)
+        loss = trainer.contrastive_loss(image, text, member.logit_scale, torch.arange(256))
+        if aux is not None:
+            loss = loss + 0.5 * aux.loss(image, text, labels, member)
+        member.zero_grad()
+        loss.backward()
+
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):
+        for name, aux in variants.items():
+            step(aux)  # warm-up
+            started = time.perf_counter()
+            for _ in range(3):
+                step(aux)
+            seconds[name].append((time.perf_counter() - started) / 3)
+    print(f"ms per training step of 256 items, {args.threads} threads, median of {args.repeats}")
+    print("| auxiliary loss | ms per step |\n|---|---|")
+    for name, values in seconds.items():
+        print(f"| {name} | {1000 * float(np.median(values)):.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
