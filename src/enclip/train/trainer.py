@@ -57,8 +57,8 @@ class TrainCfg:
     aux_columns: tuple[str, ...] = ("gender", "articleType", "baseColour", "usage", "season")
     aux_weight: float = 0.5  # weight of those auxiliary classification losses beside the contrastive loss (0 = off)
     # their class vectors: "names", the member's text embedding of each class value ("Navy Blue"), which also teaches
-    # the text head attribute words (validation: attr2img colour P@10 0.28 -> 0.48, title R@10 0.281 -> 0.294;
-    # RESULTS.md, issue 14); or "learned", free vectors that teach the photo side only
+    # the text head attribute words (validation title R@10 0.281 -> 0.294, attrs2img P@10 0.534 -> 0.579; RESULTS.md,
+    # issue 14); or "learned", free vectors that teach the photo side only
     aux_prototypes: str = "names"
     device: str = "auto"  # "auto", "cpu", "cuda"
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
@@ -126,8 +126,8 @@ class AttributeHeads(nn.Module):
             target = labels[column][known]
             if self.names is None:
                 weights = self.class_vectors(column)
-            else:  # the batch's classes only (about 56 of 142 types): CLIP's in-batch negatives, for a third of the
-                # text head's cost over every class name, which put the default over its 10-minute budget
+            else:  # the batch's classes only (about 56 of 142 types), as CLIP contrasts in-batch negatives: half the
+                # extra step cost of every class name (+6% a step instead of +12%, bench/step_cost.py)
                 present, target = target.unique(return_inverse=True)
                 weights = self.class_vectors(column, present, member)
             for embedding in (image, text):
