@@ -34,6 +34,10 @@ class HybridCfg:
     photo_depth: int = 100
     rrf_k: int = 60  # reciprocal-rank constant: larger flattens the difference between ranks
 
+    def candidates(self, photo: bool, k: int = 0) -> int:
+        """Candidates a query retrieves: ``photo_depth`` with a photo in it, else ``depth``; at least ``k``."""
+        return max(self.photo_depth if photo else self.depth, k)
+
 
 @dataclass
 class Candidates:
@@ -47,9 +51,7 @@ class Candidates:
     _listed: dict[str, dict[int, int]] | None = field(default=None, repr=False)
 
     def matched(self, channel: str) -> np.ndarray:
-        """Whether the channel matches each union item at all (keyword search matches only items sharing a word)."""
-        scores = self.scores[channel]
-        return scores > 0 if channel == "keyword" else np.ones(len(scores), bool)
+        return matched(channel, self.scores[channel])
 
     def fused(self, hybrid: HybridCfg) -> np.ndarray:
         """(U,) fused scores by ``hybrid``'s rule and weights."""
@@ -90,10 +92,20 @@ def check_weights(weights: dict | None, defaults: dict[str, float]) -> dict[str,
     return {k: float(v) for k, v in merged.items()}
 
 
+def matched(channel: str, scores: np.ndarray) -> np.ndarray:
+    """Whether the channel matches each union item at all (keyword search matches only items sharing a word)."""
+    return scores > 0 if channel == "keyword" else np.ones(len(scores), bool)
+
+
+def best_first(scores: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """Union rows by one channel's scores, best first, the rows it does not match (``found`` false) last."""
+    return np.argsort(-np.where(found, scores, -np.inf), kind="stable")
+
+
 def ranks(scores: np.ndarray, found: np.ndarray) -> np.ndarray:
     """1-based rank of each union item by one channel's scores (best first); 0 for items the channel does not
     match at all (``found`` false)."""
-    order = np.argsort(-np.where(found, scores, -np.inf), kind="stable")
+    order = best_first(scores, found)
     out = np.zeros(len(scores), dtype=np.int64)
     out[order] = np.arange(1, len(scores) + 1)
     return np.where(found, out, 0)

@@ -30,10 +30,12 @@ from enclip.models.ensemble import load_model
 from enclip.search.channels import (
     Candidates,
     HybridCfg,
+    best_first,
     check_channels,
     check_weights,
     explain,
 )
+from enclip.search.channels import matched as channel_matches
 from enclip.search.filters import FilterIndex
 from enclip.search.query import QueryEncoder, check_query, mix
 from enclip.search_request import CHANNEL_FUSIONS, MAX_K
@@ -268,10 +270,10 @@ class Searcher:
         check_query(text, image, weight)
         text_query, image_query = self.encoder.encode_parts(text, image)
         query = mix(text_query, image_query, weight)
+        photo = image is not None
         with self._lock, _faiss_threads(self.cfg.query_threads):
-            depth = depth or (self.cfg.hybrid.photo_depth if image is not None else self.cfg.hybrid.depth)
             return self._candidates(query, text, text_query, rule, self._where(filters, query, None),
-                                    self._channels(channels, text), depth, photo=image is not None)
+                                    self._channels(channels, text), depth or self.cfg.hybrid.candidates(photo), photo)
 
     def _candidates(self, query: np.ndarray, text: str, text_query: np.ndarray, rule: str, where,
                     channels: tuple[str, ...], depth: int, photo: bool = False) -> Candidates:
@@ -299,17 +301,15 @@ class Searcher:
             scores["text"] = np.einsum("cmd,md->c", item_texts, text_query) / self.members
         if "keyword" in channels:
             scores["keyword"] = self.keywords.score(text, union)
-        candidates = Candidates(union, found, scores, member_scores)
         for channel in set(channels) - set(retrieving):  # re-ranking channels list the photo's candidates
-            matched = candidates.matched(channel)
-            found[channel] = union[np.argsort(-np.where(matched, scores[channel], -np.inf), kind="stable")
-                                   [: int(matched.sum())]]
-        return candidates
+            hits = channel_matches(channel, scores[channel])
+            found[channel] = union[best_first(scores[channel], hits)[: int(hits.sum())]]
+        return Candidates(union, found, scores, member_scores)
 
     def _rank_channels(self, query: np.ndarray, text: str, text_query: np.ndarray, k: int, rule: str, where,
                        channels: tuple[str, ...], hybrid: HybridCfg, photo: bool = False) -> tuple[list[Hit], bool]:
-        depth = max(hybrid.photo_depth if photo else hybrid.depth, k)
-        candidates = self._candidates(query, text, text_query, rule, where, channels, depth, photo)
+        candidates = self._candidates(query, text, text_query, rule, where, channels, hybrid.candidates(photo, k),
+                                      photo)
         if not len(candidates.union):
             return [], False
         fused = candidates.fused(hybrid)
