@@ -1,9 +1,10 @@
-"""What the auxiliary attribute losses add to a training step, measured in one process.
+"""What the auxiliary attribute losses and frozen depthwise filters change in a training step, in one process.
 
 One default head (two image stages, one text layer) takes training steps of 256 catalogue items (real titles and
 labels; image-trunk outputs are random, which costs the same) with: no auxiliary loss, free ("learned") class
-vectors, class-name vectors over the batch's classes (``names``, the default), and class-name vectors over every
-class. The variants alternate, so a machine that slows down or speeds up during the run affects them all alike;
+vectors, class-name vectors over the batch's classes (``names``), class-name vectors over every class, and
+``names`` with the image head's depthwise filters frozen (``--frozen-depthwise``). The variants alternate, so a
+machine that slows down or speeds up during the run affects them all alike;
 the figure is the median over repeats of the mean of 3 steps (forward and backward, no optimiser step).
 
     python bench/step_cost.py [--repeats 4] [--threads 2]
@@ -63,10 +64,13 @@ def main(argv=None) -> int:
                                for v in (catalogue.attributes[c][i] for i in rows)]) for c in COLUMNS}
     names = {c: ensemble.text_features(values) for c, values in classes.items()}
     dim = member.encode_text(texts).shape[-1]
-    variants = {"no auxiliary loss": None,
-                "learned": trainer.AttributeHeads(dim, {c: len(v) for c, v in classes.items()}, 0),
-                "names, batch classes (default)": trainer.AttributeHeads(dim, {}, 0, names=names),
-                "names, every class": EveryClassName(dim, {}, 0, names=names)}
+    batch_names = trainer.AttributeHeads(dim, {}, 0, names=names)
+    variants = {"no auxiliary loss": (None, False),
+                "learned": (trainer.AttributeHeads(dim, {c: len(v) for c, v in classes.items()}, 0), False),
+                "names, batch classes": (batch_names, False),
+                "names, every class": (EveryClassName(dim, {}, 0, names=names), False),
+                "names, batch classes, depthwise frozen": (batch_names, True)}
+    depthwise = trainer.depthwise_weights(member.image_head)
 
     def step(aux) -> None:
         image, text = member.encode_image(images), member.encode_text(texts)
@@ -78,7 +82,9 @@ def main(argv=None) -> int:
 
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
-        for name, aux in variants.items():
+        for name, (aux, frozen) in variants.items():
+            for weight in depthwise:
+                weight.requires_grad_(not frozen)
             step(aux)  # warm-up
             started = time.perf_counter()
             for _ in range(3):

@@ -92,6 +92,10 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="image blocks trained from the top: 0 = projection only, N, or 'all'")
     parser.add_argument("--trainable-text", type=_trainable, default=h.trainable_text,
                         help="text layers trained from the top: 0 = projection only, N, or 'all'")
+    parser.add_argument("--frozen-depthwise", action=argparse.BooleanOptionalAction, default=t.frozen_depthwise,
+                        help="keep the image head's depthwise convolutions as pretrained (a cheaper backward pass)")
+    parser.add_argument("--frozen-norms", action=argparse.BooleanOptionalAction, default=t.frozen_norms,
+                        help="train the image head with its batch norms on their pretrained statistics")
     parser.add_argument("--views", type=int, default=t.views, help="degraded views cached per training image")
     parser.add_argument("--attribute-captions", action="store_true", help="also train on attribute sentences")
     parser.add_argument("--aux-columns", nargs="*", default=list(t.aux_columns),
@@ -130,7 +134,8 @@ def run_cfg(args):
                      heads=HeadCfg(args.trainable_image, args.trainable_text), device=args.device,
                      captions=CaptionCfg(use_attributes=args.attribute_captions),
                      aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight,
-                     aux_prototypes=args.aux_prototypes, batch_clusters=args.batch_clusters)
+                     aux_prototypes=args.aux_prototypes, batch_clusters=args.batch_clusters,
+                     frozen_depthwise=args.frozen_depthwise, frozen_norms=args.frozen_norms)
     ensemble = EnsembleCfg(members=args.members, strategy=args.strategy, mix=args.mix, fusion=args.fusion,
                            data_fraction=args.data_fraction)
     return RunCfg(backbone=backbone, train=train, ensemble=ensemble, keep_cache=args.keep_cache,

@@ -122,3 +122,39 @@ def test_bagging_gives_each_member_its_own_bootstrap_resample(tmp_path):
     assert not np.array_equal(samples[0], samples[1]) and not np.array_equal(samples[1], samples[2])
     again = member_runs(EnsembleCfg(members=3, strategy="bagging"), rows, tmp_path, seed=0, clustering=None)
     assert all(np.array_equal(a.rows, b.rows) for a, b in zip(runs, again))  # seeded: a resumed run redraws the same
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_frozen_depthwise_keeps_the_image_heads_depthwise_filters_and_trains_the_rest(tmp_path, catalogue, frozen):
+    from enclip.models.ensemble import Ensemble
+    from enclip.models.registry import create_backbone
+
+    heads = HeadCfg(trainable_image=1, trainable_text=1)
+    cfg = tiny_run_cfg(epochs=1, lr=5e-3, heads=heads, frozen_depthwise=frozen)
+    trained = load_model(train_system(catalogue, tmp_path / "m", cfg))[0].members[0].image_head
+    start = Ensemble(create_backbone(cfg.backbone), heads).members[0].image_head
+    depthwise = trainer.depthwise_weights(trained)
+    assert depthwise, "the tiny EfficientNet's head has depthwise convolutions"
+    kept = [torch.equal(got, before) for got, before in zip(depthwise, trainer.depthwise_weights(start))]
+    assert kept == [frozen] * len(depthwise)
+    pointwise = [name for name, weight in trained.named_parameters() if weight.ndim == 4
+                 and not any(weight is d for d in depthwise)]
+    assert pointwise and all(not torch.equal(trained.get_parameter(name), start.get_parameter(name))
+                             for name in pointwise)
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_frozen_norms_keep_the_image_heads_statistics_and_train_their_scale(tmp_path, catalogue, frozen):
+    from enclip.models.ensemble import Ensemble
+    from enclip.models.registry import create_backbone
+
+    heads = HeadCfg(trainable_image=1, trainable_text=1)
+    cfg = tiny_run_cfg(epochs=1, lr=5e-3, heads=heads, frozen_norms=frozen)
+    trained = load_model(train_system(catalogue, tmp_path / "m", cfg))[0].members[0].image_head
+    start = Ensemble(create_backbone(cfg.backbone), heads).members[0].image_head
+    norms = [(name, m) for name, m in trained.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms, "the tiny EfficientNet's head has batch norms"
+    for name, norm in norms:
+        before = start.get_submodule(name)
+        assert torch.equal(norm.running_mean, before.running_mean) == frozen, name
+        assert not torch.equal(norm.weight, before.weight), name  # the scale trains either way

@@ -60,6 +60,12 @@ class TrainCfg:
     # the text head attribute words (validation title R@10 0.281 -> 0.294, attrs2img P@10 0.534 -> 0.579; RESULTS.md,
     # issue 14); or "learned", free vectors that teach the photo side only
     aux_prototypes: str = "names"
+    # keep the image head's depthwise convolution weights as pretrained: on the CPU their weight gradient is most of
+    # a depthwise layer's backward pass, and they hold about 3% of the head's weights
+    frozen_depthwise: bool = False
+    # run the image head's batch norms on their pretrained statistics while training, as at query time (their scale
+    # and shift still train); their backward pass is then an elementwise product
+    frozen_norms: bool = False
     device: str = "auto"  # "auto", "cpu", "cuda"
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
 
@@ -181,7 +187,16 @@ def _attribute_heads(ensemble: Ensemble, member, train: FeatureCache, cfg: Train
     return heads.to(device), tensors
 
 
+def depthwise_weights(head: nn.Module) -> list[nn.Parameter]:
+    """The weights of a head's depthwise convolutions (one filter per channel)."""
+    return [module.weight for module in head.modules() if isinstance(module, nn.Conv2d)
+            and module.groups > 1 and module.groups == module.in_channels == module.out_channels]
+
+
 def _param_groups(member: torch.nn.Module, cfg: TrainCfg) -> list[dict]:
+    if cfg.frozen_depthwise:
+        for weight in depthwise_weights(member.image_head):
+            weight.requires_grad_(False)
     new, blocks, no_decay = [], [], []
     for name, param in member.named_parameters():
         if not param.requires_grad:
@@ -340,6 +355,10 @@ def _run_epoch(ensemble, heads, train, groups, run, epoch, optimizer, scheduler,
     device = ensemble.device
     batches = _epoch_batches(run, epoch, cfg.batch_size, train.title_lengths())
     ensemble.train()
+    if cfg.frozen_norms:
+        for module in heads.image_head.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     losses = []
     started = time.perf_counter()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
