@@ -124,15 +124,21 @@ def test_bagging_gives_each_member_its_own_bootstrap_resample(tmp_path):
     assert all(np.array_equal(a.rows, b.rows) for a, b in zip(runs, again))  # seeded: a resumed run redraws the same
 
 
-@pytest.mark.parametrize("frozen", [True, False])
-def test_frozen_depthwise_keeps_the_image_heads_depthwise_filters_and_trains_the_rest(tmp_path, catalogue, frozen):
+
+def _image_head_before_and_after(tmp_path, catalogue, **train):
+    """The image head a one-epoch tiny run starts from and the one it saves."""
     from enclip.models.ensemble import Ensemble
     from enclip.models.registry import create_backbone
 
     heads = HeadCfg(trainable_image=1, trainable_text=1)
-    cfg = tiny_run_cfg(epochs=1, lr=5e-3, heads=heads, frozen_depthwise=frozen)
+    cfg = tiny_run_cfg(epochs=1, lr=5e-3, heads=heads, **train)
     trained = load_model(train_system(catalogue, tmp_path / "m", cfg))[0].members[0].image_head
-    start = Ensemble(create_backbone(cfg.backbone), heads).members[0].image_head
+    return Ensemble(create_backbone(cfg.backbone), heads).members[0].image_head, trained
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_frozen_depthwise_keeps_the_image_heads_depthwise_filters_and_trains_the_rest(tmp_path, catalogue, frozen):
+    start, trained = _image_head_before_and_after(tmp_path, catalogue, frozen_depthwise=frozen)
     depthwise = trainer.depthwise_weights(trained)
     assert depthwise, "the tiny EfficientNet's head has depthwise convolutions"
     kept = [torch.equal(got, before) for got, before in zip(depthwise, trainer.depthwise_weights(start))]
@@ -145,13 +151,7 @@ def test_frozen_depthwise_keeps_the_image_heads_depthwise_filters_and_trains_the
 
 @pytest.mark.parametrize("frozen", [True, False])
 def test_frozen_norms_keep_the_image_heads_statistics_and_train_their_scale(tmp_path, catalogue, frozen):
-    from enclip.models.ensemble import Ensemble
-    from enclip.models.registry import create_backbone
-
-    heads = HeadCfg(trainable_image=1, trainable_text=1)
-    cfg = tiny_run_cfg(epochs=1, lr=5e-3, heads=heads, frozen_norms=frozen)
-    trained = load_model(train_system(catalogue, tmp_path / "m", cfg))[0].members[0].image_head
-    start = Ensemble(create_backbone(cfg.backbone), heads).members[0].image_head
+    start, trained = _image_head_before_and_after(tmp_path, catalogue, frozen_norms=frozen)
     norms = [(name, m) for name, m in trained.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms, "the tiny EfficientNet's head has batch norms"
     for name, norm in norms:
