@@ -125,36 +125,37 @@ def test_bagging_gives_each_member_its_own_bootstrap_resample(tmp_path):
 
 
 
-def _image_head_before_and_after(tmp_path, catalogue, **train):
-    """The image head a one-epoch tiny run starts from and the one it saves."""
+def _image_head_at_start(cfg):
     from enclip.models.ensemble import Ensemble
     from enclip.models.registry import create_backbone
 
-    heads = HeadCfg(trainable_image=1, trainable_text=1)
-    cfg = tiny_run_cfg(epochs=1, lr=5e-3, heads=heads, **train)
-    trained = load_model(train_system(catalogue, tmp_path / "m", cfg))[0].members[0].image_head
-    return Ensemble(create_backbone(cfg.backbone), heads).members[0].image_head, trained
+    return Ensemble(create_backbone(cfg.backbone), cfg.train.heads).members[0].image_head
 
 
-@pytest.mark.parametrize("frozen", [True, False])
-def test_frozen_depthwise_keeps_the_image_heads_depthwise_filters_and_trains_the_rest(tmp_path, catalogue, frozen):
-    start, trained = _image_head_before_and_after(tmp_path, catalogue, frozen_depthwise=frozen)
+def _frozen_parts(start, trained) -> dict[str, list[bool]]:
+    """Which of the image head's depthwise filters, batch-norm statistics, batch-norm scales and other convolution
+    weights are unchanged by training."""
     depthwise = trainer.depthwise_weights(trained)
-    assert depthwise, "the tiny EfficientNet's head has depthwise convolutions"
-    kept = [torch.equal(got, before) for got, before in zip(depthwise, trainer.depthwise_weights(start))]
-    assert kept == [frozen] * len(depthwise)
-    pointwise = [name for name, weight in trained.named_parameters() if weight.ndim == 4
-                 and not any(weight is d for d in depthwise)]
-    assert pointwise and all(not torch.equal(trained.get_parameter(name), start.get_parameter(name))
-                             for name in pointwise)
+    norms = [name for name, m in trained.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    others = [name for name, w in trained.named_parameters() if w.ndim == 4 and not any(w is d for d in depthwise)]
+    assert depthwise and norms and others, "the tiny EfficientNet's head has all three"
+    return {
+        "depthwise": [torch.equal(a, b) for a, b in zip(depthwise, trainer.depthwise_weights(start))],
+        "norm statistics": [torch.equal(trained.get_submodule(n).running_mean, start.get_submodule(n).running_mean)
+                            for n in norms],
+        "norm scales": [torch.equal(trained.get_submodule(n).weight, start.get_submodule(n).weight) for n in norms],
+        "other convolutions": [torch.equal(trained.get_parameter(n), start.get_parameter(n)) for n in others],
+    }
 
 
-@pytest.mark.parametrize("frozen", [True, False])
-def test_frozen_norms_keep_the_image_heads_statistics_and_train_their_scale(tmp_path, catalogue, frozen):
-    start, trained = _image_head_before_and_after(tmp_path, catalogue, frozen_norms=frozen)
-    norms = [(name, m) for name, m in trained.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert norms, "the tiny EfficientNet's head has batch norms"
-    for name, norm in norms:
-        before = start.get_submodule(name)
-        assert torch.equal(norm.running_mean, before.running_mean) == frozen, name
-        assert not torch.equal(norm.weight, before.weight), name  # the scale trains either way
+def test_frozen_depthwise_and_frozen_norms_keep_what_they_name_and_train_the_rest(tmp_path, catalogue,
+                                                                                  tiny_ensemble_dir):
+    cfg = tiny_run_cfg(epochs=1, lr=5e-3, frozen_depthwise=True, frozen_norms=True)
+    trained = load_model(train_system(catalogue, tmp_path / "m", cfg))[0].members[0].image_head
+    kept = {part: set(flags) for part, flags in _frozen_parts(_image_head_at_start(cfg), trained).items()}
+    assert kept == {"depthwise": {True}, "norm statistics": {True}, "norm scales": {False},
+                    "other convolutions": {False}}
+    default = load_model(tiny_ensemble_dir)[0].members[0].image_head  # trained with both off (the defaults)
+    kept = {part: set(flags) for part, flags in _frozen_parts(_image_head_at_start(cfg), default).items()}
+    assert kept == {"depthwise": {False}, "norm statistics": {False}, "norm scales": {False},
+                    "other convolutions": {False}}
