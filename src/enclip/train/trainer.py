@@ -196,9 +196,6 @@ def depthwise_weights(head: nn.Module) -> list[nn.Parameter]:
 
 
 def _param_groups(member: torch.nn.Module, cfg: TrainCfg) -> list[dict]:
-    if cfg.frozen_depthwise:
-        for weight in depthwise_weights(member.image_head):
-            weight.requires_grad_(False)
     new, blocks, no_decay = [], [], []
     for name, param in member.named_parameters():
         if not param.requires_grad:
@@ -297,6 +294,9 @@ def train_member(
     heads = ensemble.members[member]
     steps_per_epoch = len(_epoch_batches(run, 0, cfg.batch_size, train.title_lengths()))
     aux, labels = _attribute_heads(ensemble, heads, train, cfg, run.seed)
+    if cfg.frozen_depthwise:
+        for weight in depthwise_weights(heads.image_head):
+            weight.requires_grad_(False)
     groups_of_params = _param_groups(heads, cfg)
     if aux is not None:
         groups_of_params.append({"params": list(aux.parameters()), "lr": cfg.lr, "weight_decay": 0.0})
@@ -359,7 +359,7 @@ def _run_epoch(ensemble, heads, train, groups, run, epoch, optimizer, scheduler,
     ensemble.train()
     if cfg.frozen_norms:
         for module in heads.image_head.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if isinstance(module, nn.BatchNorm2d):
                 module.eval()
     losses = []
     started = time.perf_counter()
