@@ -124,7 +124,6 @@ def test_bagging_gives_each_member_its_own_bootstrap_resample(tmp_path):
     assert all(np.array_equal(a.rows, b.rows) for a, b in zip(runs, again))  # seeded: a resumed run redraws the same
 
 
-
 def _image_head_at_start(cfg):
     from enclip.models.ensemble import Ensemble
     from enclip.models.registry import create_backbone

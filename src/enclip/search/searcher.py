@@ -34,8 +34,8 @@ from enclip.search.channels import (
     check_channels,
     check_weights,
     explain,
+    matched,
 )
-from enclip.search.channels import matched as channel_matches
 from enclip.search.filters import FilterIndex
 from enclip.search.query import QueryEncoder, check_query, mix
 from enclip.search_request import CHANNEL_FUSIONS, MAX_K
@@ -302,7 +302,7 @@ class Searcher:
         if "keyword" in channels:
             scores["keyword"] = self.keywords.score(text, union)
         for channel in set(channels) - set(retrieving):  # re-ranking channels list the photo's candidates
-            hits = channel_matches(channel, scores[channel])
+            hits = matched(channel, scores[channel])
             found[channel] = union[best_first(scores[channel], hits)[: int(hits.sum())]]
         return Candidates(union, found, scores, member_scores)
 
