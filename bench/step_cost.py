@@ -2,8 +2,9 @@
 
 One default head (two image stages, one text layer) takes training steps of 256 catalogue items (real titles and
 labels; image-trunk outputs are random, which costs the same) with: no auxiliary loss, free ("learned") class
-vectors, class-name vectors over the batch's classes (``names``), class-name vectors over every class, and
-``names`` with the image head's depthwise filters frozen (``--frozen-depthwise``). The variants alternate, so a
+vectors, class-name vectors over the batch's classes (``names``), class-name vectors over every class, ``names``
+with the image head's depthwise filters frozen (``--frozen-depthwise``), ``names`` in float32 (``--no-amp``), and
+``names`` with the image head in bfloat16 as well. The variants alternate, so a
 machine that slows down or speeds up during the run affects them all alike;
 the figure is the median over repeats of the mean of 3 steps (forward and backward, no optimiser step).
 
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.recipes import DATA  # noqa: E402
 from enclip.data.catalogue import load_catalogue  # noqa: E402
+from enclip.models.device import cpu_has_bfloat16_tiles  # noqa: E402
 from enclip.models.ensemble import Ensemble, HeadCfg  # noqa: E402
 from enclip.models.registry import BackboneCfg, create_backbone  # noqa: E402
 from enclip.train import trainer  # noqa: E402
@@ -34,11 +36,11 @@ COLUMNS = ("gender", "articleType", "baseColour", "usage", "season")
 class EveryClassName(trainer.AttributeHeads):
     """Name prototypes over every class of a column each step (the first version of ``names``)."""
 
-    def loss(self, image, text, labels, member=None):
+    def loss(self, image, text, labels, member=None, bfloat16=False):
         total = image.new_zeros(())
         for column in self.columns:
             known = labels[column] >= 0
-            weights = self.class_vectors(column, None, member)
+            weights = self.class_vectors(column, None, member, bfloat16)
             for embedding in (image, text):
                 total = total + 0.5 * torch.nn.functional.cross_entropy(
                     self.scale * embedding[known] @ weights.T, labels[column][known])
@@ -65,32 +67,40 @@ def main(argv=None) -> int:
     names = {c: ensemble.text_features(values) for c, values in classes.items()}
     dim = member.encode_text(texts).shape[-1]
     batch_names = trainer.AttributeHeads(dim, {}, 0, names=names)
-    variants = {"no auxiliary loss": (None, False),
-                "learned": (trainer.AttributeHeads(dim, {c: len(v) for c, v in classes.items()}, 0), False),
-                "names, batch classes": (batch_names, False),
-                "names, every class": (EveryClassName(dim, {}, 0, names=names), False),
-                "names, batch classes, depthwise frozen": (batch_names, True)}
+    # name -> (auxiliary heads, depthwise frozen, text head in bfloat16, image head in bfloat16)
+    amp = cpu_has_bfloat16_tiles()  # what the trainer does by default on this CPU
+    variants = {"no auxiliary loss": (None, False, amp, False),
+                "learned": (trainer.AttributeHeads(dim, {c: len(v) for c, v in classes.items()}, 0), False, amp,
+                            False),
+                "names, batch classes": (batch_names, False, amp, False),
+                "names, every class": (EveryClassName(dim, {}, 0, names=names), False, amp, False),
+                "names, batch classes, depthwise frozen": (batch_names, True, amp, False),
+                "names, batch classes, float32 (--no-amp)": (batch_names, False, False, False),
+                "names, batch classes, image head in bfloat16 too": (batch_names, False, True, True)}
     depthwise = trainer.depthwise_weights(member.image_head)
 
-    def step(aux) -> None:
-        image, text = member.encode_image(images), member.encode_text(texts)
+    def step(aux, text_bfloat16: bool, image_bfloat16: bool) -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=image_bfloat16):
+            image = member.encode_image(images)
+        text = member.encode_text(texts, bfloat16=text_bfloat16)
         loss = trainer.contrastive_loss(image, text, member.logit_scale, torch.arange(256))
         if aux is not None:
-            loss = loss + 0.5 * aux.loss(image, text, labels, member)
+            loss = loss + 0.5 * aux.loss(image, text, labels, member, text_bfloat16)
         member.zero_grad()
         loss.backward()
 
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
-        for name, (aux, frozen) in variants.items():
+        for name, (aux, frozen, text_bfloat16, image_bfloat16) in variants.items():
             for weight in depthwise:
                 weight.requires_grad_(not frozen)
-            step(aux)  # warm-up
+            step(aux, text_bfloat16, image_bfloat16)  # warm-up
             started = time.perf_counter()
             for _ in range(3):
-                step(aux)
+                step(aux, text_bfloat16, image_bfloat16)
             seconds[name].append((time.perf_counter() - started) / 3)
-    print(f"ms per training step of 256 items, {args.threads} threads, median of {args.repeats}")
+    print(f"ms per training step of 256 items, {args.threads} threads, median of {args.repeats}; "
+          f"bfloat16 tiles (AMX): {'yes, the text head runs in bfloat16 by default' if amp else 'no'}")
     print("| auxiliary loss | ms per step |\n|---|---|")
     for name, values in seconds.items():
         print(f"| {name} | {1000 * float(np.median(values)):.0f} |")

@@ -10,7 +10,7 @@ import torch
 
 from enclip.artifacts import read_json
 from enclip.errors import EnclipError
-from enclip.models.ensemble import HeadCfg, load_model
+from enclip.models.ensemble import HeadCfg, Member, load_model
 from enclip.train import trainer
 from enclip.train.run import train_system
 from tests.conftest import tiny_run_cfg
@@ -148,9 +148,18 @@ def _frozen_parts(start, trained) -> dict[str, list[bool]]:
 
 
 def test_frozen_depthwise_and_frozen_norms_keep_what_they_name_and_train_the_rest(tmp_path, catalogue,
-                                                                                  tiny_ensemble_dir):
+                                                                                  tiny_ensemble_dir, monkeypatch):
     cfg = tiny_run_cfg(epochs=1, lr=5e-3, frozen_depthwise=True, frozen_norms=True)
+    # the same tiny run, as on a CPU with bfloat16 tiles: training steps run the text head in bfloat16 (captions
+    # and class names alike), validation does not
+    monkeypatch.setattr(trainer, "cpu_has_bfloat16_tiles", lambda: True)
+    asked = []
+    real = Member.encode_text
+    monkeypatch.setattr(Member, "encode_text", lambda self, features, bfloat16=False: (
+        asked.append((self.training, bfloat16)), real(self, features, bfloat16))[1])
     trained = load_model(train_system(catalogue, tmp_path / "m", cfg))[0].members[0].image_head
+    assert {bfloat16 for training, bfloat16 in asked if training} == {True}
+    assert {bfloat16 for training, bfloat16 in asked if not training} == {False}
     kept = {part: set(flags) for part, flags in _frozen_parts(_image_head_at_start(cfg), trained).items()}
     assert kept == {"depthwise": {True}, "norm statistics": {True}, "norm scales": {False},
                     "other convolutions": {False}}
@@ -158,3 +167,31 @@ def test_frozen_depthwise_and_frozen_norms_keep_what_they_name_and_train_the_res
     kept = {part: set(flags) for part, flags in _frozen_parts(_image_head_at_start(cfg), default).items()}
     assert kept == {"depthwise": {False}, "norm statistics": {False}, "norm scales": {False},
                     "other convolutions": {False}}
+
+
+def test_amp_off_never_asks_for_bfloat16(tmp_path, catalogue, monkeypatch):
+    monkeypatch.setattr(trainer, "cpu_has_bfloat16_tiles", lambda: True)
+    asked = []
+    real = Member.encode_text
+    monkeypatch.setattr(Member, "encode_text", lambda self, features, bfloat16=False: (
+        asked.append(bfloat16), real(self, features, bfloat16))[1])
+    train_system(catalogue, tmp_path / "m", tiny_run_cfg(epochs=1, amp=False))
+    assert asked and set(asked) == {False}
+
+
+def test_a_bfloat16_text_head_gives_float32_embeddings_close_to_float32_and_float32_gradients():
+    from enclip.models.ensemble import Ensemble
+    from enclip.models.registry import BackboneCfg, create_backbone
+
+    ensemble = Ensemble(create_backbone(BackboneCfg(name="tiny", embed_dim=16, image_size=32, context_length=16)),
+                        HeadCfg(1, 1))
+    member = ensemble.members[0].train()
+    features = ensemble.text_features(["navy check shirt", "red dress for women", "black sports shoes"])
+    exact = member.encode_text(features)
+    half = member.encode_text(features, bfloat16=True)
+    assert half.dtype == torch.float32 and torch.allclose(half.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert not torch.equal(half, exact), "autocast ran the head in bfloat16"
+    assert (half * exact).sum(dim=-1).min() > 0.99  # the same directions up to bfloat16 rounding
+    half.sum().backward()
+    grads = [p.grad for p in member.text_head.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 for g in grads)

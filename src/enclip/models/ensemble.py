@@ -52,8 +52,12 @@ class Member(nn.Module):
     def encode_image(self, features) -> torch.Tensor:
         return F.normalize(self.image_head(features).float(), dim=-1)
 
-    def encode_text(self, features) -> torch.Tensor:
-        out = self.text_head(*features) if isinstance(features, tuple) else self.text_head(features)
+    def encode_text(self, features, bfloat16: bool = False) -> torch.Tensor:
+        """Normalised text embeddings; ``bfloat16`` runs the head's layers under bfloat16 autocast (training on a
+        CPU with bfloat16 tiles, where they are twice as fast), and the normalisation stays in float32."""
+        device = (features[0] if isinstance(features, tuple) else features).device.type
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bfloat16):
+            out = self.text_head(*features) if isinstance(features, tuple) else self.text_head(features)
         return F.normalize(out.float(), dim=-1)
 
 

@@ -26,6 +26,7 @@ from enclip.data.captions import CaptionCfg
 from enclip.data.degrade import AugmentCfg
 from enclip.errors import EnclipError
 from enclip.eval.evaluator import RetrievalEvaluator
+from enclip.models.device import cpu_has_bfloat16_tiles
 from enclip.models.ensemble import Ensemble, HeadCfg
 from enclip.train.features import FeatureCache
 
@@ -69,7 +70,10 @@ class TrainCfg:
     # 0.282, slower in early epochs: off)
     frozen_norms: bool = False
     device: str = "auto"  # "auto", "cpu", "cuda"
-    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    # bfloat16 autocast where it is faster: the whole step on CUDA; on a CPU with bfloat16 tiles (AMX), the text head
+    # only, which then runs twice as fast, while the image head's depthwise convolutions run three times slower
+    # (bench/step_cost.py); losses and similarities stay float32. Off on CPUs without such tiles.
+    amp: bool = True
 
 
 def title_groups(titles: list[str]) -> np.ndarray:
@@ -116,16 +120,16 @@ class AttributeHeads(nn.Module):
         return list(self.names if self.names is not None else self.prototypes)
 
     def class_vectors(self, column: str, classes: torch.Tensor | None = None,
-                      member: nn.Module | None = None) -> torch.Tensor:
+                      member: nn.Module | None = None, bfloat16: bool = False) -> torch.Tensor:
         """Normalised (classes, d) prototypes of one column (only ``classes``, when given); name prototypes run
-        through ``member``'s text head."""
+        through ``member``'s text head (in bfloat16 autocast when asked)."""
         if self.names is None:
             prototypes = self.prototypes[column]
             return F.normalize(prototypes if classes is None else prototypes[classes], dim=-1)
-        return member.encode_text(_rows(self.names[column], classes))
+        return member.encode_text(_rows(self.names[column], classes), bfloat16=bfloat16)
 
     def loss(self, image: torch.Tensor, text: torch.Tensor, labels: dict[str, torch.Tensor],
-             member: nn.Module | None = None) -> torch.Tensor:
+             member: nn.Module | None = None, bfloat16: bool = False) -> torch.Tensor:
         total = image.new_zeros(())
         for column in self.columns:
             known = labels[column] >= 0
@@ -137,7 +141,7 @@ class AttributeHeads(nn.Module):
             else:  # the batch's classes only (about 56 of 142 types), as CLIP contrasts in-batch negatives: half the
                 # extra step cost of every class name (+6% a step instead of +12%, bench/step_cost.py)
                 present, target = target.unique(return_inverse=True)
-                weights = self.class_vectors(column, present, member)
+                weights = self.class_vectors(column, present, member, bfloat16)
             for embedding in (image, text):
                 total = total + 0.5 * F.cross_entropy(self.scale * embedding[known] @ weights.T, target)
         return total / max(1, len(self.columns))
@@ -364,19 +368,20 @@ def _run_epoch(ensemble, heads, train, groups, run, epoch, optimizer, scheduler,
     losses = []
     started = time.perf_counter()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    text_bfloat16 = cfg.amp and device.type == "cpu" and cpu_has_bfloat16_tiles()
     with tqdm(batches, desc=f"member {member} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False) as bar:
         for rows in bar:
             views = rng.integers(0, len(train.images), size=len(rows))
             captions = _pick_captions(train, rows, rng)
             with autocast:
                 image = heads.encode_image(train.image_batch(rows, views, device))
-                text = heads.encode_text(train.text_batch(captions, device))
+                text = heads.encode_text(train.text_batch(captions, device), bfloat16=text_bfloat16)
                 loss = contrastive_loss(image, text, heads.logit_scale, groups[rows].to(device))
                 aux, labels = auxiliary
                 if aux is not None:
                     picked = torch.from_numpy(rows).to(device)
                     loss = loss + cfg.aux_weight * aux.loss(image, text, {n: v[picked] for n, v in labels.items()},
-                                                            heads)
+                                                            heads, text_bfloat16)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
