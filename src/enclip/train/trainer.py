@@ -70,10 +70,12 @@ class TrainCfg:
     # 0.282, slower in early epochs: off)
     frozen_norms: bool = False
     device: str = "auto"  # "auto", "cpu", "cuda"
-    # bfloat16 autocast where it is faster: the whole step on CUDA; on a CPU with bfloat16 tiles (AMX), the text head
-    # only, which then runs twice as fast, while the image head's depthwise convolutions run three times slower
-    # (bench/step_cost.py); losses and similarities stay float32. Off on CPUs without such tiles.
-    amp: bool = True
+    amp: bool = True  # bfloat16 autocast on CUDA (the whole step)
+    # on a CPU with bfloat16 tiles (AMX), run the text head under bfloat16 autocast (losses stay float32). A step was
+    # 26% cheaper in one bench/step_cost.py run and level in the next; real epochs were level (172 s against 175 s)
+    # and so was validation recall (0.292 against 0.290; RESULTS.md, issue 14, fifth pass): off until it pays. The
+    # image head is three times slower in bfloat16 (depthwise convolutions), so it always stays float32 on the CPU.
+    cpu_amp: bool = False
 
 
 def title_groups(titles: list[str]) -> np.ndarray:
@@ -368,7 +370,7 @@ def _run_epoch(ensemble, heads, train, groups, run, epoch, optimizer, scheduler,
     losses = []
     started = time.perf_counter()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
-    text_bfloat16 = cfg.amp and device.type == "cpu" and cpu_has_bfloat16_tiles()
+    text_bfloat16 = cfg.cpu_amp and device.type == "cpu" and cpu_has_bfloat16_tiles()
     with tqdm(batches, desc=f"member {member} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False) as bar:
         for rows in bar:
             views = rng.integers(0, len(train.images), size=len(rows))
