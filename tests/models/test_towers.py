@@ -208,3 +208,53 @@ def test_the_ensemble_runs_a_folded_trunk_but_keeps_the_loaded_weights_fingerpri
     from enclip.models.ensemble import _digest
 
     assert ensemble.trunk_fingerprint() == _digest(loaded, ensemble.text_trunk)  # saved models stay loadable
+
+
+def test_the_cpu_frozen_trunk_computes_what_the_eager_trunk_does(tiny):
+    from enclip.models.towers import frozen_for_cpu
+
+    trunk = tiny.split_image(1).trunk.eval()
+    pixels = torch.stack([tiny.preprocess(image) for image in photos(6)])
+    frozen = frozen_for_cpu(trunk, pixels[:2])
+    assert isinstance(frozen, torch.jit.ScriptModule)
+    with torch.inference_mode():
+        torch.testing.assert_close(frozen(pixels[:5]), trunk(pixels[:5]), atol=1e-5, rtol=1e-4)  # another batch
+
+
+def test_a_trunk_that_cannot_be_frozen_or_has_no_convolution_stays_eager():
+    from enclip.models.towers import frozen_for_cpu
+
+    class Labelled(torch.nn.Module):  # returns a string beside its maps: not traceable
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return {"maps": self.conv(x), "name": "labelled"}
+
+    class Branchy(torch.nn.Module):  # data-dependent control flow: a trace would bake one branch in
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x) if bool(x.mean() > 0) else -self.conv(x)
+
+    probe = torch.rand(2, 3, 8, 8)
+    assert frozen_for_cpu(torch.nn.Conv2d(3, 4, 3).eval(), probe) is not None
+    assert frozen_for_cpu(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4)), probe) is None
+    assert frozen_for_cpu(Labelled().eval(), probe) is None
+    assert frozen_for_cpu(Branchy().eval(), probe) is None  # exact on the probe, wrong on negative inputs
+    assert frozen_for_cpu(torch.nn.Conv2d(3, 4, 3).eval(), probe.fill_(float("nan"))) is None  # check cannot pass
+
+
+def test_the_ensemble_uses_the_frozen_trunk_on_the_cpu_and_still_pickles(tiny):
+    cloudpickle = pytest.importorskip("cloudpickle")
+    ensemble = Ensemble(tiny_backbone(), HeadCfg(trainable_image=1, trainable_text=1))
+    pixels = ensemble.pixels(photos())
+    with torch.inference_mode():
+        eager = ensemble.image_trunk(pixels)
+    torch.testing.assert_close(ensemble.image_trunk_outputs(pixels), eager, atol=1e-5, rtol=1e-4)
+    assert isinstance(ensemble._cpu_trunk[0], torch.jit.ScriptModule)  # built on first use
+    copy = cloudpickle.loads(cloudpickle.dumps(ensemble))  # how Ray ships an ensemble to its workers
+    torch.testing.assert_close(copy.image_trunk_outputs(pixels), eager, atol=1e-5, rtol=1e-4)
