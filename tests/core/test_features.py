@@ -52,3 +52,25 @@ def test_shards_of_another_job_are_refused_not_mixed_in(tmp_path):
     np.testing.assert_array_equal(again, first)
     with pytest.raises(EnclipError, match="another job.*delete the directory"):
         run_sharded(12, lambda rows: rows, encode, tmp_path, shard_size=4)
+
+
+def test_a_degraded_view_runs_the_trunk_only_on_the_photos_its_draw_degrades(tmp_path, catalogue):
+    from enclip.data.degrade import AugmentCfg
+    from enclip.embed.trunk_cache import cache_image_features
+
+    ensemble = _ensemble()
+    positions = np.arange(0, 60, 2)
+    augment = AugmentCfg(p=0.5)
+    clean = cache_image_features(ensemble, catalogue, positions, tmp_path / "clean")
+    every = cache_image_features(ensemble, catalogue, positions, tmp_path / "every", view=1, augment=augment, seed=3)
+    seen: list[int] = []
+    original = ensemble.image_trunk_outputs
+    ensemble.image_trunk_outputs = lambda pixels: (seen.append(len(pixels)), original(pixels))[1]
+    skipping = cache_image_features(ensemble, catalogue, positions, tmp_path / "skip", view=1, augment=augment,
+                                    seed=3, clean=clean)
+    changed = np.abs(every.astype(np.float32) - clean.astype(np.float32)).reshape(len(positions), -1).max(axis=1) > 0
+    assert 0 < changed.sum() < len(positions)  # p=0.5: some photos degraded, some left as they are
+    assert sum(seen) == changed.sum()  # the trunk ran on exactly the degraded ones
+    np.testing.assert_allclose(skipping.astype(np.float32), every.astype(np.float32), atol=2e-3)
+    with pytest.raises(ValueError, match="clean holds"):
+        cache_image_features(ensemble, catalogue, positions, tmp_path / "bad", view=1, clean=clean[:-1])

@@ -149,13 +149,19 @@ class AugmentCfg:
             raise EnclipError(f"AugmentCfg.max_ops must be at least 1, got {self.max_ops}")
 
 
+def degrades(cfg: AugmentCfg, rng: np.random.Generator) -> bool:
+    """Whether :func:`random_degrade` with a generator in ``rng``'s state changes the image at all (its first draw):
+    callers can skip the photos it would return unchanged."""
+    return bool(rng.random() < cfg.p)
+
+
 def random_degrade(image: Image.Image, cfg: AugmentCfg, rng: np.random.Generator) -> Image.Image:
     """Training augmentation: with probability ``cfg.p`` chain 1..max_ops distinct random degradations.
 
     Every choice (whether, which, in what order, how strong, the per-op seed) is drawn from ``rng``, so a seeded
     data loader reproduces the same augmented images. Returns a new RGB image of the same size.
     """
-    if rng.random() >= cfg.p:
+    if not degrades(cfg, rng):
         return image.convert("RGB")
     names = tuple(dict.fromkeys(cfg.names))  # distinct, in the configured order
     n_ops = int(rng.integers(1, min(cfg.max_ops, len(names)) + 1))

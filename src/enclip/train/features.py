@@ -93,9 +93,10 @@ def cache_features(
 
 def _cache(ensemble, catalogue, positions, work_dir, views, augment, captions, seed, batch_size,
            clean) -> FeatureCache:
-    images = [clean if view == 0 and clean is not None else
-              cache_image_features(ensemble, catalogue, positions, work_dir, view=view, augment=augment, seed=seed,
-                                   batch_size=batch_size) for view in range(views + 1)]
+    images = [clean if clean is not None else
+              cache_image_features(ensemble, catalogue, positions, work_dir, batch_size=batch_size)]
+    images += [cache_image_features(ensemble, catalogue, positions, work_dir, view=view, augment=augment, seed=seed,
+                                    batch_size=batch_size, clean=images[0]) for view in range(1, views + 1)]
     texts, owner = _caption_table(catalogue, positions, captions)
     text_arrays = _cache_texts(ensemble, texts, work_dir / "distinct-texts", batch_size)
     first = np.searchsorted(owner, np.arange(len(positions)))
