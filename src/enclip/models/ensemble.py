@@ -84,7 +84,6 @@ class Ensemble(nn.Module):
             for member in list(self.members)[1:]:
                 _redraw_projections(member)
         self._trunk_fingerprint: str | None = None
-        self._cpu_trunk: list = []  # [frozen TorchScript copy or None], built on first CPU use; never saved or sent
         self.to(memory_format=torch.channels_last)
         self.eval()  # encoding is deterministic until a trainer asks for train mode
 
@@ -94,23 +93,6 @@ class Ensemble(nn.Module):
         self.image_trunk.eval()
         self.text_trunk.eval()
         return self
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state["_cpu_trunk"] = []  # a TorchScript module does not pickle (Ray ships ensembles); rebuilt on use
-        return state
-
-    def run_image_trunk(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The frozen image trunk on one batch: on a CPU, its TorchScript-frozen copy where one traces
-        (``towers.frozen_for_cpu``: same outputs up to float rounding, about 1.3x faster), else the eager trunk."""
-        if pixels.device.type != "cpu":
-            return self.image_trunk(pixels)
-        if not self._cpu_trunk:
-            ramp = np.linspace(0, 255, 80 * 60 * 3).reshape(80, 60, 3).astype(np.uint8)  # a portrait photo's shape
-            probe = torch.stack([self.backbone.preprocess(Image.fromarray(image)) for image in (ramp, ramp[::-1])])
-            probe = probe.contiguous(memory_format=torch.channels_last)
-            self._cpu_trunk.append(towers.frozen_for_cpu(self.image_trunk, probe))
-        return (self._cpu_trunk[0] or self.image_trunk)(pixels)
 
     @property
     def device(self) -> torch.device:
@@ -130,12 +112,12 @@ class Ensemble(nn.Module):
     @torch.inference_mode()
     def image_trunk_outputs(self, pixels: torch.Tensor) -> torch.Tensor:
         """The image trunk over a large batch, TRUNK_CHUNK images per call (for caching and catalogue embedding)."""
-        return torch.cat([self.run_image_trunk(chunk) for chunk in pixels.split(TRUNK_CHUNK)])
+        return torch.cat([self.image_trunk(chunk) for chunk in pixels.split(TRUNK_CHUNK)])
 
     @torch.inference_mode()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """(K, B, d) member embeddings of a large pixel batch, trunk and heads TRUNK_CHUNK images at a time."""
-        return torch.cat([self.encode_image_features(self.run_image_trunk(chunk))
+        return torch.cat([self.encode_image_features(self.image_trunk(chunk))
                           for chunk in pixels.split(TRUNK_CHUNK)], dim=1)
 
     def tokens(self, texts: Sequence[str]) -> torch.Tensor:
@@ -147,7 +129,7 @@ class Ensemble(nn.Module):
 
     @torch.no_grad()
     def image_features(self, images: Sequence[Image.Image]):
-        return self.run_image_trunk(self.pixels(images))
+        return self.image_trunk(self.pixels(images))
 
     @torch.no_grad()
     def text_features(self, texts: Sequence[str]):

@@ -11,16 +11,12 @@ stages, transformer layers) plus the projection, and ``ALL`` the whole tower (th
 from __future__ import annotations
 
 import copy
-import logging
-import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from enclip.errors import EnclipError
-
-log = logging.getLogger(__name__)
 
 ALL = -1  # ``trainable`` value meaning: train the whole tower
 
@@ -259,38 +255,6 @@ def fold_batch_norms(trunk: nn.Module, probe: torch.Tensor) -> nn.Module:
         after = [getattr(norm, part) for part in ("drop", "act") if isinstance(getattr(norm, part, None), nn.Module)]
         _replace(folded, names[norm], nn.Sequential(*after) if after else nn.Identity())
     return folded.requires_grad_(False)
-
-
-def frozen_for_cpu(trunk: nn.Module, probe: torch.Tensor, tolerance: float = 1e-4) -> nn.Module | None:
-    """A TorchScript copy of a frozen trunk, frozen and optimised for CPU inference, or None where it does not apply.
-
-    ``torch.jit.freeze`` + ``optimize_for_inference`` pre-pack the convolutions' weights for oneDNN and fuse each
-    activation into its convolution. On the EfficientNet trunk at 96 px, whose 48x48 early stages are bound by
-    memory traffic, trunk caching ran about 1.3x faster on 2 cores (RESULTS.md, issue 14). The copy is traced on
-    ``probe`` and checked against the eager trunk there: None (eager is used) when tracing fails, the trunk has no
-    convolution, the tracer warns that the trace may not generalise (data-dependent control flow), or
-    outputs differ by more than ``tolerance`` (relative). Both APIs are deprecated in favour of
-    ``torch.compile``, which measured no faster here; torch is pinned, and a torch without them falls back to eager.
-    """
-    if not any(isinstance(module, nn.Conv2d) for module in trunk.modules()):
-        return None
-    try:
-        with warnings.catch_warnings(record=True) as caught, torch.inference_mode():
-            warnings.simplefilter("always")
-            scripted = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(trunk.eval(), probe)))
-            expected, got = trunk(probe), scripted(probe)
-            error = float((got - expected).norm() / expected.norm().clamp_min(1e-12))
-    except Exception as failure:  # any tracing failure means: keep the eager trunk, which is always correct
-        log.info("image trunk kept eager: TorchScript freezing failed (%s)", failure)
-        return None
-    unsafe = [str(w.message) for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
-    if unsafe:  # the trace depends on Python values or control flow: it may not generalise past the probe
-        log.info("image trunk kept eager: its trace may not generalise (%s)", unsafe[0])
-        return None
-    if got.shape != expected.shape or not error <= tolerance:
-        log.info("image trunk kept eager: the frozen copy's outputs differ (relative error %.2g)", error)
-        return None
-    return scripted
 
 
 def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
