@@ -19,8 +19,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/enclip demo $(ARGS)
 
+# The default suite runs on two pytest-xdist workers, one per core of the project's machines (each test uses one
+# torch thread); `make test WORKERS=0` runs it in one process.
+WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(WORKERS) $(ARGS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m '' $(ARGS)

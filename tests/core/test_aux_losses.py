@@ -87,6 +87,7 @@ def _text_cache(ensemble, texts):
     return {"pooled": output.numpy()}
 
 
+@pytest.mark.slow  # a resume- or kill-equivalence run: the slow set
 @pytest.mark.parametrize("prototypes", trainer.PROTOTYPES)
 def test_training_with_auxiliary_losses_resumes_to_the_same_weights(tmp_path, catalogue, monkeypatch, prototypes):
     cfg = tiny_run_cfg(epochs=3, patience=5, aux_prototypes=prototypes, **AUX)

@@ -136,6 +136,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+@pytest.mark.slow  # a resume- or kill-equivalence run: the slow set
 def test_admin_changes_reach_every_channel_and_survive_a_kill(tmp_path, tiny_index_dir, catalogue):
     index = tmp_path / "index"
     shutil.copytree(tiny_index_dir, index)

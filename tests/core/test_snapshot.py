@@ -59,6 +59,7 @@ def test_snapshot_needs_an_epoch_per_member_before_any_work(tmp_path, catalogue)
     assert not (tmp_path / "s" / "cache").exists()
 
 
+@pytest.mark.slow  # a resume- or kill-equivalence run: the slow set
 def test_an_interrupted_snapshot_run_resumes_to_the_same_members(tmp_path, catalogue, monkeypatch):
     cfg = tiny_run_cfg(members=2, strategy="snapshot", epochs=4)
     reference = load_model(train_system(catalogue, tmp_path / "straight", cfg))[0]
