@@ -76,7 +76,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="offline, an open_clip arch, hf-hub:ID, local-dir:DIR, hf-clip:DIR")
     parser.add_argument("--pretrained", default=b.pretrained, help="open_clip pretrained tag or weights file")
     parser.add_argument("--embed-dim", type=int, default=b.embed_dim)
-    parser.add_argument("--image-size", type=int, default=b.image_size)
+    parser.add_argument("--image-size", type=int, default=b.image_size, help="model input height (and width)")
+    parser.add_argument("--image-width", type=int, default=b.image_width,
+                        help="model input width if not square (offline backbone; 72 fits 60x80 photos unpadded)")
     parser.add_argument("--members", type=int, default=e.members, help="ensemble size K (1 = single model)")
     parser.add_argument("--strategy", default=e.strategy, choices=STRATEGIES,
                         help="what members differ by; snapshot: K learning-rate cycles of one run (see `enclip soup`)")
@@ -131,7 +133,7 @@ def run_cfg(args):
     from enclip.train.trainer import TrainCfg
 
     backbone = BackboneCfg(name=args.backbone, pretrained=args.pretrained, embed_dim=args.embed_dim,
-                           image_size=args.image_size)
+                           image_size=args.image_size, image_width=args.image_width)
     train = TrainCfg(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, block_lr=args.block_lr,
                      views=args.views, seed=args.seed,
                      heads=HeadCfg(args.trainable_image, args.trainable_text), device=args.device,

@@ -38,6 +38,7 @@ def test_image_cache_key_follows_the_image_trunk_and_preprocessing_only():
     base = _ensemble()
     assert _ensemble(HeadCfg(trainable_text=0)).image_cache_key() == base.image_cache_key()  # same image cut
     assert _ensemble(image_size=48).image_cache_key() != base.image_cache_key()
+    assert _ensemble(image_width=24).image_cache_key() != base.image_cache_key()
     assert _ensemble(HeadCfg(trainable_image=0)).image_cache_key() != base.image_cache_key()
 
 

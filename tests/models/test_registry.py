@@ -20,7 +20,7 @@ from PIL import Image
 from enclip.errors import EnclipError
 from enclip.models.ensemble import Ensemble, HeadCfg
 from enclip.models.hf_clip import eos_attention_mask
-from enclip.models.registry import BackboneCfg, create_backbone, efficientnet_lite0_weights, minilm_path
+from enclip.models.registry import BackboneCfg, create_backbone, efficientnet_lite0_weights, letterbox, minilm_path
 
 open_clip = pytest.importorskip("open_clip")
 transformers = pytest.importorskip("transformers")
@@ -380,3 +380,21 @@ def test_every_format_encodes_through_an_ensemble(any_backbone):
     assert same != backbone.new_projections
     trainable = [p for p in ensemble.parameters() if p.requires_grad]
     assert trainable and all(any(p is q for q in ensemble.members.parameters()) for p in trainable)
+
+
+def test_letterbox_pads_on_white_to_the_inputs_aspect_ratio_and_no_further():
+    rng = np.random.default_rng(0)
+    portrait = Image.fromarray(rng.integers(0, 200, (80, 60, 3), dtype=np.uint8))  # the catalogue's 60x80
+    unpadded = letterbox(portrait, (96, 72))  # same 3:4 ratio: only resized
+    np.testing.assert_array_equal(unpadded, np.asarray(portrait.resize((72, 96), Image.BILINEAR)))
+    square = letterbox(portrait, 96)
+    assert square.shape == (96, 96, 3) and (square[:, :10] == 255).all() and (square[:, -10:] == 255).all()
+    np.testing.assert_array_equal(square, letterbox(portrait, (96, 96)))
+    landscape = letterbox(Image.fromarray(rng.integers(0, 200, (60, 80, 3), dtype=np.uint8)), (96, 72))
+    assert landscape.shape == (96, 72, 3) and (landscape[:20] == 255).all() and (landscape[-20:] == 255).all()
+    assert not (landscape[48] == 255).all()
+
+
+def test_an_image_width_is_refused_for_backbones_with_their_own_preprocessing():
+    with pytest.raises(EnclipError, match="image-width"):
+        create_backbone(BackboneCfg(name="ViT-B-32", image_width=72))

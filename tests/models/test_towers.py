@@ -140,6 +140,16 @@ def test_load_model_rebuilds_the_same_untrained_trunk_under_saved_heads(tmp_path
     np.testing.assert_array_equal(loaded.encode_images(photos())[0], trained.encode_images(photos())[1])
 
 
+def test_a_non_square_input_is_saved_with_the_model_and_rebuilt_on_load(tmp_path):
+    torch.manual_seed(0)
+    ensemble = Ensemble(create_backbone(TINY, image_width=24), HeadCfg(trainable_image=1, trainable_text=1)).eval()
+    assert ensemble.backbone.preprocess_batch(photos(2)).shape == (2, 3, 32, 24)
+    ensemble.save_member(0, tmp_path / "member")
+    loaded, _ = load_model(tmp_path / "member")
+    assert loaded.backbone.preprocess(photos(1)[0]).shape == (3, 32, 24)
+    np.testing.assert_array_equal(loaded.encode_images(photos())[0], ensemble.encode_images(photos())[0])
+
+
 def test_a_new_ensemble_encodes_deterministically():
     torch.manual_seed(0)
     ensemble = Ensemble(create_backbone(TINY), HeadCfg(trainable_image=1, trainable_text=1))

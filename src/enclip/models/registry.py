@@ -35,7 +35,8 @@ class BackboneCfg:
     name: str = "offline"  # registry name, open_clip arch, "hf-hub:org/repo", "local-dir:DIR" or "hf-clip:DIR"
     pretrained: str | None = None  # open_clip pretrained tag or weights file (open_clip arch names only)
     embed_dim: int = 256  # joint embedding size (offline/tiny: the projection is new)
-    image_size: int = 96  # model input side in pixels (the catalogue's photos are 60x80)
+    image_size: int = 96  # model input height in pixels (the catalogue's photos are 60x80)
+    image_width: int | None = None  # model input width; None: square. 72 fits 3:4 portrait photos without padding
     context_length: int = 32  # tokens per text; product titles need about 20
     pretrained_towers: bool = True  # load the towers' pretrained weights (False: random init, for tests)
 
@@ -58,6 +59,7 @@ class Backbone:
 
 _BUILDERS: dict[str, Callable[[BackboneCfg], Backbone]] = {}
 _PREFIX_BUILDERS: dict[str, Callable[[BackboneCfg], Backbone]] = {}  # "hf-clip:" -> builder of "hf-clip:DIR" names
+_LETTERBOXED = ("offline", "tiny")  # builders whose preprocessing is this module's letterbox (any input shape)
 
 
 def register_backbone(name: str):
@@ -88,6 +90,9 @@ def create_backbone(cfg: BackboneCfg | str | None = None, **overrides) -> Backbo
     """Resolve a backbone name (or config) and build it; ``overrides`` replace config fields."""
     cfg = BackboneCfg(name=cfg) if isinstance(cfg, str) else (cfg or BackboneCfg())
     cfg = replace(cfg, **overrides)
+    if cfg.image_width is not None and cfg.name not in _LETTERBOXED:
+        raise EnclipError(f"an image width is for the {' and '.join(_LETTERBOXED)} backbones; {cfg.name!r} brings "
+                          "its own preprocessing: leave --image-width unset")
     if cfg.name in _BUILDERS:
         return _BUILDERS[cfg.name](cfg)
     prefix, sep, _ = cfg.name.partition(":")
@@ -96,39 +101,51 @@ def create_backbone(cfg: BackboneCfg | str | None = None, **overrides) -> Backbo
     return _build_open_clip(cfg)
 
 
-def letterbox(image: Image.Image, size: int) -> np.ndarray:
-    """(size, size, 3) uint8: the photo padded to a square on white (product photos have white backgrounds), resized."""
+def input_shape(cfg: BackboneCfg) -> tuple[int, int]:
+    """(height, width) of the model's input: ``image_size`` high, ``image_width`` (default: as high) wide."""
+    width = cfg.image_size if cfg.image_width is None else cfg.image_width
+    if cfg.image_size < 1 or width < 1:
+        raise EnclipError(f"image size {cfg.image_size}x{width} (height x width) must be positive")
+    return cfg.image_size, width
+
+
+def letterbox(image: Image.Image, shape: int | tuple[int, int]) -> np.ndarray:
+    """(height, width, 3) uint8: the photo padded on white to the input's aspect ratio (product photos have white
+    backgrounds), then resized. ``shape`` is (height, width), or one side for a square."""
+    height, width = (shape, shape) if isinstance(shape, int) else shape
     w, h = image.size
-    side = max(w, h)
-    if w != h:
-        canvas = Image.new("RGB", (side, side), (255, 255, 255))
-        canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    canvas_w, canvas_h = max(w, round(h * width / height)), max(h, round(w * height / width))
+    if (canvas_w, canvas_h) != (w, h):
+        canvas = Image.new("RGB", (canvas_w, canvas_h), (255, 255, 255))
+        canvas.paste(image, ((canvas_w - w) // 2, (canvas_h - h) // 2))
         image = canvas
-    if side != size:
-        image = image.resize((size, size), Image.BILINEAR)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.BILINEAR)
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
 
 
-def letterbox_batch_transform(size: int, mean=IMAGENET_MEAN,
+def letterbox_batch_transform(shape: int | tuple[int, int], mean=IMAGENET_MEAN,
                               std=IMAGENET_STD) -> Callable[[Sequence[Image.Image]], torch.Tensor]:
-    """Images -> (B, 3, size, size) float, channels-last, normalised: PIL pads and resizes each photo into one uint8
-    array and torch normalises the batch in one pass (per-image tensor transforms cost more than the trunk)."""
+    """Images -> (B, 3, height, width) float, channels-last, normalised: PIL pads and resizes each photo into one
+    uint8 array and torch normalises the batch in one pass (per-image tensor transforms cost more than the trunk)."""
+    height, width = (shape, shape) if isinstance(shape, int) else shape
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def transform(images: Sequence[Image.Image]) -> torch.Tensor:
-        batch = np.empty((len(images), size, size, 3), dtype=np.uint8)
+        batch = np.empty((len(images), height, width, 3), dtype=np.uint8)
         for i, image in enumerate(images):
-            batch[i] = letterbox(image, size)
+            batch[i] = letterbox(image, (height, width))
         pixels = torch.from_numpy(batch).permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels-last strides
         return pixels.to(torch.float32).mul_(1.0 / 255).sub_(mean_t).div_(std_t)
 
     return transform
 
 
-def letterbox_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callable[[Image.Image], torch.Tensor]:
-    """Pad to a square on white, resize, normalise: one image to a (3, size, size) tensor."""
-    batch = letterbox_batch_transform(size, mean, std)
+def letterbox_transform(shape: int | tuple[int, int], mean=IMAGENET_MEAN,
+                        std=IMAGENET_STD) -> Callable[[Image.Image], torch.Tensor]:
+    """Pad to the input's aspect ratio on white, resize, normalise: one image to a (3, height, width) tensor."""
+    batch = letterbox_batch_transform(shape, mean, std)
     return lambda image: batch([image])[0].contiguous()
 
 
@@ -195,8 +212,8 @@ def _build_offline(cfg: BackboneCfg) -> Backbone:
     if cfg.pretrained_towers:
         load_efficientnet_lite0(model.visual.trunk, efficientnet_lite0_weights())
     tokenizer = HFTokenizer(str(text_path), context_length=cfg.context_length)
-    backbone = Backbone(model, letterbox_transform(cfg.image_size), tokenizer, cfg, trim_padding=True,
-                        new_projections=True, preprocess_batch=letterbox_batch_transform(cfg.image_size))
+    backbone = Backbone(model, letterbox_transform(input_shape(cfg)), tokenizer, cfg, trim_padding=True,
+                        new_projections=True, preprocess_batch=letterbox_batch_transform(input_shape(cfg)))
     return _with_splits(model, backbone)
 
 
@@ -211,8 +228,8 @@ def _build_tiny(cfg: BackboneCfg) -> Backbone:
         torch.manual_seed(0)  # the frozen trunk is not saved with a model, so it must rebuild identically
         model = _custom_clip(cfg, "test_efficientnet", text_path)
     tokenizer = HFTokenizer(str(text_path), context_length=cfg.context_length)
-    backbone = Backbone(model, letterbox_transform(cfg.image_size), tokenizer, cfg, trim_padding=True,
-                        new_projections=True, preprocess_batch=letterbox_batch_transform(cfg.image_size))
+    backbone = Backbone(model, letterbox_transform(input_shape(cfg)), tokenizer, cfg, trim_padding=True,
+                        new_projections=True, preprocess_batch=letterbox_batch_transform(input_shape(cfg)))
     return _with_splits(model, backbone)
 
 
