@@ -36,6 +36,8 @@ def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: s
                                       *flags])
     cfg = run_cfg(args)
     heads = f"img{cfg.train.heads.trainable_image}-txt{cfg.train.heads.trainable_text}-views{cfg.train.views}"
+    if cfg.backbone.image_width is not None:  # another input shape: other trunk outputs, shared with no square cut
+        heads += f"-{cfg.backbone.image_size}x{cfg.backbone.image_width}"
     feature_cache = feature_cache or out / "feature-cache"
     cfg.cache_dir = str(feature_cache / heads)  # recipes with the same cut share their trunk outputs
     _share_image_views(feature_cache, heads)
