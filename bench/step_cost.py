@@ -4,7 +4,8 @@ One default head (two image stages, one text layer) takes training steps of 256 
 labels; image-trunk outputs are random, which costs the same) with: no auxiliary loss, free ("learned") class
 vectors, class-name vectors over the batch's classes (``names``), class-name vectors over every class, ``names``
 with the image head's depthwise filters frozen (``--frozen-depthwise``), ``names`` with the text head in bfloat16
-(``--cpu-amp``, on a CPU with AMX tiles), and ``names`` with the image head in bfloat16 as well. The variants
+(``--cpu-amp``, on a CPU with AMX tiles), ``names`` with the image head in bfloat16 as well, and ``names`` with the
+image head's depthwise convolutions as plain ``nn.Conv2d`` (before ``SmallMapDepthwiseConv2d``). The variants
 alternate, so a machine that slows down or speeds up during the run affects them all alike;
 the figure is the median over repeats of the mean of 3 steps (forward and backward, no optimiser step).
 
@@ -14,6 +15,7 @@ the figure is the median over repeats of the mean of 3 steps (forward and backwa
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -67,16 +69,20 @@ def main(argv=None) -> int:
     names = {c: ensemble.text_features(values) for c, values in classes.items()}
     dim = member.encode_text(texts).shape[-1]
     batch_names = trainer.AttributeHeads(dim, {}, 0, names=names)
-    # name -> (auxiliary heads, depthwise frozen, text head in bfloat16, image head in bfloat16)
-    variants = {"no auxiliary loss": (None, False, False, False),
+    # name -> (auxiliary heads, depthwise frozen, text head in bfloat16, image head in bfloat16, image head)
+    small_map = member.image_head
+    plain = copy.deepcopy(ensemble.backbone.split_image(HeadCfg().trainable_image).head).train()
+    plain.load_state_dict(small_map.state_dict())
+    variants = {"no auxiliary loss": (None, False, False, False, small_map),
                 "learned": (trainer.AttributeHeads(dim, {c: len(v) for c, v in classes.items()}, 0), False, False,
-                            False),
-                "names, batch classes": (batch_names, False, False, False),
-                "names, every class": (EveryClassName(dim, {}, 0, names=names), False, False, False),
-                "names, batch classes, depthwise frozen": (batch_names, True, False, False),
-                "names, batch classes, text head in bfloat16 (--cpu-amp)": (batch_names, False, True, False),
-                "names, batch classes, image head in bfloat16 too": (batch_names, False, True, True)}
-    depthwise = trainer.depthwise_weights(member.image_head)
+                            False, small_map),
+                "names, batch classes": (batch_names, False, False, False, small_map),
+                "names, every class": (EveryClassName(dim, {}, 0, names=names), False, False, False, small_map),
+                "names, batch classes, depthwise frozen": (batch_names, True, False, False, small_map),
+                "names, batch classes, text head in bfloat16 (--cpu-amp)": (batch_names, False, True, False,
+                                                                            small_map),
+                "names, batch classes, image head in bfloat16 too": (batch_names, False, True, True, small_map),
+                "names, batch classes, depthwise as nn.Conv2d (before)": (batch_names, False, False, False, plain)}
 
     def step(aux, text_bfloat16: bool, image_bfloat16: bool) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=image_bfloat16):
@@ -90,8 +96,9 @@ def main(argv=None) -> int:
 
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
-        for name, (aux, frozen, text_bfloat16, image_bfloat16) in variants.items():
-            for weight in depthwise:
+        for name, (aux, frozen, text_bfloat16, image_bfloat16, image_head) in variants.items():
+            member.image_head = image_head
+            for weight in trainer.depthwise_weights(image_head):
                 weight.requires_grad_(not frozen)
             step(aux, text_bfloat16, image_bfloat16)  # warm-up
             started = time.perf_counter()

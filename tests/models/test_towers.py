@@ -6,6 +6,8 @@ truly frozen, and on a saved head reproducing its embeddings when loaded onto a 
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ from PIL import Image
 from enclip.errors import EnclipError
 from enclip.models.ensemble import Ensemble, HeadCfg, load_model
 from enclip.models.registry import BackboneCfg, create_backbone
-from enclip.models.towers import ALL
+from enclip.models.towers import ALL, SmallMapDepthwiseConv2d, clone_head, small_map_depthwise
 
 TINY = BackboneCfg(name="tiny", embed_dim=16, image_size=32, context_length=16)
 TEXTS = ["red cotton shirt", "navy blue slim fit jeans for men", "watch", "black leather belt"]
@@ -150,6 +152,36 @@ def test_a_non_square_input_is_saved_with_the_model_and_rebuilt_on_load(tmp_path
     np.testing.assert_array_equal(loaded.encode_images(photos())[0], ensemble.encode_images(photos())[0])
 
 
+@pytest.mark.parametrize("height, width, kernel, stride", [(3, 3, 5, 1), (6, 6, 5, 2), (6, 5, 5, 2), (3, 2, 3, 1),
+                                                          (12, 12, 5, 1)])
+def test_small_map_depthwise_computes_what_the_convolution_computes(height, width, kernel, stride):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, kernel, stride, kernel // 2, groups=8, bias=True)
+    swapped = small_map_depthwise(torch.nn.Sequential(copy.deepcopy(conv)))
+    assert type(swapped[0]) is SmallMapDepthwiseConv2d and list(swapped.state_dict()) == ["0.weight", "0.bias"]
+    inputs = [torch.randn(4, 8, height, width).contiguous(memory_format=torch.channels_last).requires_grad_()
+              for _ in range(2)]
+    with torch.no_grad():
+        inputs[1].copy_(inputs[0])
+    expected, got = conv(inputs[0]), swapped(inputs[1])
+    assert got.shape == expected.shape and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(expected)
+    (expected * upstream).sum().backward()
+    (got * upstream).sum().backward()
+    torch.testing.assert_close(inputs[1].grad, inputs[0].grad, atol=1e-5, rtol=1e-5)
+    for name in ("weight", "bias"):
+        torch.testing.assert_close(getattr(swapped[0], name).grad, getattr(conv, name).grad, atol=1e-4, rtol=1e-5)
+
+
+def test_member_heads_run_small_map_depthwise_and_keep_the_state_dict_keys(tiny):
+    head = tiny.split_image(1).head
+    cloned = clone_head(head)
+    assert any(isinstance(m, SmallMapDepthwiseConv2d) for m in cloned.modules())
+    assert not any(isinstance(m, SmallMapDepthwiseConv2d) for m in head.modules())  # the backbone's own is left
+    assert list(cloned.state_dict()) == list(head.state_dict())
+
+
 def test_a_new_ensemble_encodes_deterministically():
     torch.manual_seed(0)
     ensemble = Ensemble(create_backbone(TINY), HeadCfg(trainable_image=1, trainable_text=1))
@@ -184,8 +216,6 @@ def test_members_draw_their_own_projections_and_share_pretrained_blocks():
 
 @torch.no_grad()
 def test_folded_trunk_computes_what_the_trunk_does_without_its_batch_norms(tiny):
-    import copy
-
     from enclip.models.towers import fold_batch_norms
 
     trunk = copy.deepcopy(tiny.split_image(1).trunk).eval()
