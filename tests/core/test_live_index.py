@@ -66,6 +66,7 @@ def test_a_change_log_inside_an_older_index_is_carried_out_before_a_rebuild(inde
         assert restarted.get("/items/added-1").status_code == 200
 
 
+@pytest.mark.slow  # a kill, resume or property run: the slow set
 def test_resume_refuses_shards_written_by_another_model(tmp_path, catalogue, tiny_ensemble_dir, monkeypatch):
     from enclip.train.run import train_system
     from tests.conftest import tiny_run_cfg

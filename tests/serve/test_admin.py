@@ -171,6 +171,7 @@ TestClient(app).post("/admin/items", data={"item": json.dumps(item)},
 """
 
 
+@pytest.mark.slow  # a kill, resume or property run: the slow set
 def test_change_survives_the_process_being_killed_mid_request(tmp_path):
     log_path = tmp_path / "changelog.jsonl"
     done = subprocess.run([sys.executable, "-c", CRASHING_SERVER, str(log_path)], cwd=REPO, timeout=120,
