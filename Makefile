@@ -29,7 +29,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m '' $(ARGS)
 
 # The slow set (.ci/run runs it after `make test`): long property-based runs, the scale-out engines (Milvus store,
-# Ray embedding and training), benchmark smoke runs and resume-equivalence runs. The scale extra is installed on
+# Ray embedding and training), benchmark smoke runs, kill and resume-equivalence runs. The scale extra is installed on
 # first use, so `make test` never needs it.
 SCALE_STAMP := $(VENV)/.installed-scale
 $(SCALE_STAMP): $(STAMP)
