@@ -5,11 +5,12 @@ labels; image-trunk outputs are random, which costs the same) with: no auxiliary
 vectors, class-name vectors over the batch's classes (``names``), class-name vectors over every class, ``names``
 with the image head's depthwise filters frozen (``--frozen-depthwise``), ``names`` with the text head in bfloat16
 (``--cpu-amp``, on a CPU with AMX tiles), ``names`` with the image head in bfloat16 as well, and ``names`` with the
-image head's depthwise convolutions as plain ``nn.Conv2d`` (before ``SmallMapDepthwiseConv2d``). The variants
+image head's depthwise convolutions as plain ``nn.Conv2d`` (before ``SmallMapDepthwiseConv2d``), and ``names`` with the
+image head compiled by ``torch.compile`` (``--compile on``; its compile time is printed apart). The variants
 alternate, so a machine that slows down or speeds up during the run affects them all alike;
 the figure is the median over repeats of the mean of 3 steps (forward and backward, no optimiser step).
 
-    python bench/step_cost.py [--repeats 4] [--threads 2]
+    python bench/step_cost.py [--repeats 4] [--threads 2] [--bfloat16]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from enclip.models.ensemble import Ensemble, HeadCfg  # noqa: E402
 from enclip.models.registry import BackboneCfg, create_backbone  # noqa: E402
 from enclip.train import trainer  # noqa: E402
 
+COMPILED = "names, batch classes, image head compiled (--compile on)"
 COLUMNS = ("gender", "articleType", "baseColour", "usage", "season")
 
 
@@ -54,6 +56,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bfloat16", action=argparse.BooleanOptionalAction, default=None,
+                        help="time the bfloat16 variants (default: only on a CPU with AMX tiles, where they are not "
+                        "emulated; emulated they take over 15 s a step)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     catalogue = load_catalogue(args.data)[0]
@@ -82,7 +87,8 @@ def main(argv=None) -> int:
                 "names, batch classes, text head in bfloat16 (--cpu-amp)": (batch_names, False, True, False,
                                                                             small_map),
                 "names, batch classes, image head in bfloat16 too": (batch_names, False, True, True, small_map),
-                "names, batch classes, depthwise as nn.Conv2d (before)": (batch_names, False, False, False, plain)}
+                "names, batch classes, depthwise as nn.Conv2d (before)": (batch_names, False, False, False, plain),
+                COMPILED: (batch_names, False, False, False, torch.compile(small_map))}
 
     def step(aux, text_bfloat16: bool, image_bfloat16: bool) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=image_bfloat16):
@@ -94,13 +100,18 @@ def main(argv=None) -> int:
         member.zero_grad()
         loss.backward()
 
+    if not (cpu_has_bfloat16_tiles() if args.bfloat16 is None else args.bfloat16):
+        variants = {name: v for name, v in variants.items() if not (v[2] or v[3])}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
+    first_call: dict[str, float] = {}
     for _ in range(args.repeats):
         for name, (aux, frozen, text_bfloat16, image_bfloat16, image_head) in variants.items():
             member.image_head = image_head
             for weight in trainer.depthwise_weights(image_head):
                 weight.requires_grad_(not frozen)
-            step(aux, text_bfloat16, image_bfloat16)  # warm-up
+            started = time.perf_counter()
+            step(aux, text_bfloat16, image_bfloat16)  # warm-up (the compiled variant compiles here, once)
+            first_call.setdefault(name, time.perf_counter() - started)
             started = time.perf_counter()
             for _ in range(3):
                 step(aux, text_bfloat16, image_bfloat16)
@@ -110,6 +121,7 @@ def main(argv=None) -> int:
     print("| auxiliary loss | ms per step |\n|---|---|")
     for name, values in seconds.items():
         print(f"| {name} | {1000 * float(np.median(values)):.0f} |")
+    print(f"first step of the compiled variant, compiling included: {first_call[COMPILED]:.1f} s")
     return 0
 
 

@@ -69,7 +69,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     from enclip.models.ensemble import HeadCfg
     from enclip.models.registry import BackboneCfg
     from enclip.train.run import STRATEGIES, EnsembleCfg
-    from enclip.train.trainer import PROTOTYPES, TrainCfg
+    from enclip.train.trainer import COMPILE_MIN_STEPS, COMPILE_MODES, PROTOTYPES, TrainCfg
 
     b, t, h, e = BackboneCfg(), TrainCfg(), HeadCfg(), EnsembleCfg()
     parser.add_argument("--backbone", default=b.name,
@@ -101,6 +101,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu-amp", action=argparse.BooleanOptionalAction, default=t.cpu_amp,
                         help="on a CPU with AMX tiles, run the text head in bfloat16 (off: it was level on validation "
                         "and on epoch time here)")
+    parser.add_argument("--compile", default=t.compile, choices=COMPILE_MODES,
+                        help="compile the image head's training steps with torch.compile (auto: when a member "
+                        f"trains {COMPILE_MIN_STEPS} steps or more, where it repays its compile time)")
     parser.add_argument("--views", type=int, default=t.views, help="degraded views cached per training image")
     parser.add_argument("--attribute-captions", action="store_true", help="also train on attribute sentences")
     parser.add_argument("--aux-columns", nargs="*", default=list(t.aux_columns),
@@ -141,7 +144,7 @@ def run_cfg(args):
                      aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight,
                      aux_prototypes=args.aux_prototypes, batch_clusters=args.batch_clusters,
                      frozen_depthwise=args.frozen_depthwise, frozen_norms=args.frozen_norms,
-                     cpu_amp=args.cpu_amp)
+                     cpu_amp=args.cpu_amp, compile=args.compile)
     ensemble = EnsembleCfg(members=args.members, strategy=args.strategy, mix=args.mix, fusion=args.fusion,
                            data_fraction=args.data_fraction)
     return RunCfg(backbone=backbone, train=train, ensemble=ensemble, keep_cache=args.keep_cache,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from enclip.embed.runner import run_sharded
+from enclip.embed.runner import prefetch_pays, run_sharded
 from enclip.errors import EnclipError
 from enclip.models.ensemble import Ensemble, HeadCfg
 from enclip.models.registry import create_backbone
@@ -53,6 +53,38 @@ def test_shards_of_another_job_are_refused_not_mixed_in(tmp_path):
     np.testing.assert_array_equal(again, first)
     with pytest.raises(EnclipError, match="another job.*delete the directory"):
         run_sharded(12, lambda rows: rows, encode, tmp_path, shard_size=4)
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_reading_ahead_in_a_thread_or_inline_writes_the_same_shards_and_surfaces_reader_errors(tmp_path, prefetch):
+    events = []
+
+    def read(rows):
+        events.append(("read", int(rows[0])))
+        return rows
+
+    def encode(rows):
+        events.append(("encode", int(rows[0])))
+        return {"x": np.asarray(rows, dtype=np.float32)[:, None] * 2}
+
+    out = run_sharded(10, read, encode, tmp_path / "ok", batch_size=2, shard_size=4, prefetch=prefetch)["x"]
+    assert out[:, 0].tolist() == [2 * i for i in range(10)]
+    if not prefetch:  # inline: each batch is read just before it is encoded, nothing ahead
+        assert events == [(kind, start) for start in range(0, 10, 2) for kind in ("read", "encode")]
+
+    def broken(rows):
+        if rows[0] >= 4:
+            raise OSError("truncated image file")
+        return rows
+
+    with pytest.raises(OSError, match="truncated"):
+        run_sharded(10, broken, encode, tmp_path / "broken", batch_size=2, shard_size=4, prefetch=prefetch)
+    assert sorted(p.name for p in (tmp_path / "broken").glob("shard-*.npz")) == ["shard-00000.npz"]
+
+
+def test_only_an_accelerator_reads_ahead_in_a_thread():
+    assert not prefetch_pays(torch.device("cpu")) and prefetch_pays(torch.device("cuda"))
+    assert not prefetch_pays("cpu") and prefetch_pays("cuda:0")
 
 
 def test_a_degraded_view_runs_the_trunk_only_on_the_photos_its_draw_degrades(tmp_path, catalogue):

@@ -185,3 +185,71 @@ def test_a_bfloat16_text_head_gives_float32_embeddings_close_to_float32_and_floa
     half.sum().backward()
     grads = [p.grad for p in member.text_head.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.float32 for g in grads)
+
+
+def _normalised(head, features):
+    return torch.nn.functional.normalize(head(features), dim=-1)
+
+
+def test_training_steps_compile_the_image_head_when_asked_or_when_it_repays_the_compile(monkeypatch):
+    head, features = torch.nn.Linear(4, 3), torch.randn(5, 4)
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module: compiled.append(module) or module)
+    least = trainer.COMPILE_MIN_STEPS
+    for mode, steps, compiles in (("off", 10 * least, False), ("auto", least - 1, False), ("auto", least, True),
+                                  ("on", 1, True)):
+        compiled.clear()
+        encode = trainer.training_image_encoder(head, mode, steps)
+        torch.testing.assert_close(encode(features), _normalised(head, features))
+        assert compiled == ([head] if compiles else []), (mode, steps)
+    with pytest.raises(EnclipError, match="compile mode 'sometimes'.*auto, on, off"):
+        trainer.training_image_encoder(head, "sometimes", least)
+
+
+def test_a_compiler_that_fails_is_logged_and_steps_run_eagerly_under_auto_but_raised_under_on(monkeypatch, caplog):
+    head, features = torch.nn.Linear(4, 3), torch.randn(5, 4)
+    attempts = []
+
+    def no_toolchain(module):
+        def call(inputs):
+            attempts.append(inputs)
+            raise RuntimeError("no C++ compiler found")
+        return call
+
+    monkeypatch.setattr(torch, "compile", no_toolchain)
+    encode = trainer.training_image_encoder(head, "auto", trainer.COMPILE_MIN_STEPS)
+    for _ in range(2):  # the second step goes straight to the eager head
+        torch.testing.assert_close(encode(features), _normalised(head, features))
+    assert len(attempts) == 1
+    assert any("no C++ compiler found" in r.getMessage() and "eagerly" in r.getMessage() for r in caplog.records)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        trainer.training_image_encoder(head, "on", 1)(features)
+
+
+@pytest.mark.slow
+def test_a_compiled_image_head_computes_the_eager_step_on_the_heads_own_weights():
+    from PIL import Image
+
+    from enclip.models.ensemble import Ensemble
+    from enclip.models.registry import BackboneCfg, create_backbone
+
+    ensemble = Ensemble(create_backbone(BackboneCfg(name="tiny", embed_dim=16, image_size=32)), HeadCfg())
+    head = ensemble.members[0].image_head.train()
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray(rng.integers(0, 256, (80, 60, 3), dtype=np.uint8)) for _ in range(8)]
+    with torch.no_grad():
+        features = ensemble.image_trunk(ensemble.pixels(photos))
+    upstream = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+
+    def step(encode):
+        head.zero_grad()
+        out = encode(features)
+        (out * upstream).sum().backward()
+        return out.detach(), {name: p.grad.clone() for name, p in head.named_parameters() if p.grad is not None}
+
+    eager_out, eager_grads = step(trainer.training_image_encoder(head, "off", 1))
+    compiled_out, compiled_grads = step(trainer.training_image_encoder(head, "on", 1))
+    torch.testing.assert_close(compiled_out, eager_out, atol=1e-5, rtol=1e-4)
+    assert compiled_grads.keys() == eager_grads.keys() and eager_grads  # the gradients land on the head's weights
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from enclip.data.catalogue import Catalogue
-from enclip.embed.runner import StageTimes, run_sharded
+from enclip.embed.runner import StageTimes, prefetch_pays, run_sharded
 from enclip.embed.trunk_cache import catalogue_image_features
 from enclip.models.ensemble import Ensemble
 
@@ -33,7 +33,8 @@ def encode_catalogue(ensemble: Ensemble, catalogue: Catalogue, work_dir: Path, *
     if trunk_cache:
         return _encode_from_trunk_cache(ensemble, catalogue, Path(trunk_cache), batch_size, dtype, times)
     return run_sharded(len(catalogue), read, encode, work_dir, batch_size=batch_size,
-                       shard_size=shard_size, desc="embed catalogue", times=times, job=job)["vectors"]
+                       shard_size=shard_size, desc="embed catalogue", times=times, job=job,
+                       prefetch=prefetch_pays(ensemble.device))["vectors"]
 
 
 def _encode_from_trunk_cache(ensemble: Ensemble, catalogue: Catalogue, cache_root: Path, batch_size: int, dtype,

@@ -1,7 +1,8 @@
 """Read → encode → write in shards, resumable: the runner behind feature caching and catalogue embedding.
 
-Each shard is written atomically once complete, so an interrupted run re-encodes at most one shard. A reader thread
-decodes and preprocesses the next batch while the current one is encoded.
+Each shard is written atomically once complete, so an interrupted run re-encodes at most one shard. When the
+encoder runs on an accelerator, a reader thread decodes and preprocesses the next batch while the current one is
+encoded; on the CPU the encoder's threads already fill the cores, and reading in between batches is faster.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ Encoder = Callable[[object], dict[str, np.ndarray]]  # batch input -> named arra
 
 @dataclass
 class StageTimes:
-    read: float = 0.0  # seconds the encoder waited for the reader
+    read: float = 0.0  # seconds the encoder waited for the reader (all of the reading when it is inline)
     encode: float = 0.0
     write: float = 0.0
     items: int = 0
@@ -40,6 +41,21 @@ class StageTimes:
         rate = self.items / total if total else 0.0
         return (f"{self.items} items in {total:.1f}s ({rate:.0f}/s): wait-for-read {self.read:.1f}s, "
                 f"encode {self.encode:.1f}s, write {self.write:.1f}s")
+
+
+def prefetch_pays(device) -> bool:
+    """Whether to read the next batch in a thread while this one encodes on ``device``.
+
+    On a GPU, yes: decoding overlaps the device's work. On the CPU, no: torch's threads already occupy every core,
+    and a reader thread beside them stalls their parallel regions. Trunk caching on 2 cores ran 490 images/s with
+    inline reads against 434 with the thread (RESULTS.md, issue 14, seventh pass).
+    """
+    return getattr(device, "type", str(device)) != "cpu"
+
+
+def _inline(reader: Reader, batches: list[np.ndarray]) -> Iterator[tuple[np.ndarray, object]]:
+    for batch in batches:
+        yield batch, reader(batch)
 
 
 def _batches(positions: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
@@ -90,10 +106,12 @@ def run_sharded(
     desc: str = "encode",
     times: StageTimes | None = None,
     job: dict | None = None,
+    prefetch: bool = True,
 ) -> dict[str, np.ndarray]:
     """Encode positions 0..n-1 shard by shard into ``work_dir``; shards already there are reused (resume).
 
     ``job`` identifies what is encoded (e.g. model and catalogue fingerprints): shards of another job are refused.
+    ``prefetch``: read each next batch in a thread during the encoding (see ``prefetch_pays``).
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +128,7 @@ def run_sharded(
             if path.exists():
                 bar.update(len(positions))
                 continue
-            _encode_shard(positions, reader, encoder, path, batch_size, times, bar)
+            _encode_shard(positions, reader, encoder, path, batch_size, times, bar, prefetch)
     return load_shards(work_dir, n_shards)
 
 
@@ -134,10 +152,10 @@ def _check_layout(work_dir: Path, n: int, shard_size: int, job: dict) -> None:
         write_json(path, layout)
 
 
-def _encode_shard(positions, reader, encoder, path, batch_size, times, bar) -> None:
+def _encode_shard(positions, reader, encoder, path, batch_size, times, bar, prefetch) -> None:
     parts: dict[str, list[np.ndarray]] = {}
     waited = time.perf_counter()
-    for batch, inputs in _prefetch(reader, list(_batches(positions, batch_size))):
+    for batch, inputs in (_prefetch if prefetch else _inline)(reader, list(_batches(positions, batch_size))):
         started = time.perf_counter()
         times.read += started - waited
         for name, array in encoder(inputs).items():

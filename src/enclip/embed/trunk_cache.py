@@ -13,7 +13,7 @@ import torch
 
 from enclip.data.catalogue import Catalogue
 from enclip.data.degrade import AugmentCfg, degrades, random_degrade
-from enclip.embed.runner import StageTimes, run_sharded
+from enclip.embed.runner import StageTimes, prefetch_pays, run_sharded
 from enclip.models.ensemble import Ensemble
 
 
@@ -54,7 +54,7 @@ def cache_image_features(ensemble: Ensemble, catalogue: Catalogue, positions: np
     with torch.no_grad():
         features = run_sharded(len(rows), reader, lambda px: {"features": half(ensemble.image_trunk_outputs(px))},
                                Path(work_dir) / name, batch_size=batch_size, desc=f"cache images ({view})",
-                               times=times)["features"]
+                               times=times, prefetch=prefetch_pays(ensemble.device))["features"]
     if len(rows) == len(positions):
         return features
     out = np.array(clean, dtype=np.float16)

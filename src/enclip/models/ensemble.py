@@ -26,10 +26,11 @@ from enclip.models.registry import Backbone, BackboneCfg, create_backbone
 
 log = logging.getLogger(__name__)
 
-# Images per image-tower call when encoding many (bounds activation memory). Smaller chunks measured no faster on
-# one thread and much slower on two threads when other work shares the cores (each call is more OpenMP barriers):
-# `bench/embed_speed.py --chunk 48 --chunk 256`, RESULTS.md.
-TRUNK_CHUNK = 256
+# Images per image-tower call when encoding many. Small calls keep the early stages' large activations in cache:
+# on a quiet 2-core machine the trunk ran 591-634 images/s in calls of 24-32 against 347 in calls of 256, and trunk
+# caching end to end 490 against 287 images/s (RESULTS.md, issue 14, seventh pass). Small calls lose when other
+# processes share the cores (each call is another set of OpenMP barriers: RESULTS.md, issue 14, first pass).
+TRUNK_CHUNK = 32
 
 
 @dataclass

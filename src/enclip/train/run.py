@@ -41,8 +41,9 @@ from enclip.train.trainer import MemberRun, TrainCfg, cycle_ends, title_groups, 
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("seeds", "bagging", "cluster", "snapshot")
-RESUME_MAY_CHANGE = ("train.device", "keep_cache", "cache_dir", "trunk_cache",  # where it runs, not what it learns
-                     "engine", "ray_address")
+# where and how it runs, not what it learns
+RESUME_MAY_CHANGE = ("train.device", "train.compile", "keep_cache", "cache_dir", "trunk_cache", "engine",
+                     "ray_address")
 
 
 @dataclass

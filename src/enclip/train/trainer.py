@@ -76,6 +76,43 @@ class TrainCfg:
     # and so was validation recall (0.292 against 0.290; RESULTS.md, issue 14, fifth pass): off until it pays. The
     # image head is three times slower in bfloat16 (depthwise convolutions), so it always stays float32 on the CPU.
     cpu_amp: bool = False
+    # run the image head's training steps through torch.compile (TorchInductor fuses its batch-norm and activation
+    # passes, forward and backward): "auto" compiles when a member trains COMPILE_MIN_STEPS steps or more, since
+    # compiling costs about a minute on 2 cores; "on", "off". Only training steps are compiled; saved weights and
+    # query-time encoders are the same modules either way.
+    compile: str = "auto"
+
+
+COMPILE_MODES = ("auto", "on", "off")
+COMPILE_MIN_STEPS = 300  # "auto" compiles from here on: the compiled image head repays its compile time
+
+
+def training_image_encoder(head: nn.Module, mode: str, steps: int):
+    """What training steps call for ``Member.encode_image``: the same head, compiled when ``mode`` says so.
+
+    The compiled module shares the head's parameters, so the optimiser, checkpoints and saved members see one set of
+    weights. Under "auto", a compiler that fails (no C++ toolchain, an unsupported device) is logged and the steps
+    run eagerly; under "on" its error is raised.
+    """
+    if mode not in COMPILE_MODES:
+        raise EnclipError(f"unknown compile mode {mode!r}; choose one of {', '.join(COMPILE_MODES)}")
+    if mode == "off" or (mode == "auto" and steps < COMPILE_MIN_STEPS):
+        return lambda features: F.normalize(head(features).float(), dim=-1)
+    forward = {"call": torch.compile(head)}
+
+    def encode(features: torch.Tensor) -> torch.Tensor:
+        try:
+            out = forward["call"](features)
+        except Exception as error:  # compiler failures surface at the first call
+            if mode == "on" or forward["call"] is head:
+                raise
+            log.warning("torch.compile of the image head failed (%s: %s); training it eagerly",
+                        type(error).__name__, error)
+            forward["call"] = head
+            out = head(features)
+        return F.normalize(out.float(), dim=-1)
+
+    return encode
 
 
 def title_groups(titles: list[str]) -> np.ndarray:
@@ -327,13 +364,14 @@ def train_member(
         ensemble.load_member(member, run.model_dirs[-1])
         return state
     group_tensor = torch.from_numpy(groups)
+    encode_image = training_image_encoder(heads.image_head, cfg.compile, steps_per_epoch * cfg.epochs)
     val_rows = _val_sample(val, cfg)
     distractors = (train, _distractor_rows(train, cfg)) if cfg.val_distractors else None
     while state["epoch"] < cfg.epochs and not state["done"]:
         epoch, started = state["epoch"], time.perf_counter()
         torch.manual_seed(int(np.random.default_rng([run.seed, epoch, 2]).integers(2**31)))
-        loss = _run_epoch(ensemble, heads, train, group_tensor, run, epoch, optimizer, scheduler, cfg, member,
-                          (aux, labels))
+        loss = _run_epoch(ensemble, heads, encode_image, train, group_tensor, run, epoch, optimizer, scheduler, cfg,
+                          member, (aux, labels))
         recall = validation_recall(ensemble, member, val, val_rows, distractors=distractors)
         seconds = round(time.perf_counter() - started, 2)  # the epoch and its validation
         state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall, "seconds": seconds})
@@ -358,7 +396,8 @@ def train_member(
     return state
 
 
-def _run_epoch(ensemble, heads, train, groups, run, epoch, optimizer, scheduler, cfg, member, auxiliary) -> float:
+def _run_epoch(ensemble, heads, encode_image, train, groups, run, epoch, optimizer, scheduler, cfg, member,
+               auxiliary) -> float:
     rng = np.random.default_rng([run.seed, epoch, 3])
     device = ensemble.device
     batches = _epoch_batches(run, epoch, cfg.batch_size, train.title_lengths())
@@ -376,7 +415,7 @@ def _run_epoch(ensemble, heads, train, groups, run, epoch, optimizer, scheduler,
             views = rng.integers(0, len(train.images), size=len(rows))
             captions = _pick_captions(train, rows, rng)
             with autocast:
-                image = heads.encode_image(train.image_batch(rows, views, device))
+                image = encode_image(train.image_batch(rows, views, device))
                 text = heads.encode_text(train.text_batch(captions, device), bfloat16=text_bfloat16)
                 loss = contrastive_loss(image, text, heads.logit_scale, groups[rows].to(device))
                 aux, labels = auxiliary
