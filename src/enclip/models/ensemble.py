@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 # caching end to end 490 against 287 images/s (RESULTS.md, issue 14, seventh pass). Small calls lose when other
 # processes share the cores (each call is another set of OpenMP barriers: RESULTS.md, issue 14, first pass).
 TRUNK_CHUNK = 32
+# Trunk outputs per image-head call at inference (validation, indexing from the trunk cache): the head ran 1,438
+# images/s in calls of 128 against 822 in calls of 512 and 396 in calls of 1,024 (RESULTS.md, issue 14, seventh
+# pass). Training steps keep their whole batch: batch norm takes its statistics over it.
+HEAD_CHUNK = 128
 
 
 @dataclass
@@ -139,7 +143,9 @@ class Ensemble(nn.Module):
     # -- members ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_image_features(self, features) -> torch.Tensor:
-        return torch.stack([member.encode_image(features) for member in self.members])
+        """(K, B, d) member embeddings of image-trunk outputs, HEAD_CHUNK at a time."""
+        return torch.cat([torch.stack([member.encode_image(chunk) for member in self.members])
+                          for chunk in features.split(HEAD_CHUNK)], dim=1)
 
     @torch.no_grad()
     def encode_text_features(self, features) -> torch.Tensor:

@@ -27,7 +27,7 @@ from enclip.data.degrade import AugmentCfg
 from enclip.errors import EnclipError
 from enclip.eval.evaluator import RetrievalEvaluator
 from enclip.models.device import cpu_has_bfloat16_tiles
-from enclip.models.ensemble import Ensemble, HeadCfg
+from enclip.models.ensemble import HEAD_CHUNK, Ensemble, HeadCfg
 from enclip.train.features import FeatureCache
 
 log = logging.getLogger(__name__)
@@ -77,14 +77,15 @@ class TrainCfg:
     # image head is three times slower in bfloat16 (depthwise convolutions), so it always stays float32 on the CPU.
     cpu_amp: bool = False
     # run the image head's training steps through torch.compile (TorchInductor fuses its batch-norm and activation
-    # passes, forward and backward): "auto" compiles when a member trains COMPILE_MIN_STEPS steps or more, since
-    # compiling costs about a minute on 2 cores; "on", "off". Only training steps are compiled; saved weights and
-    # query-time encoders are the same modules either way.
+    # passes, forward and backward): "auto" compiles when a member trains COMPILE_MIN_STEPS steps or more; "on",
+    # "off". In `make demo` on 2 cores, compiling cost about 64 s (a cold compiler cache) and saved about 22 s an
+    # epoch of 138 steps, so the demo's 3 epochs break even and run eagerly (RESULTS.md, issue 14, seventh pass).
+    # Only training steps are compiled; saved weights and query-time encoders are the same modules either way.
     compile: str = "auto"
 
 
 COMPILE_MODES = ("auto", "on", "off")
-COMPILE_MIN_STEPS = 300  # "auto" compiles from here on: the compiled image head repays its compile time
+COMPILE_MIN_STEPS = 600  # "auto" compiles from here on, where the compiled steps repay the compile time
 
 
 def training_image_encoder(head: nn.Module, mode: str, steps: int):
@@ -456,8 +457,9 @@ def _val_sample(val: FeatureCache, cfg: TrainCfg) -> np.ndarray:
 
 @torch.no_grad()
 def _embed_images(member, cache: FeatureCache, rows: np.ndarray, device) -> torch.Tensor:
-    return torch.cat([member.encode_image(cache.image_batch(rows[i : i + 512], np.zeros(len(rows[i : i + 512]), int),
-                                                            device)) for i in range(0, len(rows), 512)])
+    chunks = [rows[i : i + HEAD_CHUNK] for i in range(0, len(rows), HEAD_CHUNK)]
+    return torch.cat([member.encode_image(cache.image_batch(chunk, np.zeros(len(chunk), int), device))
+                      for chunk in chunks])
 
 
 @torch.no_grad()
