@@ -2,7 +2,8 @@
 
 Every system trains the same heads for the same number of epochs in total (one member's epoch costs what a single
 model's does, as they share the trunk cache), so equal epochs is equal training time; the measured seconds are
-printed beside each system to check it. Variants:
+printed beside each system to check it. With ``--time-budget`` every system gets the same wall-clock time instead,
+and each plans its own steps to fit it (`enclip train --time-budget`). Variants:
 
 - ``single``: one model, E epochs (the best validation epoch is kept);
 - ``seeds``: K members of E/K epochs each, different seeds and projections;
@@ -48,8 +49,13 @@ KEYS = ("title2img/R@10", "both2img/R@10")
 LQ_KEYS = tuple(f"img2img_lq/{severity}/R@10" for severity in (1, 3, 5))  # pooled over degradations
 
 
-def systems(epochs: int, members: int, flags: str) -> dict[str, str]:
-    """Name -> `enclip train` flags, every one E epochs of training in total."""
+def systems(epochs: int, members: int, flags: str, budget: str | None = None) -> dict[str, str]:
+    """Name -> `enclip train` flags, every one E epochs of training in total; or, with ``budget``, every one the same
+    wall-clock time (`--time-budget`: each plans the most steps that fit, up to E epochs a member)."""
+    if budget is not None:
+        timed = f"{flags} --time-budget {budget} --epochs {epochs}"
+        return {"single": timed, "seeds": f"{timed} --members {members} --strategy seeds",
+                "snapshot": f"{timed} --members {members} --strategy snapshot"}
     if epochs % members:
         raise SystemExit(f"--epochs {epochs} must be a multiple of --members {members} for equal budgets")
     return {"single": f"{flags} --epochs {epochs}",
@@ -87,7 +93,10 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--out", default="bench/out/equal")
     parser.add_argument("--trunk-cache", default="bench/out/trunk-cache", help="catalogue-wide clean trunk cache")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs every system gets in total")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs every system gets in total (with "
+                        "--time-budget: the most a member may train)")
+    parser.add_argument("--time-budget", help="give every system this wall-clock training time instead of equal "
+                        "epochs (e.g. 15m; trunk caching counts, so share --feature-cache between systems)")
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--flags", default="", help="further `enclip train` flags every system shares")
     parser.add_argument("--max-queries", type=int, help="test titles (default: all)")
@@ -98,7 +107,13 @@ def main(argv=None) -> int:
     out, results_path, results = open_results(args.out)
     catalogue = load_catalogue(args.data)[0]
     models = {}
-    for name, flags in systems(args.epochs, args.members, args.flags).items():
+    if args.time_budget and "cache" not in results:
+        # the trunk caching every system reuses is done first (a run of a few steps on 0.2% of the items), so that the
+        # first system's budget does not pay for what the others get for free
+        results["cache"] = run_recipe(catalogue, "cache", f"{args.flags} --epochs 1 --data-fraction 0.002".split(),
+                                      out, args.trunk_cache, args.feature_cache)
+        results_path.write_text(json.dumps(results, indent=1))
+    for name, flags in systems(args.epochs, args.members, args.flags, args.time_budget).items():
         if name not in results:
             results[name] = run_recipe(catalogue, name, flags.split(), out, args.trunk_cache, args.feature_cache)
             results_path.write_text(json.dumps(results, indent=1))

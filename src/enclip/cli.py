@@ -61,6 +61,19 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
                         "catalogue's folder (absolute elsewhere, or ..); for catalogues from others")
 
 
+def _duration(value: str) -> float:
+    from enclip.train.budget import parse_duration
+
+    try:
+        return parse_duration(value)
+    except EnclipError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _duration_or_none(value: str) -> float | None:
+    return None if value.strip().lower() == "none" else _duration(value)
+
+
 def _trainable(value: str) -> int:
     return -1 if value == "all" else int(value)
 
@@ -85,7 +98,11 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mix", type=float, default=e.mix, help="cluster strategy: share of out-of-cluster items")
     parser.add_argument("--fusion", default=e.fusion, choices=FUSION_RULES)
     parser.add_argument("--data-fraction", type=float, default=e.data_fraction)
-    parser.add_argument("--epochs", type=int, default=t.epochs)
+    parser.add_argument("--epochs", type=int, default=t.epochs,
+                        help="passes over the training items (under --time-budget: at most this many)")
+    parser.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
+                        help="wall-clock time the whole run may take, trunk caching included (600, 10m, 1.5h): "
+                        "the steps are planned from this machine's measured step time to end within it")
     parser.add_argument("--batch-size", type=int, default=t.batch_size)
     parser.add_argument("--lr", type=float, default=t.lr, help="peak learning rate of new layers and the temperature")
     parser.add_argument("--block-lr", type=float, default=t.block_lr,
@@ -148,7 +165,8 @@ def run_cfg(args):
     ensemble = EnsembleCfg(members=args.members, strategy=args.strategy, mix=args.mix, fusion=args.fusion,
                            data_fraction=args.data_fraction)
     return RunCfg(backbone=backbone, train=train, ensemble=ensemble, keep_cache=args.keep_cache,
-                  trunk_cache=args.trunk_cache, engine=args.engine, ray_address=args.address)
+                  trunk_cache=args.trunk_cache, engine=args.engine, ray_address=args.address,
+                  time_budget=args.time_budget)
 
 
 def cmd_train(args) -> int:
@@ -333,11 +351,12 @@ def cmd_serve(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from enclip.demo import DemoCfg, run_demo
+    from enclip.demo import DEMO_BUDGET, DemoCfg, run_demo
 
     out = Path(args.out)
     catalogue, report = load_data(args, out)
-    return run_demo(catalogue, DemoCfg(out=out, quick=args.quick, eval_queries=args.eval_queries), report)
+    return run_demo(catalogue, DemoCfg(out=out, quick=args.quick, eval_queries=args.eval_queries,
+                                       time_budget=getattr(args, "time_budget", DEMO_BUDGET)), report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -426,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a smaller run for a first look")
     p.add_argument("--eval-queries", type=int, help="held-out queries in the closing quality summary (default: all)")
+    p.add_argument("--time-budget", type=_duration_or_none, default=argparse.SUPPRESS, metavar="DURATION",
+                   help="training's wall-clock budget, trunk caching included (default 10m; 'none': 6 full epochs)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -33,3 +33,20 @@ def test_equal_budget_trains_scores_and_resumes(tmp_path, capsys):
         equal_budget.main([*args[:6], "--epochs", "3", "--members", "2"])
     assert equal_budget.main(args) == 0  # everything reused
     assert capsys.readouterr().out.count("| soup |") == 1
+
+
+def test_equal_budget_with_a_time_budget_gives_every_system_the_same_clock(tmp_path, capsys):
+    import torch
+
+    data = write_hf_parquet(tmp_path / "data", make_items(90, seed=5))
+    args = ["--data", str(data), "--out", str(tmp_path / "out"), "--trunk-cache", str(tmp_path / "trunk"),
+            "--epochs", "3", "--members", "2", "--time-budget", "2m", f"--flags={TINY} --batch-size 16"]
+    assert equal_budget.main(args) == 0
+    runs = tmp_path / "out" / "runs"
+    for name in ("single", "seeds", "snapshot"):
+        assert json.loads((runs / name / "train_config.json").read_text())["time_budget"] == 120
+        plans = [torch.load(path, weights_only=False)["state"]["plan"]
+                 for path in sorted((runs / name).glob("members/*/checkpoint.pt"))]
+        assert plans and all(plan["seconds"] is not None and plan["step_seconds"] > 0 for plan in plans), name
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(results)[0] == "cache", "the shared trunk caching runs before any timed system"

@@ -69,21 +69,21 @@ def open_published(directory: str, layout: dict) -> FeatureCache:
 
 
 def _train_one(ensemble: Ensemble, member: int, train: tuple[str, dict], groups: np.ndarray, val: tuple[str, dict],
-               run: MemberRun, cfg: TrainCfg, info: dict, threads: int) -> dict:
+               run: MemberRun, cfg: TrainCfg, info: dict, threads: int, seconds: float | None) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     return train_member(ensemble, member, open_published(*train), groups, open_published(*val), run, cfg,
-                        resume=True, info=info)
+                        resume=True, info=info, seconds=seconds)
 
 
 def train_members_ray(ensemble: Ensemble, runs: list[MemberRun], infos: list[dict], train: FeatureCache,
                       groups: np.ndarray, val: FeatureCache, cfg: TrainCfg, shared_dir: Path,
-                      ray_cfg: RayTrainCfg | None = None) -> list[dict]:
+                      ray_cfg: RayTrainCfg | None = None, seconds: float | None = None) -> list[dict]:
     """Train every member of ``runs`` as a Ray task; load the trained heads into ``ensemble``; return each member's
     training state (its history), as the local loop does. ``shared_dir`` (in the run directory) receives the
     published feature cache and is removed afterwards. Tasks always resume from a member's checkpoint when there is
-    one, which is what makes a retried task cheap."""
+    one, which is what makes a retried task cheap. ``seconds``: each member's time budget (they run side by side)."""
     ray_cfg = ray_cfg or RayTrainCfg()
     threads = max(1, int(ray_cfg.cpus_per_member))
     published = publish(train, shared_dir / "train"), publish(val, shared_dir / "val")
@@ -91,7 +91,8 @@ def train_members_ray(ensemble: Ensemble, runs: list[MemberRun], infos: list[dic
         task = ray.remote(num_cpus=ray_cfg.cpus_per_member, max_retries=3)(_train_one)
         ensemble_ref, groups_ref = ray.put(ensemble), ray.put(groups)
         log.info("training %d members as Ray tasks (%s CPU each)", len(runs), ray_cfg.cpus_per_member)
-        futures = [task.remote(ensemble_ref, i, published[0], groups_ref, published[1], run, cfg, infos[i], threads)
+        futures = [task.remote(ensemble_ref, i, published[0], groups_ref, published[1], run, cfg, infos[i], threads,
+                               seconds)
                    for i, run in enumerate(runs)]
         states = ray.get(futures)
     shutil.rmtree(shared_dir, ignore_errors=True)

@@ -66,6 +66,9 @@ class RunCfg:
     trunk_cache: str | None = None  # catalogue-wide clean image trunk cache, shared with `enclip index --trunk-cache`
     engine: str = "local"  # "local": members one after another; "ray": members as Ray tasks (enclip[scale])
     ray_address: str | None = None  # engine "ray": the cluster's HOST:PORT; None = a local cluster on 127.0.0.1
+    # seconds the whole run may take, trunk caching included: each member plans the most steps (up to
+    # train.epochs epochs) that fit its share of what caching leaves (train/budget.py); None = epochs alone decide
+    time_budget: float | None = None
 
 
 def _split(catalogue: Catalogue) -> dict[str, np.ndarray]:
@@ -159,7 +162,8 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
     member_seconds = []  # each member's epochs and validations, summed over resumed runs (None: not all timed)
     infos = [{**info, "member": i, "strategy": ens.strategy, "member_items": int(len(run.rows))}
              for i, run in enumerate(runs)]
-    for state in _train_members(ensemble, runs, infos, train_cache, groups, val_cache, cfg, resume, out_dir):
+    deadline = None if cfg.time_budget is None else started + cfg.time_budget
+    for state in _train_members(ensemble, runs, infos, train_cache, groups, val_cache, cfg, resume, out_dir, deadline):
         timed = [entry.get("seconds") for entry in state["history"]]
         member_seconds.append(None if None in timed else round(sum(timed), 1))
     for i, directory in enumerate(runs[0].snapshots):
@@ -217,17 +221,24 @@ def _flat(config: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _train_members(ensemble, runs, infos, train_cache, groups, val_cache, cfg: RunCfg, resume: bool, out_dir: Path):
-    """Each member's training state: one after another here, or side by side as Ray tasks (``engine="ray"``)."""
+def _train_members(ensemble, runs, infos, train_cache, groups, val_cache, cfg: RunCfg, resume: bool, out_dir: Path,
+                   deadline: float | None):
+    """Each member's training state: one after another here, or side by side as Ray tasks (``engine="ray"``).
+
+    Under a time budget (``deadline``, a ``time.perf_counter`` value), members one after another each get an equal
+    share of the time left when they start; Ray tasks, which run side by side, each get all of it."""
     if cfg.engine == "ray":
         from enclip.train.ray_members import RayTrainCfg, train_members_ray
 
         yield from train_members_ray(ensemble, runs, infos, train_cache, groups, val_cache, cfg.train,
-                                     out_dir / "ray-features", RayTrainCfg(address=cfg.ray_address))
+                                     out_dir / "ray-features", RayTrainCfg(address=cfg.ray_address),
+                                     seconds=None if deadline is None else deadline - time.perf_counter())
         return
     for i, (run, info) in enumerate(zip(runs, infos)):
         log.info("training member %d of %d on %d items", i + 1, len(runs), len(run.rows))
-        yield train_member(ensemble, i, train_cache, groups, val_cache, run, cfg.train, resume, info=info)
+        seconds = None if deadline is None else (deadline - time.perf_counter()) / (len(runs) - i)
+        yield train_member(ensemble, i, train_cache, groups, val_cache, run, cfg.train, resume, info=info,
+                           seconds=seconds)
 
 
 def _caches(ensemble, catalogue, split, cache_dir: Path, cfg: RunCfg) -> tuple[FeatureCache, FeatureCache]:

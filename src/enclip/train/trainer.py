@@ -9,6 +9,7 @@ any point resumes from the last finished epoch and ends with the same weights as
 from __future__ import annotations
 
 import bisect
+import copy
 import logging
 import math
 import time
@@ -28,6 +29,7 @@ from enclip.errors import EnclipError
 from enclip.eval.evaluator import RetrievalEvaluator
 from enclip.models.device import cpu_has_bfloat16_tiles
 from enclip.models.ensemble import HEAD_CHUNK, Ensemble, HeadCfg
+from enclip.train.budget import StepPlan, full_plan, plan_steps
 from enclip.train.features import FeatureCache
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,8 @@ class TrainCfg:
     # image head is three times slower in bfloat16 (depthwise convolutions), so it always stays float32 on the CPU.
     cpu_amp: bool = False
     # run the image head's training steps through torch.compile (TorchInductor fuses its batch-norm and activation
-    # passes, forward and backward): "auto" compiles when a member trains COMPILE_MIN_STEPS steps or more; "on",
+    # passes, forward and backward): "auto" compiles when a member trains COMPILE_MIN_STEPS steps or more (never under
+    # a time budget, whose plan has no room for the compile); "on",
     # "off". In `make demo` on 2 cores, compiling cost about 64 s (a cold compiler cache) and saved about 22 s an
     # epoch of 138 steps, so the demo's 3 epochs break even and run eagerly (RESULTS.md, issue 14, seventh pass).
     # Only training steps are compiled; saved weights and query-time encoders are the same modules either way.
@@ -265,10 +268,13 @@ def cycle_ends(epochs: int, cycles: int) -> list[int]:
     return [round(epochs * (cycle + 1) / cycles) for cycle in range(cycles)]
 
 
-def _schedule(steps_per_epoch: int, epochs: int, warmup: float, cycles: int = 1):
+def _schedule(steps_per_epoch: int, epochs: int, warmup: float, cycles: int = 1, steps: int | None = None):
     """Learning-rate factor per step: linear warm-up, then cosine decay to zero, restarted at the top ``cycles``
-    times (cosine annealing with warm restarts, Loshchilov & Hutter 2017; the warm-up is in the first cycle only)."""
+    times (cosine annealing with warm restarts, Loshchilov & Hutter 2017; the warm-up is in the first cycle only).
+    ``steps`` (a time budget's plan) ends the last cycle early, inside the last epoch."""
     bounds = [0] + [end * steps_per_epoch for end in cycle_ends(epochs, cycles)]
+    if steps is not None:
+        bounds[-1] = min(bounds[-1], steps)
     warm = max(1, int(bounds[1] * warmup))
 
     def factor(step: int) -> float:
@@ -332,11 +338,15 @@ def train_member(
     cfg: TrainCfg,
     resume: bool = True,
     info: dict | None = None,
+    seconds: float | None = None,
 ) -> dict:
-    """Train member number ``member`` (its heads) on ``run.rows`` of ``train``; returns the training history."""
+    """Train member number ``member`` (its heads) on ``run.rows`` of ``train``; returns the training history.
+
+    ``seconds``: this member's share of a time budget; the steps are then planned to end within it (at most
+    ``cfg.epochs`` epochs), from this machine's measured cost of a step and of a validation.
+    """
     device = ensemble.device
     heads = ensemble.members[member]
-    steps_per_epoch = len(_epoch_batches(run, 0, cfg.batch_size, train.title_lengths()))
     aux, labels = _attribute_heads(ensemble, heads, train, cfg, run.seed)
     if cfg.frozen_depthwise:
         for weight in depthwise_weights(heads.image_head):
@@ -345,34 +355,43 @@ def train_member(
     if aux is not None:
         groups_of_params.append({"params": list(aux.parameters()), "lr": cfg.lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups_of_params)
-    cycles = max(1, len(run.snapshots))
-    snapshot_epochs = cycle_ends(cfg.epochs, cycles) if run.snapshots else []
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps_per_epoch, cfg.epochs, cfg.warmup,
-                                                                       cycles))
-    state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": [], "done": False}
     checkpoint = run.out_dir / "checkpoint.pt"
     run.out_dir.mkdir(parents=True, exist_ok=True)
-    if resume and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+    saved = torch.load(checkpoint, map_location=device, weights_only=False) if resume and checkpoint.exists() else None
+    val_rows = _val_sample(val, cfg)
+    distractors = (train, _distractor_rows(train, cfg)) if cfg.val_distractors else None
+    plan = StepPlan(**saved["state"]["plan"]) if saved is not None and "plan" in saved["state"] else _plan(
+        heads, (aux, labels), train, groups, _epoch_batches(run, 0, cfg.batch_size, train.title_lengths()), cfg,
+        len(val_rows) + (0 if distractors is None else len(distractors[1])), len(val_rows), seconds)
+    log.info("member %d: %s", member, plan.describe())
+    cycles = max(1, len(run.snapshots))
+    if run.snapshots and plan.epochs < cycles:
+        raise EnclipError(f"the time budget affords {plan.describe()}; a snapshot ensemble of {cycles} members needs "
+                          "an epoch per member: raise --time-budget or lower --members")
+    snapshot_epochs = cycle_ends(plan.epochs, cycles) if run.snapshots else []
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(plan.steps_per_epoch, plan.epochs, cfg.warmup, cycles, plan.steps))
+    state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": [], "done": False, "plan": plan.to_dict()}
+    if saved is not None:
         heads.load_state_dict(saved["member"])
         if aux is not None:
             aux.load_state_dict(saved["aux"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        state = saved["state"]
+        state = {**saved["state"], "plan": plan.to_dict()}
         log.info("member %d: resuming after epoch %d", member, state["epoch"])
     if state["done"]:
         ensemble.load_member(member, run.model_dirs[-1])
         return state
     group_tensor = torch.from_numpy(groups)
-    encode_image = training_image_encoder(heads.image_head, cfg.compile, steps_per_epoch * cfg.epochs)
-    val_rows = _val_sample(val, cfg)
-    distractors = (train, _distractor_rows(train, cfg)) if cfg.val_distractors else None
-    while state["epoch"] < cfg.epochs and not state["done"]:
+    # a budget's plan was timed on eager steps and has no room for a compile: "auto" then runs eagerly
+    compile_mode = "off" if plan.seconds is not None and cfg.compile == "auto" else cfg.compile
+    encode_image = training_image_encoder(heads.image_head, compile_mode, plan.steps)
+    while state["epoch"] < plan.epochs and not state["done"]:
         epoch, started = state["epoch"], time.perf_counter()
         torch.manual_seed(int(np.random.default_rng([run.seed, epoch, 2]).integers(2**31)))
         loss = _run_epoch(ensemble, heads, encode_image, train, group_tensor, run, epoch, optimizer, scheduler, cfg,
-                          member, (aux, labels))
+                          member, (aux, labels), plan.steps_in_epoch(epoch))
         recall = validation_recall(ensemble, member, val, val_rows, distractors=distractors)
         seconds = round(time.perf_counter() - started, 2)  # the epoch and its validation
         state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall, "seconds": seconds})
@@ -382,7 +401,7 @@ def train_member(
                 cycle = snapshot_epochs.index(epoch + 1)
                 ensemble.save_member(member, run.snapshots[cycle], **{**(info or {}), "member": cycle},
                                      val_recall_at_10=recall, epoch=epoch + 1)
-            state["done"] = state["epoch"] >= cfg.epochs
+            state["done"] = state["epoch"] >= plan.epochs
         else:
             if recall > state["best"]:
                 state["best"], state["bad_epochs"] = recall, 0
@@ -390,7 +409,7 @@ def train_member(
                                      epoch=epoch + 1)
             else:
                 state["bad_epochs"] += 1
-            state["done"] = state["bad_epochs"] >= cfg.patience or state["epoch"] >= cfg.epochs
+            state["done"] = state["bad_epochs"] >= cfg.patience or state["epoch"] >= plan.epochs
         log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", member, epoch + 1, loss, recall)
         _save_checkpoint(checkpoint, heads, optimizer, scheduler, state, aux)
     ensemble.load_member(member, run.model_dirs[-1])
@@ -398,41 +417,99 @@ def train_member(
 
 
 def _run_epoch(ensemble, heads, encode_image, train, groups, run, epoch, optimizer, scheduler, cfg, member,
-               auxiliary) -> float:
+               auxiliary, steps: int) -> float:
+    """One pass over ``steps`` of the epoch's batches (fewer than all in a time budget's last epoch)."""
     rng = np.random.default_rng([run.seed, epoch, 3])
     device = ensemble.device
-    batches = _epoch_batches(run, epoch, cfg.batch_size, train.title_lengths())
+    batches = _epoch_batches(run, epoch, cfg.batch_size, train.title_lengths())[:steps]
     ensemble.train()
-    if cfg.frozen_norms:
-        for module in heads.image_head.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.eval()
+    _freeze_norms(heads, cfg)
     losses = []
     started = time.perf_counter()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
-    text_bfloat16 = cfg.cpu_amp and device.type == "cpu" and cpu_has_bfloat16_tiles()
-    with tqdm(batches, desc=f"member {member} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False) as bar:
+    with tqdm(batches, desc=f"member {member} epoch {epoch + 1}", unit="batch", leave=False) as bar:
         for rows in bar:
-            views = rng.integers(0, len(train.images), size=len(rows))
-            captions = _pick_captions(train, rows, rng)
-            with autocast:
-                image = encode_image(train.image_batch(rows, views, device))
-                text = heads.encode_text(train.text_batch(captions, device), bfloat16=text_bfloat16)
-                loss = contrastive_loss(image, text, heads.logit_scale, groups[rows].to(device))
-                aux, labels = auxiliary
-                if aux is not None:
-                    picked = torch.from_numpy(rows).to(device)
-                    loss = loss + cfg.aux_weight * aux.loss(image, text, {n: v[picked] for n, v in labels.items()},
-                                                            heads, text_bfloat16)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            losses.append(_step(heads, encode_image, train, groups, rows, rng, optimizer, cfg, device, auxiliary))
             scheduler.step()
-            losses.append(loss.item())
             rate = len(losses) * cfg.batch_size / (time.perf_counter() - started)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", items_per_s=f"{rate:.0f}")
     ensemble.eval()
     return float(np.mean(losses))
+
+
+def _freeze_norms(heads, cfg: TrainCfg) -> None:
+    if cfg.frozen_norms:
+        for module in heads.image_head.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+
+
+def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCfg, device, auxiliary) -> float:
+    """One optimiser step on the batch ``rows`` (a degraded or clean view and a caption drawn per item)."""
+    views = rng.integers(0, len(train.images), size=len(rows))
+    captions = _pick_captions(train, rows, rng)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
+    text_bfloat16 = cfg.cpu_amp and device.type == "cpu" and cpu_has_bfloat16_tiles()
+    with autocast:
+        image = encode_image(train.image_batch(rows, views, device))
+        text = heads.encode_text(train.text_batch(captions, device), bfloat16=text_bfloat16)
+        loss = contrastive_loss(image, text, heads.logit_scale, groups[rows].to(device))
+        aux, labels = auxiliary
+        if aux is not None:
+            picked = torch.from_numpy(rows).to(device)
+            loss = loss + cfg.aux_weight * aux.loss(image, text, {n: v[picked] for n, v in labels.items()},
+                                                    heads, text_bfloat16)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def _plan(heads, auxiliary, train, groups, batches, cfg: TrainCfg, val_images: int, val_texts: int,
+          seconds: float | None) -> StepPlan:
+    """Every epoch in full, or under a budget of ``seconds`` the most steps that fit at this machine's costs."""
+    if seconds is None:
+        return full_plan(cfg.epochs, len(batches))
+    started = time.perf_counter()
+    step_seconds, validation_seconds = _measure_costs(heads, auxiliary, train, torch.from_numpy(groups), batches,
+                                                      cfg, next(heads.parameters()).device, val_images, val_texts)
+    return plan_steps(seconds - (time.perf_counter() - started), step_seconds, validation_seconds, len(batches),
+                      cfg.epochs)
+
+
+PROBE_STEPS = 3  # training steps timed to plan a budget (the first, which warms allocators up, is not counted)
+
+
+def _measure_costs(heads, auxiliary, train, groups, batches, cfg: TrainCfg, device, val_images: int,
+                   val_texts: int) -> tuple[float, float]:
+    """Seconds of one training step and of one end-of-epoch validation on this machine, timed on throwaway copies
+    of the heads (the member's weights, and the random streams training draws from, are left as they were)."""
+    probe = copy.deepcopy(heads)
+    aux, labels = auxiliary
+    aux = copy.deepcopy(aux)
+    params = [p for p in probe.parameters() if p.requires_grad] + ([] if aux is None else list(aux.parameters()))
+    optimizer = torch.optim.AdamW(params, lr=0.0)
+    encode_image = training_image_encoder(probe.image_head, "off", 0)
+    rng = np.random.default_rng(0)
+    picks = [batches[i * len(batches) // PROBE_STEPS] for i in range(PROBE_STEPS)]
+    probe.train()
+    _freeze_norms(probe, cfg)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        times = []
+        for rows in picks:
+            started = time.perf_counter()
+            _step(probe, encode_image, train, groups, rows, rng, optimizer, cfg, device, (aux, labels))
+            times.append(time.perf_counter() - started)
+    probe.eval()
+    rows = picks[0][:HEAD_CHUNK * 2]
+    with torch.no_grad():
+        started = time.perf_counter()
+        _embed_images(probe, train, rows, device)
+        image_seconds = (time.perf_counter() - started) / len(rows)
+        started = time.perf_counter()
+        probe.encode_text(train.text_batch(train.first_caption[rows], device))
+        text_seconds = (time.perf_counter() - started) / len(rows)
+    step_seconds = float(np.median(times[1:])) if len(times) > 1 else times[0]
+    return step_seconds, val_images * image_seconds + val_texts * text_seconds
 
 
 def _pick_captions(cache: FeatureCache, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:

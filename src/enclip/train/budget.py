@@ -1,0 +1,82 @@
+"""Fit training into a wall-clock budget: ``enclip train --time-budget 10m``.
+
+A fixed epoch count trains well on one machine and overruns on a slower one (the default recipe's three epochs took
+555 s on one 2-core machine and 888 s on another). Under a budget, each member measures what a training step and a
+validation pass cost on this machine, then plans the most steps (up to ``--epochs`` epochs) that end within its
+share of the time left after trunk caching. The learning-rate schedule is laid over those steps, so a shorter plan
+still warms up and anneals fully; the last epoch may be cut short. The plan is saved in the member's checkpoint, so
+a resumed run continues the same plan and ends with the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+from enclip.errors import EnclipError
+
+SAFETY = 0.93  # share of a member's seconds planned for: steps and validations vary a few percent run to run
+
+_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"600"``, ``"600s"``, ``"10m"``, ``"1.5h"``; a clear error for anything else."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(s|m|min|h)?\s*", str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise EnclipError(f"--time-budget takes a positive duration such as 600, 600s, 10m or 1.5h; got {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2) or ""]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How long one member trains: ``steps`` optimiser steps over ``epochs`` passes (the last one maybe partial)."""
+
+    steps: int  # optimiser steps in all
+    steps_per_epoch: int  # batches in a full pass over the member's items
+    step_seconds: float | None = None  # measured cost of one step (None: no budget, epochs alone decide)
+    validation_seconds: float | None = None  # measured cost of one end-of-epoch validation
+    seconds: float | None = None  # the member's share of the budget the plan was made for
+
+    @property
+    def epochs(self) -> int:
+        return math.ceil(self.steps / self.steps_per_epoch)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Batches epoch ``epoch`` (0-based) runs: a full pass, or what is left of the plan in the last one."""
+        return min(self.steps_per_epoch, self.steps - epoch * self.steps_per_epoch)
+
+    def describe(self) -> str:
+        text = f"{self.steps} steps ({self.steps / self.steps_per_epoch:.2f} epochs)"
+        if self.seconds is None:
+            return text
+        return (f"{text} in {self.seconds:.0f} s: {self.step_seconds:.2f} s a step, {self.validation_seconds:.0f} s "
+                "a validation")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def full_plan(epochs: int, steps_per_epoch: int) -> StepPlan:
+    """No budget: every epoch in full."""
+    return StepPlan(steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
+
+
+def plan_steps(seconds: float, step_seconds: float, validation_seconds: float, steps_per_epoch: int,
+               max_epochs: int) -> StepPlan:
+    """The most steps, at most ``max_epochs`` full epochs, whose steps and end-of-epoch validations fit in
+    ``SAFETY * seconds``. Raises a clear error when not even one step fits."""
+    usable = SAFETY * seconds
+    best = 0
+    for epochs in range(1, max_epochs + 1):
+        fit = int((usable - epochs * validation_seconds) // step_seconds)
+        steps = min(epochs * steps_per_epoch, fit)
+        if steps > (epochs - 1) * steps_per_epoch:  # this many steps really need this many epochs
+            best = steps
+    if best < 1:
+        raise EnclipError(
+            f"the time budget leaves {max(0.0, seconds):.1f} s for this member's training, less than one step "
+            f"({step_seconds:.3g} s) and a validation ({validation_seconds:.3g} s) take here; raise --time-budget "
+            "(trunk caching counts towards it), or train fewer --members")
+    return StepPlan(best, steps_per_epoch, round(step_seconds, 4), round(validation_seconds, 2), round(seconds, 1))

@@ -1,0 +1,131 @@
+"""Training within a wall-clock budget (`enclip train --time-budget`): the plan, the run it gives, resume, errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from enclip.cli import build_parser
+from enclip.errors import EnclipError
+from enclip.train import trainer
+from enclip.train.budget import SAFETY, StepPlan, parse_duration, plan_steps
+from enclip.train.run import train_system
+from tests.conftest import tiny_run_cfg
+from tests.core.test_train import _heads, interrupted_then_resumed
+
+
+@pytest.mark.parametrize("text, seconds", [("600", 600), ("600s", 600), ("10m", 600), ("1.5h", 5400), (" 90 ", 90)])
+def test_durations_read_as_people_write_them(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "-5m", "ten minutes", "10d", "5m30s"])
+def test_a_bad_duration_is_a_clear_error(text, capsys):
+    with pytest.raises(EnclipError, match="600, 600s, 10m or 1.5h"):
+        parse_duration(text)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--out", "x", "--time-budget", text])
+    assert "--time-budget" in capsys.readouterr().err
+
+
+def test_the_plan_takes_the_most_steps_that_fit_with_a_validation_per_epoch_begun():
+    # 100 s of which SAFETY is planned; 10 batches an epoch at 2 s, 5 s per validation
+    usable = SAFETY * 100
+    plan = plan_steps(100, step_seconds=2.0, validation_seconds=5.0, steps_per_epoch=10, max_epochs=9)
+    # 3 epochs' validations would leave time for 39 steps, which need a 4th epoch and its validation: 36 steps
+    assert plan.steps == int((usable - 4 * 5) // 2) == 36
+    assert plan.epochs == 4 and plan.steps_in_epoch(0) == 10 and plan.steps_in_epoch(3) == 6
+    # enough time for every epoch: the plan stops at max_epochs, in full
+    assert plan_steps(10_000, 2.0, 5.0, 10, max_epochs=3).steps == 30
+    # a validation that would start an epoch for too few steps is not worth it: 10 steps fit, the 11th does not
+    tight = plan_steps((10 * 2 + 5 + 5) / SAFETY, 2.0, 5.0, steps_per_epoch=10, max_epochs=3)
+    assert tight.steps == 10 and tight.epochs == 1
+
+
+def test_a_budget_too_small_for_one_step_says_so():
+    with pytest.raises(EnclipError, match="raise --time-budget"):
+        plan_steps(3.0, step_seconds=2.0, validation_seconds=5.0, steps_per_epoch=10, max_epochs=3)
+    with pytest.raises(EnclipError, match="leaves 0.0 s"):
+        plan_steps(-40.0, step_seconds=2.0, validation_seconds=5.0, steps_per_epoch=10, max_epochs=3)
+
+
+def test_the_schedule_over_a_plan_warms_up_and_anneals_within_the_planned_steps():
+    factor = trainer._schedule(steps_per_epoch=20, epochs=2, warmup=0.1, steps=30)
+    assert [factor(s) for s in range(3)] == pytest.approx([1 / 3, 2 / 3, 1.0])  # 10% of the 30 planned steps
+    assert factor(29) < 0.01  # annealed by the last planned step, half-way through the second epoch
+
+
+def _fixed_costs(step_seconds: float, validation_seconds: float = 0.0):
+    """Stands in for the timed probe, so a plan does not depend on how fast the test machine is."""
+    return lambda *args, **kwargs: (step_seconds, validation_seconds)
+
+
+def test_a_budgeted_run_trains_the_planned_steps_and_saves_the_plan(tmp_path, catalogue, monkeypatch):
+    monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
+    # 64 training items in batches of 16: 4 steps an epoch, 8 in two epochs; 70 s at 10 s a step affords 6
+    cfg = replace(tiny_run_cfg(epochs=2, patience=5), time_budget=70.0)
+    out = train_system(catalogue, tmp_path / "m", cfg)
+    saved = torch.load(out / "members/0/checkpoint.pt", weights_only=False)
+    plan = StepPlan(**saved["state"]["plan"])
+    assert (plan.steps, plan.steps_per_epoch, plan.step_seconds) == (6, 4, 10.0)
+    assert len(saved["state"]["history"]) == 2, "the second epoch runs, cut short"
+    assert max(entry["step"] for entry in saved["optimizer"]["state"].values()) == 6
+
+
+def test_without_a_budget_every_epoch_runs_in_full(tmp_path, catalogue, monkeypatch):
+    monkeypatch.setattr(trainer, "_measure_costs", lambda *a, **k: pytest.fail("no budget, no probe"))
+    out = train_system(catalogue, tmp_path / "m", tiny_run_cfg(epochs=2, patience=5))
+    saved = torch.load(out / "members/0/checkpoint.pt", weights_only=False)
+    assert saved["state"]["plan"]["steps"] == 8 and saved["state"]["plan"]["seconds"] is None
+
+
+def test_members_share_the_budget_and_each_plans_its_own_share(tmp_path, catalogue, monkeypatch):
+    monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
+    cfg = replace(tiny_run_cfg(members=2, epochs=2, patience=5), time_budget=140.0)
+    out = train_system(catalogue, tmp_path / "m", cfg)
+    plans = [torch.load(out / f"members/{i}/checkpoint.pt", weights_only=False)["state"]["plan"] for i in range(2)]
+    assert plans[0]["seconds"] < 70.0 and plans[0]["steps"] == 6  # half of what caching left
+    # the second gets all that is left, and the first really took a second or two, not its planned 60 s
+    assert plans[1]["seconds"] > 100.0 and plans[1]["steps"] == 8
+
+
+def test_a_resumed_budgeted_run_keeps_its_plan_and_ends_with_the_same_weights(tmp_path, catalogue, monkeypatch):
+    monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
+    cfg = replace(tiny_run_cfg(epochs=2, patience=5), time_budget=70.0)
+    reference = _heads(train_system(catalogue, tmp_path / "straight", cfg))
+    calls = {"n": 0}
+
+    def slower_after_the_first_plan(*args, **kwargs):
+        calls["n"] += 1
+        return (10.0 if calls["n"] == 1 else 30.0), 0.0
+
+    monkeypatch.setattr(trainer, "_measure_costs", slower_after_the_first_plan)
+    resumed = _heads(interrupted_then_resumed(catalogue, cfg, tmp_path / "resumed", monkeypatch, at_validation=2))
+    assert calls["n"] == 1, "the resumed run does not plan again"
+    for key, value in reference[0].items():
+        assert torch.equal(value, resumed[0][key]), key
+
+
+def test_a_snapshot_ensemble_whose_budget_affords_too_few_epochs_says_so(tmp_path, catalogue, monkeypatch):
+    monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
+    cfg = replace(tiny_run_cfg(members=3, strategy="snapshot", epochs=3), time_budget=70.0)
+    with pytest.raises(EnclipError, match="an epoch per member"):
+        train_system(catalogue, tmp_path / "s", cfg)
+
+
+def test_the_probe_times_real_steps_without_touching_the_members_weights(tmp_path, catalogue, monkeypatch):
+    real, seen = trainer._measure_costs, {}
+
+    def recording(heads, *args, **kwargs):
+        before = {k: v.clone() for k, v in heads.state_dict().items()}
+        costs = real(heads, *args, **kwargs)
+        seen["unchanged"] = all(torch.equal(before[k], v) for k, v in heads.state_dict().items())
+        seen["costs"] = costs
+        return costs
+
+    monkeypatch.setattr(trainer, "_measure_costs", recording)
+    train_system(catalogue, tmp_path / "m", replace(tiny_run_cfg(epochs=1), time_budget=600.0))
+    step_seconds, validation_seconds = seen["costs"]
+    assert seen["unchanged"] and step_seconds > 0 and validation_seconds > 0
