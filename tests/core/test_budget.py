@@ -129,3 +129,27 @@ def test_the_probe_times_real_steps_without_touching_the_members_weights(tmp_pat
     train_system(catalogue, tmp_path / "m", replace(tiny_run_cfg(epochs=1), time_budget=600.0))
     step_seconds, validation_seconds = seen["costs"]
     assert seen["unchanged"] and step_seconds > 0 and validation_seconds > 0
+
+
+def test_the_probe_times_batches_across_the_spread_of_title_lengths(monkeypatch):
+    import numpy as np
+
+    monkeypatch.setattr(trainer, "PROBE_STEPS", 4)
+
+    # batch i holds rows whose longest title has i + 1 tokens; batches come shuffled, as an epoch's do
+    lengths = np.arange(1, 21)
+    batches = [np.array([i]) for i in np.random.default_rng(0).permutation(20)]
+    picked = trainer._probe_batches(batches, lengths)
+    timed = sorted(int(lengths[rows].max()) for rows in picked[1:])
+    assert len(picked) == trainer.PROBE_STEPS + 1
+    assert timed == [3, 8, 13, 18]  # the quantiles 1/8, 3/8, 5/8, 7/8 of the 20 batches, not 4 random draws
+    assert len(trainer._probe_batches(batches[:2], lengths)) == trainer.PROBE_STEPS + 1  # fewer batches than steps
+
+
+def test_a_member_that_overruns_its_share_says_so(tmp_path, catalogue, monkeypatch, caplog):
+    monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(0.001))
+    # a plan made for no time at all: whatever the steps really take is over it
+    monkeypatch.setattr(trainer, "plan_steps", lambda *args, **kwargs: StepPlan(8, 4, 0.001, 0.0, 0.0))
+    with caplog.at_level("WARNING", logger="enclip.train.trainer"):
+        train_system(catalogue, tmp_path / "m", replace(tiny_run_cfg(epochs=2, patience=5), time_budget=600.0))
+    assert "slower than the probe measured" in caplog.text and "larger --time-budget" in caplog.text

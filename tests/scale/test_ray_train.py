@@ -39,3 +39,12 @@ def test_two_members_as_ray_tasks_equal_the_local_run(tmp_path, catalogue):
     assert all(seconds is not None for seconds in histories[1]), "every member's epochs were timed on Ray too"
     assert torch.load(on_ray / "members/1/checkpoint.pt", weights_only=False)["state"]["done"]
     assert not (on_ray / "ray-features").exists(), "the feature cache published for the tasks is removed"
+
+
+def test_members_as_ray_tasks_each_plan_the_whole_time_left_under_a_budget(tmp_path, catalogue):
+    cfg = replace(tiny_run_cfg(members=2, strategy="bagging", epochs=2, patience=5), engine="ray", time_budget=600.0)
+    out = train_system(catalogue, tmp_path / "ray", cfg)
+    plans = [torch.load(out / f"members/{i}/checkpoint.pt", weights_only=False)["state"]["plan"] for i in range(2)]
+    # side by side, each member may use all the time caching left (one after another, each would get half)
+    assert all(plan["seconds"] > 300 and plan["step_seconds"] > 0 for plan in plans)
+    assert all(plan["steps"] == 2 * plan["steps_per_epoch"] for plan in plans), "tiny steps: both epochs fit"

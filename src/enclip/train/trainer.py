@@ -347,6 +347,7 @@ def train_member(
     """
     device = ensemble.device
     heads = ensemble.members[member]
+    member_started = time.perf_counter()
     aux, labels = _attribute_heads(ensemble, heads, train, cfg, run.seed)
     if cfg.frozen_depthwise:
         for weight in depthwise_weights(heads.image_head):
@@ -412,6 +413,11 @@ def train_member(
             state["done"] = state["bad_epochs"] >= cfg.patience or state["epoch"] >= plan.epochs
         log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", member, epoch + 1, loss, recall)
         _save_checkpoint(checkpoint, heads, optimizer, scheduler, state, aux)
+    took = time.perf_counter() - member_started
+    if plan.seconds is not None and took > plan.seconds:
+        log.warning("member %d took %.0f s of its %.0f s share of the time budget: its steps ran slower than the "
+                    "probe measured (%.2f s); a few steps fewer next time, or a larger --time-budget", member, took,
+                    plan.seconds, plan.step_seconds)
     ensemble.load_member(member, run.model_dirs[-1])
     return state
 
@@ -476,7 +482,18 @@ def _plan(heads, auxiliary, train, groups, batches, cfg: TrainCfg, val_images: i
                       cfg.epochs)
 
 
-PROBE_STEPS = 3  # training steps timed to plan a budget (the first, which warms allocators up, is not counted)
+# training steps timed to plan a budget, after one that warms allocators up and is not counted: the same step took
+# 0.6-1.5 s on the 2-core machine (RESULTS.md, issue 14, eighth pass), so a mean of 4 misjudged runs by up to 13%
+PROBE_STEPS = 8
+
+
+def _probe_batches(batches: list[np.ndarray], lengths: np.ndarray | None) -> list[np.ndarray]:
+    """A warm-up batch, then PROBE_STEPS batches whose longest title sits at evenly spaced quantiles of the epoch's:
+    the text head pays for each batch's longest title."""
+    order = (np.arange(len(batches)) if lengths is None else
+             np.argsort([lengths[rows].max() for rows in batches], kind="stable"))
+    picks = [int(order[int((q + 0.5) * len(order) / PROBE_STEPS)]) for q in range(PROBE_STEPS)]
+    return [batches[picks[PROBE_STEPS // 2]]] + [batches[i] for i in picks]
 
 
 def _measure_costs(heads, auxiliary, train, groups, batches, cfg: TrainCfg, device, val_images: int,
@@ -490,7 +507,7 @@ def _measure_costs(heads, auxiliary, train, groups, batches, cfg: TrainCfg, devi
     optimizer = torch.optim.AdamW(params, lr=0.0)
     encode_image = training_image_encoder(probe.image_head, "off", 0)
     rng = np.random.default_rng(0)
-    picks = [batches[i * len(batches) // PROBE_STEPS] for i in range(PROBE_STEPS)]
+    picks = _probe_batches(batches, train.title_lengths())
     probe.train()
     _freeze_norms(probe, cfg)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -508,7 +525,7 @@ def _measure_costs(heads, auxiliary, train, groups, batches, cfg: TrainCfg, devi
         started = time.perf_counter()
         probe.encode_text(train.text_batch(train.first_caption[rows], device))
         text_seconds = (time.perf_counter() - started) / len(rows)
-    step_seconds = float(np.median(times[1:])) if len(times) > 1 else times[0]
+    step_seconds = float(np.mean(times[1:]))
     return step_seconds, val_images * image_seconds + val_texts * text_seconds
 
 
