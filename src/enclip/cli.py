@@ -243,7 +243,7 @@ def _filters(pairs: Sequence[str] | None) -> dict[str, list[str]]:
 
 def _print_result(result, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        print(json_line(result.to_dict()))
         return
     if result.low_confidence:
         print("(low confidence: the ensemble members disagree on this query)")
@@ -287,6 +287,18 @@ def cmd_search(args) -> int:
     return 0
 
 
+# characters JSON leaves raw but line readers split on (str.splitlines, JavaScript): NEL, LINE and PARAGRAPH SEPARATOR
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def json_line(value) -> str:
+    """One JSON document on exactly one line, non-ASCII text kept readable, whatever the strings in it hold."""
+    text = json.dumps(value, ensure_ascii=False)
+    for raw, escaped in _LINE_BREAKS.items():
+        text = text.replace(raw, escaped)
+    return text
+
+
 def _batch_search(searcher, path: Path, options: dict) -> int:
     """One JSON result per input line; a bad line gets an error line and the rest still answer.
 
@@ -303,10 +315,10 @@ def _batch_search(searcher, path: Path, options: dict) -> int:
             continue
         try:
             result = _search_line(searcher, line, options)
-            print(json.dumps({"line": number, **result.to_dict()}, ensure_ascii=False))
+            print(json_line({"line": number, **result.to_dict()}))
         except EnclipError as error:
             failures += 1
-            print(json.dumps({"line": number, "error": str(error)}, ensure_ascii=False))
+            print(json_line({"line": number, "error": str(error)}))
     return 1 if failures else 0
 
 

@@ -81,3 +81,11 @@ def test_demo_trains_indexes_searches_and_reports_held_out_quality(tmp_path, cap
     assert "== text: 'navy check shirt for men'" in out and "title2img" in out
     assert "(title #" in out or "(photo #" in out  # text searches run on every channel and say which found a hit
     assert {"keywords", "text_vectors", "vectors"} <= {p.name for p in (tmp_path / "demo" / "index").iterdir()}
+
+
+def test_a_json_answer_stays_one_line_whatever_its_strings_hold():
+    from enclip.cli import json_line
+
+    value = {"title": "Navy\u2028Shirt\x85 \u2029 Café \n tab\t"}
+    line = json_line(value)
+    assert len(line.splitlines()) == 1 and json.loads(line) == value and "Café" in line

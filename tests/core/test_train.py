@@ -252,4 +252,7 @@ def test_a_compiled_image_head_computes_the_eager_step_on_the_heads_own_weights(
     torch.testing.assert_close(compiled_out, eager_out, atol=1e-5, rtol=1e-4)
     assert compiled_grads.keys() == eager_grads.keys() and eager_grads  # the gradients land on the head's weights
     for name, grad in eager_grads.items():
-        torch.testing.assert_close(compiled_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+        # fused kernels sum in another order: float rounding scales with the gradient's own size (up to 2.6e-5 on
+        # gradients of 9 on an AVX-512 CPU), so the tolerance does too
+        scale = max(1.0, grad.abs().max().item())
+        torch.testing.assert_close(compiled_grads[name], grad, atol=1e-5 * scale, rtol=1e-4, msg=name)
