@@ -361,9 +361,10 @@ def train_member(
     saved = torch.load(checkpoint, map_location=device, weights_only=False) if resume and checkpoint.exists() else None
     val_rows = _val_sample(val, cfg)
     distractors = (train, _distractor_rows(train, cfg)) if cfg.val_distractors else None
+    group_tensor = torch.from_numpy(groups)
     plan = StepPlan(**saved["state"]["plan"]) if saved is not None and "plan" in saved["state"] else _plan(
-        heads, (aux, labels), train, groups, _epoch_batches(run, 0, cfg.batch_size, train.title_lengths()), cfg,
-        len(val_rows) + (0 if distractors is None else len(distractors[1])), len(val_rows), seconds)
+        heads, (aux, labels), train, group_tensor, _epoch_batches(run, 0, cfg.batch_size, train.title_lengths()),
+        cfg, device, len(val_rows) + (0 if distractors is None else len(distractors[1])), len(val_rows), seconds)
     log.info("member %d: %s", member, plan.describe())
     cycles = max(1, len(run.snapshots))
     if run.snapshots and plan.epochs < cycles:
@@ -384,7 +385,6 @@ def train_member(
     if state["done"]:
         ensemble.load_member(member, run.model_dirs[-1])
         return state
-    group_tensor = torch.from_numpy(groups)
     # a budget's plan was timed on eager steps and has no room for a compile: "auto" then runs eagerly
     compile_mode = "off" if plan.seconds is not None and cfg.compile == "auto" else cfg.compile
     encode_image = training_image_encoder(heads.image_head, compile_mode, plan.steps)
@@ -470,14 +470,14 @@ def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCf
     return loss.item()
 
 
-def _plan(heads, auxiliary, train, groups, batches, cfg: TrainCfg, val_images: int, val_texts: int,
+def _plan(heads, auxiliary, train, groups, batches, cfg: TrainCfg, device, val_images: int, val_texts: int,
           seconds: float | None) -> StepPlan:
     """Every epoch in full, or under a budget of ``seconds`` the most steps that fit at this machine's costs."""
     if seconds is None:
         return full_plan(cfg.epochs, len(batches))
     started = time.perf_counter()
-    step_seconds, validation_seconds = _measure_costs(heads, auxiliary, train, torch.from_numpy(groups), batches,
-                                                      cfg, next(heads.parameters()).device, val_images, val_texts)
+    step_seconds, validation_seconds = _measure_costs(heads, auxiliary, train, groups, batches, cfg, device,
+                                                      val_images, val_texts)
     return plan_steps(seconds - (time.perf_counter() - started), step_seconds, validation_seconds, len(batches),
                       cfg.epochs)
 
