@@ -35,7 +35,8 @@ def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: s
     args = build_parser().parse_args(["train", "--out", str(model_dir), "--trunk-cache", trunk_cache,
                                       *flags])
     cfg = run_cfg(args)
-    heads = f"img{cfg.train.heads.trainable_image}-txt{cfg.train.heads.trainable_text}-views{cfg.train.views}"
+    colour = "-colour" if cfg.train.heads.colour else ""  # trunk outputs with the thumbnail channels
+    heads = f"img{cfg.train.heads.trainable_image}{colour}-txt{cfg.train.heads.trainable_text}-views{cfg.train.views}"
     if cfg.backbone.image_width is not None:  # another input shape: other trunk outputs, shared with no square cut
         heads += f"-{cfg.backbone.image_size}x{cfg.backbone.image_width}"
     feature_cache = feature_cache or out / "feature-cache"

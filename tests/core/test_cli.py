@@ -89,3 +89,19 @@ def test_a_json_answer_stays_one_line_whatever_its_strings_hold():
     value = {"title": "Navy\u2028Shirt\x85 \u2029 Café \n tab\t"}
     line = json_line(value)
     assert len(line.splitlines()) == 1 and json.loads(line) == value and "Café" in line
+
+
+def test_a_colour_branch_model_trains_indexes_and_finds_a_catalogue_photo(tmp_path, capsys):
+    items = make_items(40, seed=5)
+    data = write_hf_parquet(tmp_path / "data", items)
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "model"), *TINY_FLAGS,
+                 "--colour-branch"]) == 0
+    model = json.loads((tmp_path / "model" / "members" / "0" / "model.json").read_text())
+    assert model["heads"]["colour"] is True
+    assert main(["index", "--data", str(data), "--model", str(tmp_path / "model"), "--out",
+                 str(tmp_path / "index"), "--channels", "image"]) == 0
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(items[7].image)
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "index"), "--image", str(photo), "--k", "3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["id"] == items[7].id  # its own photo, embedded alike

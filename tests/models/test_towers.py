@@ -248,3 +248,75 @@ def test_the_ensemble_runs_a_folded_trunk_but_keeps_the_loaded_weights_fingerpri
     from enclip.models.ensemble import _digest
 
     assert ensemble.trunk_fingerprint() == _digest(loaded, ensemble.text_trunk)  # saved models stay loadable
+
+
+def colour_ensemble(members: int = 1, trainable: int = 1) -> Ensemble:
+    torch.manual_seed(0)
+    return Ensemble(tiny_backbone(), HeadCfg(trainable_image=trainable, trainable_text=1, colour=True),
+                    members=members).eval()
+
+
+@pytest.mark.parametrize("trainable", [1, 2, ALL])
+def test_the_colour_branch_starts_as_the_plain_head_and_its_trunk_carries_the_thumbnail(trainable):
+    torch.manual_seed(0)
+    plain = Ensemble(tiny_backbone(), HeadCfg(trainable_image=trainable, trainable_text=1)).eval()
+    coloured = colour_ensemble(trainable=trainable)
+    pixels = coloured.pixels(photos())
+    features, plain_features = coloured.image_trunk_outputs(pixels), plain.image_trunk_outputs(pixels)
+    assert features.shape[1] == plain_features.shape[1] + 3
+    torch.testing.assert_close(features[:, :-3], plain_features)
+    # the extra channels are the photo, average-pooled to the trunk's grid
+    torch.testing.assert_close(features[:, -3:], torch.nn.functional.adaptive_avg_pool2d(pixels, features.shape[-2:]))
+    # the colour MLP's last layer starts at zero: the same embeddings as the plain model until it trains
+    np.testing.assert_allclose(coloured.encode_images(photos()), plain.encode_images(photos()), atol=1e-6)
+    assert coloured.image_cache_key() != plain.image_cache_key()  # their cached trunk outputs differ
+
+
+def test_the_colour_branch_reads_the_photo_colours():
+    ensemble = colour_ensemble()
+    with torch.no_grad():  # stands in for training: the colour MLP's output layer moves off zero
+        ensemble.members[0].image_head.colour_adapter[-1].weight.normal_(generator=torch.Generator().manual_seed(0))
+    red, blue = (Image.new("RGB", (60, 80), colour) for colour in ((200, 30, 30), (30, 30, 200)))
+    same_red = Image.new("RGB", (60, 80), (200, 30, 30))
+    embeddings = ensemble.encode_images([red, blue, same_red])[0]
+    np.testing.assert_array_equal(embeddings[0], embeddings[2])
+    assert not np.allclose(embeddings[0], embeddings[1], atol=1e-3)
+
+
+def test_a_colour_member_is_saved_and_rebuilt_with_its_branch(tmp_path):
+    trained = colour_ensemble(members=2)
+    with torch.no_grad():
+        for p in trained.members[1].parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    trained.save_member(1, tmp_path / "member")
+    loaded, _ = load_model(tmp_path / "member")
+    assert loaded.head_cfg.colour
+    np.testing.assert_array_equal(loaded.encode_images(photos())[0], trained.encode_images(photos())[1])
+
+
+def test_a_model_saved_before_the_colour_branch_loads_without_one(tmp_path):
+    import json
+
+    plain = Ensemble(tiny_backbone(), HeadCfg(trainable_image=1, trainable_text=1)).eval()
+    plain.save_member(0, tmp_path / "member")
+    manifest = json.loads((tmp_path / "member" / "model.json").read_text())
+    del manifest["heads"]["colour"]  # as written by earlier versions
+    (tmp_path / "member" / "model.json").write_text(json.dumps(manifest))
+    loaded, _ = load_model(tmp_path / "member")
+    assert not loaded.head_cfg.colour
+    np.testing.assert_array_equal(loaded.encode_images(photos())[0], plain.encode_images(photos())[0])
+
+
+def test_colour_members_redraw_their_projections_and_share_the_colour_start():
+    states = [member.state_dict() for member in colour_ensemble(members=2).members]
+    projections = [name for name in states[0] if ".projection." in name]
+    assert projections
+    for name in projections:
+        assert not torch.equal(states[0][name], states[1][name]), name
+    torch.testing.assert_close(states[0]["image_head.colour_adapter.2.weight"],
+                               states[1]["image_head.colour_adapter.2.weight"])
+
+
+def test_a_colour_branch_on_a_pooled_trunk_output_is_refused_with_the_fix():
+    with pytest.raises(EnclipError, match="--trainable-image 1 or more.*--no-colour-branch"):
+        Ensemble(tiny_backbone(), HeadCfg(trainable_image=0, trainable_text=1, colour=True))

@@ -43,6 +43,9 @@ class HeadCfg:
     # learn far more per epoch than one (validation R@10 0.30 against 0.25 in 5 epochs: RESULTS.md, issue 14)
     trainable_image: int = 2
     trainable_text: int = 1  # text tower layers trained from the top (0 = projection only, -1 = all)
+    # a colour thumbnail of the photo beside the image trunk's output, read by a small MLP in the image head
+    # (towers.ColourTrunk); models saved without the field have no such branch
+    colour: bool = False
 
 
 class Member(nn.Module):
@@ -77,7 +80,11 @@ class Ensemble(nn.Module):
         text_split = backbone.split_text(head_cfg.trainable_text)
         loaded = image_split.trunk.eval().requires_grad_(False)
         probe = backbone.preprocess(Image.fromarray(np.zeros((80, 60, 3), np.uint8)))[None]
-        self.image_trunk = towers.fold_batch_norms(loaded, probe)  # runs ~1.7x faster, same outputs up to rounding
+        folded = towers.fold_batch_norms(loaded, probe)  # runs ~1.7x faster, same outputs up to rounding
+        if head_cfg.colour:
+            image_split = towers.with_colour(towers.TowerSplit(folded, image_split.head, image_split.blocks), probe)
+            folded = image_split.trunk
+        self.image_trunk = folded
         self._loaded_image_trunk = (loaded,)  # fingerprints hash the weights as loaded (a tuple: not a submodule)
         self.text_trunk = text_split.trunk.eval().requires_grad_(False)
         base_scale = float(getattr(backbone.model, "logit_scale", torch.tensor(np.log(1 / 0.07))).detach())
@@ -199,7 +206,9 @@ class Ensemble(nn.Module):
         (input size, normalisation). Models that differ only in their text split or heads share image caches."""
         probe = np.linspace(0, 255, 80 * 60 * 3).reshape(80, 60, 3).astype(np.uint8)  # a portrait photo's shape
         pixels = self.backbone.preprocess(Image.fromarray(probe))  # the preprocessing, fingerprinted by what it does
-        return _digest(self._loaded_image_trunk[0], extra=hashlib.sha256(pixels.numpy().tobytes()).hexdigest())
+        colour = "colour" if self.head_cfg.colour else ""  # its outputs carry the thumbnail channels too
+        return _digest(self._loaded_image_trunk[0],
+                       extra=hashlib.sha256(pixels.numpy().tobytes()).hexdigest() + colour)
 
 
 def _redraw_projections(member: Member) -> None:
@@ -209,7 +218,8 @@ def _redraw_projections(member: Member) -> None:
     diversity to independent initialisation: Lakshminarayanan et al., 2017). Pretrained blocks are shared as loaded."""
     for head in (member.image_head, member.text_head):
         for name, module in head.named_modules():
-            if name.split(".")[0] == "projection" and hasattr(module, "reset_parameters"):
+            top = name.removeprefix("head.").split(".")[0]  # a head wrapped in towers.ColourHead: its inner head's
+            if top == "projection" and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
 
 
@@ -250,7 +260,7 @@ def load_model(directory: str | Path, device: str = "cpu") -> tuple[Ensemble, En
     member_dirs = [directory / m for m in info.members]
     first = read_json(member_dirs[0] / "model.json")
     backbone = create_backbone(BackboneCfg(**first["backbone"]))
-    ensemble = Ensemble(backbone, HeadCfg(**first["heads"]), members=len(member_dirs)).to(device)
+    ensemble = Ensemble(backbone, HeadCfg(**{"colour": False, **first["heads"]}), members=len(member_dirs)).to(device)
     expected = first.get("trunk_fingerprint")
     if expected and expected != ensemble.trunk_fingerprint():
         raise EnclipError(

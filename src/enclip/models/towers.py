@@ -14,6 +14,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from enclip.errors import EnclipError
@@ -214,6 +215,64 @@ def split_generic(model: nn.Module, method: str, trainable: int, dim: int) -> To
             f"{type(model).__name__} cannot be partly unfrozen by enclip; use --trainable 0 (adapter) or 'all'"
         )
     return TowerSplit(_Encode(model, method), _Adapter(dim), 0)
+
+
+COLOUR_CHANNELS = 3  # what :class:`ColourTrunk` appends to a trunk output: the photo's RGB, average-pooled
+COLOUR_GRID = 6  # the thumbnail :class:`ColourHead` reads: 6x6 cells (the 96-pixel input's trunk output grid)
+
+
+class ColourTrunk(nn.Module):
+    """A frozen trunk whose output also carries the photo's colours: the input pixels, average-pooled to the trunk
+    output's grid, appended as :data:`COLOUR_CHANNELS` more channels (one cached tensor, as before).
+
+    An ImageNet trunk is trained to recognise objects whatever their colour, so a head fine-tuned on top of it is
+    slow to learn what colour a product is (attr2img baseColour P@10 about 0.5 after a 10-minute training), while a
+    thumbnail states it outright. :class:`ColourHead` reads the extra channels.
+    """
+
+    def __init__(self, trunk: nn.Module):
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        features = self.trunk(pixels)
+        thumbnail = F.adaptive_avg_pool2d(pixels, features.shape[-2:]).to(features.dtype)
+        return torch.cat([features, thumbnail], dim=1)
+
+
+class ColourHead(nn.Module):
+    """A trainable head over :class:`ColourTrunk` outputs: the wrapped head on the trunk's own channels, plus a small
+    MLP of the :data:`COLOUR_GRID` x :data:`COLOUR_GRID` colour thumbnail added to its embedding. The MLP's last
+    layer starts at zero, so training starts from the wrapped head's own outputs."""
+
+    def __init__(self, head: nn.Module, dim: int, hidden: int = 256):
+        super().__init__()
+        self.head = head
+        self.colour_adapter = nn.Sequential(nn.Linear(COLOUR_CHANNELS * COLOUR_GRID ** 2, hidden), nn.GELU(),
+                                            nn.Linear(hidden, dim))
+        nn.init.zeros_(self.colour_adapter[-1].weight)
+        nn.init.zeros_(self.colour_adapter[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        maps, colours = features[:, :-COLOUR_CHANNELS], features[:, -COLOUR_CHANNELS:]
+        thumbnail = F.adaptive_avg_pool2d(colours, COLOUR_GRID).flatten(1)
+        return self.head(maps) + self.colour_adapter(thumbnail).to(maps.dtype)
+
+
+def with_colour(split: TowerSplit, probe: torch.Tensor) -> TowerSplit:
+    """``split`` with a colour branch (:class:`ColourTrunk`, :class:`ColourHead`); ``probe`` is one preprocessed
+    image batch, run once through the head (in eval mode) to learn its embedding size."""
+    head = split.head
+    training = head.training
+    with torch.no_grad():
+        features = split.trunk(probe)
+        if features.dim() != 4:
+            raise EnclipError("the colour branch needs an image trunk that outputs a feature map, and this one "
+                              f"outputs shape {tuple(features.shape)}: train at least one image block "
+                              "(--trainable-image 1 or more) or turn the branch off (--no-colour-branch)")
+        dim = head.eval()(features).shape[-1]
+    head.train(training)
+    return TowerSplit(ColourTrunk(split.trunk), ColourHead(head, dim), split.blocks)
 
 
 def clone_head(head: nn.Module) -> nn.Module:

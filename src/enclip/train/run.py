@@ -247,6 +247,8 @@ def _caches(ensemble, catalogue, split, cache_dir: Path, cfg: RunCfg) -> tuple[F
            "captions": asdict(cfg.train.captions), "seed": cfg.train.seed, "data": catalogue.fingerprint()}
     if cfg.backbone.image_width is not None:  # absent for square inputs, so caches written before it stay valid
         key["image_width"] = cfg.backbone.image_width
+    if not cfg.train.heads.colour:  # likewise absent without a colour branch
+        del key["heads"]["colour"]
     key = json.loads(json.dumps(key))  # compare as it reads back from disk (tuples become lists)
     if (cache_dir / "cache_key.json").exists() and read_json(cache_dir / "cache_key.json") != key:
         raise EnclipError(f"the feature cache in {cache_dir} was built for another model, data or augmentation; "
