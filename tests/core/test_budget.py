@@ -10,7 +10,7 @@ import torch
 from enclip.cli import build_parser
 from enclip.errors import EnclipError
 from enclip.train import trainer
-from enclip.train.budget import SAFETY, StepPlan, parse_duration, plan_steps
+from enclip.train.budget import SAFETY, StepPlan, parse_duration, plan_steps, replan
 from enclip.train.run import train_system
 from tests.conftest import tiny_run_cfg
 from tests.core.test_train import _heads, interrupted_then_resumed
@@ -152,4 +152,44 @@ def test_a_member_that_overruns_its_share_says_so(tmp_path, catalogue, monkeypat
     monkeypatch.setattr(trainer, "plan_steps", lambda *args, **kwargs: StepPlan(8, 4, 0.001, 0.0, 0.0))
     with caplog.at_level("WARNING", logger="enclip.train.trainer"):
         train_system(catalogue, tmp_path / "m", replace(tiny_run_cfg(epochs=2, patience=5), time_budget=600.0))
-    assert "slower than the probe measured" in caplog.text and "larger --time-budget" in caplog.text
+    assert "slower than planned" in caplog.text and "larger --time-budget" in caplog.text
+
+
+def test_a_plan_made_again_from_real_steps_is_the_plan_the_probe_would_have_made_with_them():
+    # 100 s, a validation 5 s, 100 steps an epoch: the probe read 2 s a step, so 44 steps in one epoch fit 93 s
+    probed = plan_steps(100.0, 2.0, 5.0, steps_per_epoch=100, max_epochs=5)
+    assert probed.steps == 44 and probed.measured_steps == 0
+    faster = replan(probed, 1.0, 24, max_epochs=5)
+    assert faster == replace(plan_steps(100.0, 1.0, 5.0, 100, 5), measured_steps=24)  # 88 steps
+    assert faster.steps == 88 and faster.seconds == probed.seconds and "its first 24 steps" in faster.describe()
+    assert replan(probed, 3.0, 24, max_epochs=5).steps == 29  # slower: fewer steps, same seconds
+    assert replan(probed, 4.0, 24, max_epochs=5).steps == 24  # never fewer than already run
+    assert replan(probed, 500.0, 24, max_epochs=5).steps == 24  # the time is gone: it ends where it is
+    assert replan(probed, 4.0, 24, max_epochs=5, min_epochs=3).steps == 201  # a snapshot keeps an epoch a cycle
+
+
+def test_a_budgeted_member_plans_again_from_its_own_first_steps(tmp_path, catalogue, monkeypatch):
+    # the probe reads 10 s a step (6 of 8 steps fit 70 s); the member's own steps take milliseconds, so after its
+    # first two it plans both epochs in full, and the schedule runs over all 8 steps
+    monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
+    monkeypatch.setattr(trainer, "REPLAN_AFTER", 2)
+    monkeypatch.setattr(trainer, "REPLAN_SKIP", 0)
+    cfg = replace(tiny_run_cfg(epochs=2, patience=5), time_budget=70.0)
+    out = train_system(catalogue, tmp_path / "m", cfg)
+    saved = torch.load(out / "members/0/checkpoint.pt", weights_only=False)
+    plan = StepPlan(**saved["state"]["plan"])
+    assert (plan.steps, plan.measured_steps) == (8, 2) and plan.step_seconds < 10.0
+    assert max(entry["step"] for entry in saved["optimizer"]["state"].values()) == 8
+    assert saved["scheduler"]["last_epoch"] == 8
+
+
+def test_a_run_resumed_after_planning_again_keeps_the_new_plan_and_ends_with_the_same_weights(tmp_path, catalogue,
+                                                                                               monkeypatch):
+    monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
+    monkeypatch.setattr(trainer, "REPLAN_AFTER", 2)
+    monkeypatch.setattr(trainer, "REPLAN_SKIP", 0)
+    cfg = replace(tiny_run_cfg(epochs=2, patience=5), time_budget=70.0)
+    reference = _heads(train_system(catalogue, tmp_path / "straight", cfg))
+    resumed = _heads(interrupted_then_resumed(catalogue, cfg, tmp_path / "resumed", monkeypatch, at_validation=2))
+    for key, value in reference[0].items():
+        assert torch.equal(value, resumed[0][key]), key

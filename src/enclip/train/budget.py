@@ -4,19 +4,25 @@ A fixed epoch count trains well on one machine and overruns on a slower one (the
 555 s on one 2-core machine and 888 s on another). Under a budget, each member measures what a training step and a
 validation pass cost on this machine, then plans the most steps (up to ``--epochs`` epochs) that end within its
 share of the time left after trunk caching. The learning-rate schedule is laid over those steps, so a shorter plan
-still warms up and anneals fully; the last epoch may be cut short. The plan is saved in the member's checkpoint, so
-a resumed run continues the same plan and ends with the same weights.
+still warms up and anneals fully; the last epoch may be cut short. The probe is a sample, though (a step's time
+varied by 10-25% from one process to the next on the 2-core machine), so after its first :data:`REPLAN_AFTER`
+steps a member plans once more from its own steps' time (:func:`replan`), while the schedule is still near its top.
+The plan is saved in the member's checkpoint, so a resumed run continues the same plan and ends with the same weights.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from enclip.errors import EnclipError
 
 SAFETY = 0.93  # share of a member's seconds planned for: steps and validations vary a few percent run to run
+# real steps a member times before it plans again; the first REPLAN_SKIP of them (allocator warm-up) are not counted.
+# At 24 of some 400 steps the cosine schedule is still at its top, so the new horizon barely moves the learning rate
+REPLAN_AFTER = 24
+REPLAN_SKIP = 4
 
 _UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
 
@@ -38,6 +44,7 @@ class StepPlan:
     step_seconds: float | None = None  # measured cost of one step (None: no budget, epochs alone decide)
     validation_seconds: float | None = None  # measured cost of one end-of-epoch validation
     seconds: float | None = None  # the member's share of the budget the plan was made for
+    measured_steps: int = 0  # real training steps ``step_seconds`` was timed on (0: the probe's throwaway steps)
 
     @property
     def epochs(self) -> int:
@@ -51,8 +58,9 @@ class StepPlan:
         text = f"{self.steps} steps ({self.steps / self.steps_per_epoch:.2f} epochs)"
         if self.seconds is None:
             return text
-        return (f"{text} in {self.seconds:.0f} s: {self.step_seconds:.2f} s a step, {self.validation_seconds:.0f} s "
-                "a validation")
+        timed = f" (its first {self.measured_steps} steps)" if self.measured_steps else ""
+        return (f"{text} in {self.seconds:.0f} s: {self.step_seconds:.2f} s a step{timed}, "
+                f"{self.validation_seconds:.0f} s a validation")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,3 +88,16 @@ def plan_steps(seconds: float, step_seconds: float, validation_seconds: float, s
             f"({step_seconds:.3g} s) and a validation ({validation_seconds:.3g} s) take here; raise --time-budget "
             "(trunk caching counts towards it), or train fewer --members")
     return StepPlan(best, steps_per_epoch, round(step_seconds, 4), round(validation_seconds, 2), round(seconds, 1))
+
+
+def replan(plan: StepPlan, step_seconds: float, measured_steps: int, max_epochs: int, min_epochs: int = 1) -> StepPlan:
+    """The plan ``plan`` becomes once its member has timed ``measured_steps`` real steps at ``step_seconds`` each: the
+    plan its probe would have made with that figure, in the same seconds. It keeps the steps already run and, for
+    a snapshot ensemble, an epoch per cycle (``min_epochs``); a member whose steps have outrun the budget ends there.
+    """
+    try:
+        steps = plan_steps(plan.seconds, step_seconds, plan.validation_seconds, plan.steps_per_epoch, max_epochs).steps
+    except EnclipError:  # not even one step fits: the steps so far have used the member's time
+        steps = measured_steps
+    steps = max(steps, measured_steps, (min_epochs - 1) * plan.steps_per_epoch + 1)
+    return replace(plan, steps=steps, step_seconds=round(step_seconds, 4), measured_steps=measured_steps)

@@ -29,7 +29,7 @@ from enclip.errors import EnclipError
 from enclip.eval.evaluator import RetrievalEvaluator
 from enclip.models.device import cpu_has_bfloat16_tiles
 from enclip.models.ensemble import HEAD_CHUNK, Ensemble, HeadCfg
-from enclip.train.budget import StepPlan, full_plan, plan_steps
+from enclip.train.budget import REPLAN_AFTER, REPLAN_SKIP, StepPlan, full_plan, plan_steps, replan
 from enclip.train.features import FeatureCache
 
 log = logging.getLogger(__name__)
@@ -373,6 +373,24 @@ def train_member(
     snapshot_epochs = cycle_ends(plan.epochs, cycles) if run.snapshots else []
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _schedule(plan.steps_per_epoch, plan.epochs, cfg.warmup, cycles, plan.steps))
+    step_times: list[float] = []
+
+    def after_step(done: int, seconds: float) -> int | None:
+        """Once the member has timed its own first REPLAN_AFTER steps, plan again from them; returns the steps the
+        first epoch now runs."""
+        nonlocal plan, snapshot_epochs
+        step_times.append(seconds)
+        if done != REPLAN_AFTER or plan.seconds is None or plan.measured_steps:
+            return None
+        probed = plan
+        plan = replan(plan, float(np.mean(step_times[REPLAN_SKIP:])), done, cfg.epochs, cycles)
+        scheduler.lr_lambdas = [_schedule(plan.steps_per_epoch, plan.epochs, cfg.warmup, cycles, plan.steps)
+                                ] * len(optimizer.param_groups)
+        snapshot_epochs = cycle_ends(plan.epochs, cycles) if run.snapshots else []
+        state["plan"] = plan.to_dict()
+        log.info("member %d: planned again from its own steps: %s (the probe's %.2f s a step gave %d)",
+                 member, plan.describe(), probed.step_seconds, probed.steps)
+        return plan.steps_in_epoch(0)
     state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": [], "done": False, "plan": plan.to_dict()}
     if saved is not None:
         heads.load_state_dict(saved["member"])
@@ -392,7 +410,7 @@ def train_member(
         epoch, started = state["epoch"], time.perf_counter()
         torch.manual_seed(int(np.random.default_rng([run.seed, epoch, 2]).integers(2**31)))
         loss = _run_epoch(ensemble, heads, encode_image, train, group_tensor, run, epoch, optimizer, scheduler, cfg,
-                          member, (aux, labels), plan.steps_in_epoch(epoch))
+                          member, (aux, labels), plan.steps_in_epoch(epoch), after_step if epoch == 0 else None)
         recall = validation_recall(ensemble, member, val, val_rows, distractors=distractors)
         seconds = round(time.perf_counter() - started, 2)  # the epoch and its validation
         state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall, "seconds": seconds})
@@ -415,28 +433,37 @@ def train_member(
         _save_checkpoint(checkpoint, heads, optimizer, scheduler, state, aux)
     took = time.perf_counter() - member_started
     if plan.seconds is not None and took > plan.seconds:
-        log.warning("member %d took %.0f s of its %.0f s share of the time budget: its steps ran slower than the "
-                    "probe measured (%.2f s); a few steps fewer next time, or a larger --time-budget", member, took,
+        log.warning("member %d took %.0f s of its %.0f s share of the time budget: its steps ran slower than "
+                    "planned (%.2f s); a few steps fewer next time, or a larger --time-budget", member, took,
                     plan.seconds, plan.step_seconds)
     ensemble.load_member(member, run.model_dirs[-1])
     return state
 
 
 def _run_epoch(ensemble, heads, encode_image, train, groups, run, epoch, optimizer, scheduler, cfg, member,
-               auxiliary, steps: int) -> float:
-    """One pass over ``steps`` of the epoch's batches (fewer than all in a time budget's last epoch)."""
+               auxiliary, steps: int, after_step=None) -> float:
+    """One pass over ``steps`` of the epoch's batches (fewer than all in a time budget's last epoch).
+    ``after_step(steps done, its seconds)`` may return a new step count for the epoch (a budget planned again)."""
     rng = np.random.default_rng([run.seed, epoch, 3])
     device = ensemble.device
-    batches = _epoch_batches(run, epoch, cfg.batch_size, train.title_lengths())[:steps]
+    batches = _epoch_batches(run, epoch, cfg.batch_size, train.title_lengths())
     ensemble.train()
     _freeze_norms(heads, cfg)
     losses = []
     started = time.perf_counter()
-    with tqdm(batches, desc=f"member {member} epoch {epoch + 1}", unit="batch", leave=False) as bar:
-        for rows in bar:
+    with tqdm(total=min(steps, len(batches)), desc=f"member {member} epoch {epoch + 1}", unit="batch",
+              leave=False) as bar:
+        for rows in batches:
+            if len(losses) >= steps:
+                break
+            step_started = time.perf_counter()
             losses.append(_step(heads, encode_image, train, groups, rows, rng, optimizer, cfg, device, auxiliary))
             scheduler.step()
+            if after_step is not None:
+                steps = after_step(len(losses), time.perf_counter() - step_started) or steps
+                bar.total = min(steps, len(batches))
             rate = len(losses) * cfg.batch_size / (time.perf_counter() - started)
+            bar.update()
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", items_per_s=f"{rate:.0f}")
     ensemble.eval()
     return float(np.mean(losses))
