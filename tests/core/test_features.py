@@ -107,3 +107,13 @@ def test_a_degraded_view_runs_the_trunk_only_on_the_photos_its_draw_degrades(tmp
     np.testing.assert_allclose(skipping.astype(np.float32), every.astype(np.float32), atol=2e-3)
     with pytest.raises(ValueError, match="clean holds"):
         cache_image_features(ensemble, catalogue, positions, tmp_path / "bad", view=1, clean=clean[:-1])
+
+
+def test_clustering_features_leave_out_the_colour_thumbnail():
+    from enclip.train.features import FeatureCache
+
+    maps = np.arange(2 * 5 * 2 * 2, dtype=np.float16).reshape(2, 5, 2, 2)  # 2 channels of features + 3 of colour
+    cache = FeatureCache(positions=np.arange(2), images=[maps], texts={}, caption_owner=np.arange(2),
+                         first_caption=np.arange(2))
+    np.testing.assert_array_equal(cache.pooled_images(colour=True), maps[:, :2].astype(np.float32).mean(axis=(2, 3)))
+    assert cache.pooled_images().shape == (2, 5)

@@ -240,7 +240,7 @@ def test_a_norm_not_fed_by_a_convolution_is_not_folded():
 
 
 def test_the_ensemble_runs_a_folded_trunk_but_keeps_the_loaded_weights_fingerprint(tiny):
-    ensemble = Ensemble(tiny_backbone(), HeadCfg(trainable_image=1, trainable_text=1))
+    ensemble = Ensemble(tiny_backbone(), HeadCfg(trainable_image=1, trainable_text=1, colour=False))
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in ensemble.image_trunk.modules())
     loaded = tiny_backbone().split_image(1).trunk.eval()
     pixels = ensemble.pixels(photos())
@@ -256,17 +256,20 @@ def colour_ensemble(members: int = 1, trainable: int = 1) -> Ensemble:
                     members=members).eval()
 
 
-@pytest.mark.parametrize("trainable", [1, 2, ALL])
+@pytest.mark.parametrize("trainable", [0, 1, 2, ALL])
 def test_the_colour_branch_starts_as_the_plain_head_and_its_trunk_carries_the_thumbnail(trainable):
+    from enclip.models.towers import COLOUR_GRID, without_colour
+
     torch.manual_seed(0)
-    plain = Ensemble(tiny_backbone(), HeadCfg(trainable_image=trainable, trainable_text=1)).eval()
+    plain = Ensemble(tiny_backbone(), HeadCfg(trainable_image=trainable, trainable_text=1, colour=False)).eval()
     coloured = colour_ensemble(trainable=trainable)
     pixels = coloured.pixels(photos())
     features, plain_features = coloured.image_trunk_outputs(pixels), plain.image_trunk_outputs(pixels)
-    assert features.shape[1] == plain_features.shape[1] + 3
-    torch.testing.assert_close(features[:, :-3], plain_features)
-    # the extra channels are the photo, average-pooled to the trunk's grid
-    torch.testing.assert_close(features[:, -3:], torch.nn.functional.adaptive_avg_pool2d(pixels, features.shape[-2:]))
+    torch.testing.assert_close(without_colour(features), plain_features)
+    # the rest is the photo, average-pooled to the trunk's grid (a map) or to a flattened thumbnail (a vector)
+    pool = torch.nn.functional.adaptive_avg_pool2d
+    thumbnail = (pool(pixels, features.shape[-2:]) if features.dim() == 4 else pool(pixels, COLOUR_GRID).flatten(1))
+    torch.testing.assert_close(features[:, plain_features.shape[1]:], thumbnail)
     # the colour MLP's last layer starts at zero: the same embeddings as the plain model until it trains
     np.testing.assert_allclose(coloured.encode_images(photos()), plain.encode_images(photos()), atol=1e-6)
     assert coloured.image_cache_key() != plain.image_cache_key()  # their cached trunk outputs differ
@@ -297,7 +300,7 @@ def test_a_colour_member_is_saved_and_rebuilt_with_its_branch(tmp_path):
 def test_a_model_saved_before_the_colour_branch_loads_without_one(tmp_path):
     import json
 
-    plain = Ensemble(tiny_backbone(), HeadCfg(trainable_image=1, trainable_text=1)).eval()
+    plain = Ensemble(tiny_backbone(), HeadCfg(trainable_image=1, trainable_text=1, colour=False)).eval()
     plain.save_member(0, tmp_path / "member")
     manifest = json.loads((tmp_path / "member" / "model.json").read_text())
     del manifest["heads"]["colour"]  # as written by earlier versions
@@ -317,6 +320,9 @@ def test_colour_members_redraw_their_projections_and_share_the_colour_start():
                                states[1]["image_head.colour_adapter.2.weight"])
 
 
-def test_a_colour_branch_on_a_pooled_trunk_output_is_refused_with_the_fix():
-    with pytest.raises(EnclipError, match="--trainable-image 1 or more.*--no-colour-branch"):
-        Ensemble(tiny_backbone(), HeadCfg(trainable_image=0, trainable_text=1, colour=True))
+def test_a_colour_branch_on_a_trunk_output_of_another_shape_is_refused_with_the_fix():
+    from enclip.models.towers import TowerSplit, with_colour
+
+    tokens = TowerSplit(torch.nn.Flatten(2), torch.nn.Identity(), 1)  # (N, C, H*W): token-like, neither map nor vector
+    with pytest.raises(EnclipError, match="feature map or a pooled vector.*--no-colour-branch"):
+        with_colour(tokens, torch.zeros(1, 3, 8, 8))

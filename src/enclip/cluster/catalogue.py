@@ -39,7 +39,7 @@ def _embed_train_images(catalogue: Catalogue, positions: np.ndarray, model: str 
     if model:
         ensemble, _ = load_model(model)
     else:
-        ensemble = Ensemble(create_backbone("offline"), HeadCfg(trainable_image=0, trainable_text=0))
+        ensemble = Ensemble(create_backbone("offline"), HeadCfg(trainable_image=0, trainable_text=0, colour=False))
     chunks = []
     for start in range(0, len(positions), 256):
         images = [catalogue.image(int(p)) for p in positions[start : start + 256]]

@@ -217,17 +217,17 @@ def split_generic(model: nn.Module, method: str, trainable: int, dim: int) -> To
     return TowerSplit(_Encode(model, method), _Adapter(dim), 0)
 
 
-COLOUR_CHANNELS = 3  # what :class:`ColourTrunk` appends to a trunk output: the photo's RGB, average-pooled
+COLOUR_CHANNELS = 3  # the photo's RGB, which :class:`ColourTrunk` appends to a trunk output
 COLOUR_GRID = 6  # the thumbnail :class:`ColourHead` reads: 6x6 cells (the 96-pixel input's trunk output grid)
 
 
 class ColourTrunk(nn.Module):
-    """A frozen trunk whose output also carries the photo's colours: the input pixels, average-pooled to the trunk
-    output's grid, appended as :data:`COLOUR_CHANNELS` more channels (one cached tensor, as before).
+    """A frozen trunk whose output also carries the photo's colours, so that one cached tensor holds both: a feature
+    map gets the input pixels average-pooled to its grid as :data:`COLOUR_CHANNELS` more channels; a pooled feature
+    vector gets the flattened :data:`COLOUR_GRID` x :data:`COLOUR_GRID` thumbnail appended.
 
     An ImageNet trunk is trained to recognise objects whatever their colour, so a head fine-tuned on top of it is
-    slow to learn what colour a product is (attr2img baseColour P@10 about 0.5 after a 10-minute training), while a
-    thumbnail states it outright. :class:`ColourHead` reads the extra channels.
+    slow to learn what colour a product is, while a thumbnail states it outright. :class:`ColourHead` reads it.
     """
 
     def __init__(self, trunk: nn.Module):
@@ -236,14 +236,17 @@ class ColourTrunk(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         features = self.trunk(pixels)
-        thumbnail = F.adaptive_avg_pool2d(pixels, features.shape[-2:]).to(features.dtype)
-        return torch.cat([features, thumbnail], dim=1)
+        if features.dim() == 4:
+            thumbnail = F.adaptive_avg_pool2d(pixels, features.shape[-2:])
+        else:
+            thumbnail = F.adaptive_avg_pool2d(pixels, COLOUR_GRID).flatten(1)
+        return torch.cat([features, thumbnail.to(features.dtype)], dim=1)
 
 
 class ColourHead(nn.Module):
-    """A trainable head over :class:`ColourTrunk` outputs: the wrapped head on the trunk's own channels, plus a small
-    MLP of the :data:`COLOUR_GRID` x :data:`COLOUR_GRID` colour thumbnail added to its embedding. The MLP's last
-    layer starts at zero, so training starts from the wrapped head's own outputs."""
+    """A trainable head over :class:`ColourTrunk` outputs: the wrapped head on the trunk's own features, plus a small
+    MLP of the colour thumbnail added to its embedding. The MLP's last layer starts at zero, so training starts from
+    the wrapped head's own outputs."""
 
     def __init__(self, head: nn.Module, dim: int, hidden: int = 256):
         super().__init__()
@@ -254,9 +257,16 @@ class ColourHead(nn.Module):
         nn.init.zeros_(self.colour_adapter[-1].bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        maps, colours = features[:, :-COLOUR_CHANNELS], features[:, -COLOUR_CHANNELS:]
-        thumbnail = F.adaptive_avg_pool2d(colours, COLOUR_GRID).flatten(1)
-        return self.head(maps) + self.colour_adapter(thumbnail).to(maps.dtype)
+        maps = without_colour(features)
+        thumbnail = features[:, maps.shape[1]:]
+        if features.dim() == 4:
+            thumbnail = F.adaptive_avg_pool2d(thumbnail, COLOUR_GRID)
+        return self.head(maps) + self.colour_adapter(thumbnail.flatten(1)).to(maps.dtype)
+
+
+def without_colour(features):
+    """A :class:`ColourTrunk` output (tensor or array, maps or pooled vectors) without the thumbnail it appended."""
+    return features[:, :-COLOUR_CHANNELS] if features.ndim == 4 else features[:, :-COLOUR_CHANNELS * COLOUR_GRID ** 2]
 
 
 def with_colour(split: TowerSplit, probe: torch.Tensor) -> TowerSplit:
@@ -266,10 +276,10 @@ def with_colour(split: TowerSplit, probe: torch.Tensor) -> TowerSplit:
     training = head.training
     with torch.no_grad():
         features = split.trunk(probe)
-        if features.dim() != 4:
-            raise EnclipError("the colour branch needs an image trunk that outputs a feature map, and this one "
-                              f"outputs shape {tuple(features.shape)}: train at least one image block "
-                              "(--trainable-image 1 or more) or turn the branch off (--no-colour-branch)")
+        if features.dim() not in (2, 4):
+            raise EnclipError("the colour branch needs an image trunk that outputs a feature map or a pooled vector, "
+                              f"and this one outputs shape {tuple(features.shape)}: train the image tower from "
+                              "another block (--trainable-image) or turn the branch off (--no-colour-branch)")
         dim = head.eval()(features).shape[-1]
     head.train(training)
     return TowerSplit(ColourTrunk(split.trunk), ColourHead(head, dim), split.blocks)

@@ -19,6 +19,7 @@ from enclip.data.degrade import AugmentCfg
 from enclip.embed.runner import run_sharded
 from enclip.embed.trunk_cache import cache_image_features, half
 from enclip.models.ensemble import Ensemble
+from enclip.models.towers import without_colour
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,12 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self.positions)
 
-    def pooled_images(self) -> np.ndarray:
-        """Clean image features averaged over space: the cheap base embedding clustering runs on."""
+    def pooled_images(self, colour: bool = False) -> np.ndarray:
+        """Clean image features averaged over space: the cheap base embedding clustering runs on. ``colour``: the
+        features end with a colour thumbnail (``towers.ColourTrunk``), which is left out."""
         clean = self.images[0].astype(np.float32)
+        if colour:
+            clean = without_colour(clean)
         return clean.mean(axis=(2, 3)) if clean.ndim == 4 else clean
 
     def title_lengths(self) -> np.ndarray | None:

@@ -150,8 +150,9 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
     rows = subset_rows(len(train_cache), ens.data_fraction, cfg.train.seed)
     clustering = None
     if ens.strategy == "cluster":
-        clustering = member_clusters(train_cache.pooled_images()[rows], train_cache.positions[rows], catalogue,
-                                     out_dir / "clusters", ens.members, ens.cluster)
+        clustering = member_clusters(train_cache.pooled_images(cfg.train.heads.colour)[rows],
+                                     train_cache.positions[rows], catalogue, out_dir / "clusters", ens.members,
+                                     ens.cluster)
     runs = member_runs(ens, rows, out_dir, cfg.train.seed, clustering)
     if cfg.train.batch_clusters and ens.strategy != "cluster":  # the cluster strategy batches within clusters already
         within = _batch_groups(train_cache, rows, out_dir / "batch-clusters", cfg)
@@ -185,7 +186,7 @@ def _batch_groups(train_cache: FeatureCache, rows: np.ndarray, directory: Path, 
     if (directory / "clusters.json").exists():
         clustering = Clustering.load(directory)
     else:
-        clustering = fit_clusters(l2_normalise(train_cache.pooled_images()[rows]),
+        clustering = fit_clusters(l2_normalise(train_cache.pooled_images(cfg.train.heads.colour)[rows]),
                                   replace(cfg.ensemble.cluster, k=cfg.train.batch_clusters, seed=cfg.train.seed))
         clustering.save(directory)
         log.info("hard-negative batches within %d clusters of sizes %s", clustering.k, clustering.sizes.tolist())
