@@ -10,6 +10,8 @@ and each plans its own steps to fit it (`enclip train --time-budget`). Variants:
 - ``snapshot``: one run of E epochs in K learning-rate cycles, each cycle's end a member;
 - ``soup``: the snapshot members' weights averaged into one model (one model's query cost).
 
+``--systems single snapshot`` trains only those (``single`` always trains: it is the baseline).
+
 Each is indexed over the whole catalogue (photo channel) and scored on every test title (``title2img``), on
 degraded test photos plus their titles (``both2img`` at severity 3) and, with ``--lq``, on degraded photos alone
 (``img2img_lq`` at severities 1, 3 and 5); differences against ``single`` come with 95% paired bootstrap intervals.
@@ -101,6 +103,9 @@ def main(argv=None) -> int:
     parser.add_argument("--flags", default="", help="further `enclip train` flags every system shares")
     parser.add_argument("--max-queries", type=int, help="test titles (default: all)")
     parser.add_argument("--feature-cache", type=Path, help="trunk-feature caches to share (default: OUT/feature-cache)")
+    parser.add_argument("--systems", nargs="+", choices=("single", "seeds", "snapshot"),
+                        default=("single", "seeds", "snapshot"), help="which to train (single always; soup with "
+                        "snapshot)")
     parser.add_argument("--lq", action="store_true", help="also score degraded photos alone (img2img_lq, severities "
                         "1, 3, 5)")
     args = parser.parse_args(argv)
@@ -114,14 +119,17 @@ def main(argv=None) -> int:
                                       out, args.trunk_cache, args.feature_cache)
         results_path.write_text(json.dumps(results, indent=1))
     for name, flags in systems(args.epochs, args.members, args.flags, args.time_budget).items():
+        if name != "single" and name not in args.systems:
+            continue
         if name not in results:
             results[name] = run_recipe(catalogue, name, flags.split(), out, args.trunk_cache, args.feature_cache)
             results_path.write_text(json.dumps(results, indent=1))
         models[name] = out / "runs" / name
-    models["soup"] = out / "runs" / "soup"
-    if not (models["soup"] / "model.json").exists():
-        soup(models["snapshot"], models["soup"])
-    results.setdefault("soup", {"epochs_seconds": results["snapshot"]["epochs_seconds"], "flags": "enclip soup"})
+    if "snapshot" in models:
+        models["soup"] = out / "runs" / "soup"
+        if not (models["soup"] / "model.json").exists():
+            soup(models["snapshot"], models["soup"])
+        results.setdefault("soup", {"epochs_seconds": results["snapshot"]["epochs_seconds"], "flags": "enclip soup"})
     cfg = EvalCfg(tasks=("title2img", "both2img"), max_queries=args.max_queries, severities=(3,), both_severity=3)
     metrics, indexes = {}, {}
     for name, model in models.items():
