@@ -370,9 +370,14 @@ def train_member(
     if run.snapshots and plan.epochs < cycles:
         raise EnclipError(f"the time budget affords {plan.describe()}; a snapshot ensemble of {cycles} members needs "
                           "an epoch per member: raise --time-budget or lower --members")
-    snapshot_epochs = cycle_ends(plan.epochs, cycles) if run.snapshots else []
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(plan.steps_per_epoch, plan.epochs, cfg.warmup, cycles, plan.steps))
+
+    def laid_over(plan: StepPlan):
+        """The learning-rate factor per step over ``plan``, and the epochs whose ends are snapshot members."""
+        ends = cycle_ends(plan.epochs, cycles) if run.snapshots else []
+        return _schedule(plan.steps_per_epoch, plan.epochs, cfg.warmup, cycles, plan.steps), ends
+
+    factor, snapshot_epochs = laid_over(plan)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     step_times: list[float] = []
 
     def after_step(done: int, seconds: float) -> int | None:
@@ -384,9 +389,8 @@ def train_member(
             return None
         probed = plan
         plan = replan(plan, float(np.mean(step_times[REPLAN_SKIP:])), done, cfg.epochs, cycles)
-        scheduler.lr_lambdas = [_schedule(plan.steps_per_epoch, plan.epochs, cfg.warmup, cycles, plan.steps)
-                                ] * len(optimizer.param_groups)
-        snapshot_epochs = cycle_ends(plan.epochs, cycles) if run.snapshots else []
+        factor, snapshot_epochs = laid_over(plan)
+        scheduler.lr_lambdas = [factor] * len(optimizer.param_groups)
         state["plan"] = plan.to_dict()
         log.info("member %d: planned again from its own steps: %s (the probe's %.2f s a step gave %d)",
                  member, plan.describe(), probed.step_seconds, probed.steps)
