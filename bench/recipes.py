@@ -2,8 +2,10 @@
 
 Every recipe trains one model on the whole train split from shared trunk caches (one per cut point), and the
 table reports its validation title→image R@10 per epoch (2,000 validation titles against the validation images
-plus 20,000 training images, as the trainer scores it), the best epoch and the seconds per epoch. Test items are
-never touched. Finished recipes are reused from the output folder, so an interrupted run resumes.
+plus 20,000 training images, as the trainer scores it), the best epoch and the seconds per epoch. With
+``--eval-val`` it also scores each recipe on validation items against the whole catalogue: shopper queries
+(``attrs2img``, ``attr2img``) and a degraded validation photo plus its title (``both2img`` at severity 3), so that
+a recipe cannot win on titles while it loses on poor photos unseen. Test items are never touched. Finished recipes are reused from the output folder, so an interrupted run resumes.
 
     python bench/recipes.py --out bench/out/recipes --recipe "default=" \
         --recipe "aux=--aux-weight 0.5 --aux-columns gender articleType baseColour usage season"
@@ -59,17 +61,24 @@ def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: s
             "wall_seconds_this_call": time.perf_counter() - started}
 
 
-def validation_attrs(catalogue, model_dir: Path, index_dir: Path, trunk_cache: str) -> dict:
-    """attrs2img on validation items (P@10, nDCG@10) and attr2img P@10 (each attribute value as the query), photo
-    channel only, from an index built off the trunk cache."""
+VAL_TASKS = ("attrs2img", "attr2img", "both2img")  # what --eval-val scores on validation items
+BOTH_SEVERITY = 3  # the both2img headline's severity (docs/EVALUATION.md)
+
+
+def validation_scores(catalogue, model_dir: Path, index_dir: Path, trunk_cache: str) -> dict:
+    """Validation items' attrs2img (P@10, nDCG@10), attr2img P@10 (each attribute value as the query) and both2img
+    R@10 (a validation photo degraded at severity 3, pooled over the degradations, plus its title), photo channel
+    only, from an index built off the trunk cache."""
     from enclip.eval.evaluate import EvalCfg, evaluate_index
     from enclip.indexing import IndexBuildCfg, build_index
 
     if not (index_dir / "index.json").exists():
         build_index(model_dir, catalogue, index_dir, IndexBuildCfg(trunk_cache=trunk_cache, channels=("image",)))
-    metrics = evaluate_index(index_dir, EvalCfg(tasks=("attrs2img", "attr2img"), split="val", n_resamples=200),
+    metrics = evaluate_index(index_dir, EvalCfg(tasks=VAL_TASKS, split="val", severities=(BOTH_SEVERITY,),
+                                                both_severity=BOTH_SEVERITY, n_resamples=200),
                              out=index_dir / "val-metrics.json")
-    keys = ("attrs2img/P@10", "attrs2img/nDCG@10", *(f"attr2img/{name}/P@10" for name in ATTRIBUTE_TASK_KEYS))
+    keys = ("attrs2img/P@10", "attrs2img/nDCG@10", *(f"attr2img/{name}/P@10" for name in ATTRIBUTE_TASK_KEYS),
+            "both2img/R@10")
     return {key: round(metrics[key]["mean"], 4) for key in keys if key in metrics}
 
 
@@ -101,17 +110,19 @@ def open_results(folder: str) -> tuple[Path, Path, dict]:
 
 def table(results: dict) -> str:
     lines = ["| recipe | flags | val R@10 per epoch | best (epoch) | s per epoch (median) "
-             "| val attrs2img P@10 / nDCG@10 | attr2img P@10 (" + ", ".join(ATTRIBUTE_TASK_KEYS) + ") |",
-             "|---|---|---|---|---|---|---|"]
+             "| val attrs2img P@10 / nDCG@10 | attr2img P@10 (" + ", ".join(ATTRIBUTE_TASK_KEYS) + ") "
+             f"| val both2img R@10 (severity {BOTH_SEVERITY}) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         seconds = sorted(r["epoch_seconds"])[len(r["epoch_seconds"]) // 2]
         curve = ", ".join(f"{v:.3f}" for v in r["val_R@10"])
-        attrs = r.get("val_attrs2img")
-        attr = " / ".join(f"{attrs[f'attr2img/{n}/P@10']:.2f}" for n in ATTRIBUTE_TASK_KEYS
-                          if f"attr2img/{n}/P@10" in (attrs or {}))
-        attrs = f"{attrs['attrs2img/P@10']:.3f} / {attrs['attrs2img/nDCG@10']:.3f}" if attrs else "-"
+        scores = r.get("val_scores") or r.get("val_attrs2img")  # (the older key: results without both2img)
+        attr = " / ".join(f"{scores[f'attr2img/{n}/P@10']:.2f}" for n in ATTRIBUTE_TASK_KEYS
+                          if f"attr2img/{n}/P@10" in (scores or {}))
+        attrs = f"{scores['attrs2img/P@10']:.3f} / {scores['attrs2img/nDCG@10']:.3f}" if scores else "-"
+        both = f"{scores['both2img/R@10']:.3f}" if "both2img/R@10" in (scores or {}) else "-"
         lines.append(f"| {name} | `{r['flags'] or '(defaults)'}` | {curve} | {r['best']:.4f} ({r['best_epoch']}) "
-                     f"| {seconds:.0f} | {attrs} | {attr or '-'} |")
+                     f"| {seconds:.0f} | {attrs} | {attr or '-'} | {both} |")
     return "\n".join(lines)
 
 
@@ -121,7 +132,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/out/recipes")
     parser.add_argument("--trunk-cache", default="bench/out/trunk-cache", help="catalogue-wide clean trunk cache")
     parser.add_argument("--recipe", action="append", required=True, help="NAME=FLAGS (enclip train flags)")
-    parser.add_argument("--eval-val", action="store_true", help="also score attrs2img on validation items")
+    parser.add_argument("--eval-val", action="store_true",
+                        help="also score attrs2img, attr2img and both2img (severity 3) on validation items")
     parser.add_argument("--feature-cache", type=Path, help="trunk-feature caches to share (default: OUT/feature-cache)")
     args = parser.parse_args(argv)
     out, results_path, results = open_results(args.out)
@@ -135,9 +147,9 @@ def main(argv=None) -> int:
         print(table({name: results[name]}), flush=True)
     for spec in args.recipe if args.eval_val else []:
         name = spec.partition("=")[0]
-        if "attr2img/articleType/P@10" not in results[name].get("val_attrs2img", {}):
-            results[name]["val_attrs2img"] = validation_attrs(catalogue, out / "runs" / name, out / "index" / name,
-                                                              args.trunk_cache)
+        if "both2img/R@10" not in results[name].get("val_scores", {}):
+            results[name]["val_scores"] = validation_scores(catalogue, out / "runs" / name, out / "index" / name,
+                                                            args.trunk_cache)
             results_path.write_text(json.dumps(results, indent=1))
     print(table(results))
     return 0
