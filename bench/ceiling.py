@@ -5,6 +5,9 @@ ranked first, in random order, and the rest after. If m items share them (the it
 lands in the top 10 with probability min(1, 10 / m); the ceiling is the mean over test items. "brand" is the
 title's first word (Myntra titles start with the brand); "the exact title" groups items by their whole title.
 
+It also prints the ``attr2img`` P@k ceiling: a value's query can find at most all of its m items, so even a
+perfect ranking scores min(m, k) / k, and values with fewer than k items pull the mean over values below 1.
+
     python bench/ceiling.py [--data PATH] [--k 10]
 """
 
@@ -18,6 +21,7 @@ import numpy as np
 
 from enclip.data.catalogue import load_catalogue
 from enclip.data.split import split_indices
+from enclip.eval.tasks import attribute_groups
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small"
 ROWS = (
@@ -49,6 +53,17 @@ def ceiling(catalogue, columns: tuple[str, ...], queries: np.ndarray, k: int = 1
     return float(np.mean([min(1.0, k / counts[item_keys[int(q)]]) for q in queries]))
 
 
+def value_sizes(catalogue) -> dict[str, list[int]]:
+    """Per attribute attr2img asks about, how many catalogue items each of its values has."""
+    return {group.name.split("/", 1)[1]: [len(relevant) for relevant in group.judgements[0].relevant]
+            for group in attribute_groups(catalogue)}
+
+
+def attribute_ceiling(sizes: list[int], k: int = 10) -> float:
+    """attr2img P@k of a perfect ranking: the mean over an attribute's values of min(m, k) / k."""
+    return float(np.mean([min(m, k) / k for m in sizes]))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DATA))
@@ -60,6 +75,10 @@ def main(argv=None) -> int:
     print(f"| what a model perfectly knows from the photo | title2img R@{args.k} ceiling |\n|---|---|")
     for label, columns in ROWS:
         print(f"| {label} | {ceiling(catalogue, columns, test, args.k):.3f} |")
+    print(f"\n| attribute (attr2img) | values | of them with fewer than {args.k} items | P@{args.k} ceiling |"
+          "\n|---|---|---|---|")
+    for name, sizes in value_sizes(catalogue).items():
+        print(f"| {name} | {len(sizes)} | {sum(m < args.k for m in sizes)} | {attribute_ceiling(sizes, args.k):.3f} |")
     return 0
 
 
