@@ -129,6 +129,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="attribute columns both embeddings learn to classify (auxiliary losses)")
     parser.add_argument("--aux-weight", type=float, default=t.aux_weight,
                         help="weight of the auxiliary attribute losses (0 = off)")
+    parser.add_argument("--aux-rank-photos", action=argparse.BooleanOptionalAction, default=t.aux_rank_photos,
+                        help="the auxiliary losses also let each class rank the batch's photos, its own first (what a "
+                             "bare attribute query asks)")
     parser.add_argument("--aux-prototypes", default=t.aux_prototypes, choices=PROTOTYPES,
                         help="the auxiliary losses' class vectors: free 'learned' vectors, or the 'names' of the "
                         "classes (e.g. 'Navy Blue') through the text head, which also teaches it attribute words")
@@ -161,7 +164,8 @@ def run_cfg(args):
                      heads=HeadCfg(args.trainable_image, args.trainable_text, args.colour_branch), device=args.device,
                      captions=CaptionCfg(use_attributes=args.attribute_captions),
                      aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight,
-                     aux_prototypes=args.aux_prototypes, batch_clusters=args.batch_clusters,
+                     aux_prototypes=args.aux_prototypes, aux_rank_photos=args.aux_rank_photos,
+                     batch_clusters=args.batch_clusters,
                      frozen_depthwise=args.frozen_depthwise, frozen_norms=args.frozen_norms,
                      cpu_amp=args.cpu_amp, compile=args.compile)
     ensemble = EnsembleCfg(members=args.members, strategy=args.strategy, mix=args.mix, fusion=args.fusion,

@@ -80,6 +80,40 @@ def test_name_prototypes_contrast_the_classes_present_in_the_batch():
         assert torch.allclose(heads.loss(image, text, batch, member), expected, atol=1e-5)
 
 
+def test_ranking_photos_by_class_rewards_a_class_whose_own_photos_score_highest():
+    target = torch.tensor([0, 0, 1, 1])  # two photos of each class
+    right = torch.tensor([[5.0, 0.0], [5.0, 0.0], [0.0, 5.0], [0.0, 5.0]])  # each class scores its own photos
+    best = trainer.photos_ranked_by_class(right, target)
+    assert best == pytest.approx(float(np.log(2)), abs=0.02)  # the mass is split evenly over the two own photos
+    assert trainer.photos_ranked_by_class(right.flip(0), target) > best + 4  # each class prefers the other's
+    missed = right.clone()
+    missed[3, 1] = -5.0  # class 1 no longer finds its photo 3
+    assert trainer.photos_ranked_by_class(missed, target) > best + 1
+
+
+def test_ranking_photos_by_class_sees_what_classifying_each_photo_does_not():
+    """Each photo can be classified right while a class ranks another class's photo above its own: only the
+    photo-ranking direction is penalised for it."""
+    prototypes = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    plain, ranked = (trainer.AttributeHeads(3, {"gender": 2}, seed=0, rank_photos=r) for r in (False, True))
+    for h in (plain, ranked):
+        with torch.no_grad():
+            h.prototypes["gender"].copy_(prototypes)
+    image = torch.tensor([[0.5, 0.1, 0.86], [0.6, 0.8, 0.0]])  # unit rows: photo 0 is class 0, photo 1 class 1
+    labels = {"gender": torch.tensor([0, 1])}
+    scores = image @ prototypes.T
+    assert scores.argmax(1).tolist() == [0, 1]  # both photos are classified right
+    assert scores[1, 0] > scores[0, 0]  # yet class 0 ranks photo 1 above its own photo 0
+    extra = ranked.loss(image, image, labels) - plain.loss(image, image, labels)
+    assert torch.allclose(extra, 0.5 * trainer.photos_ranked_by_class(plain.scale * scores, labels["gender"]))
+    grads = []
+    for h in (plain, ranked):
+        photos = image.clone().requires_grad_(True)
+        h.loss(photos, image, labels).backward()
+        grads.append(photos.grad)
+    assert grads[1][1, 0] > grads[0][1, 0] > 0  # the ranked loss lowers photo 1's class-0 score harder
+
+
 def _text_cache(ensemble, texts):
     output = ensemble.text_features(texts)
     if isinstance(output, tuple):

@@ -63,6 +63,10 @@ class TrainCfg:
     # the text head attribute words (validation title R@10 0.281 -> 0.294, attrs2img P@10 0.534 -> 0.579; RESULTS.md,
     # issue 14); or "learned", free vectors that teach the photo side only
     aux_prototypes: str = "names"
+    # also the other direction for photos: each class in the batch ranks the batch's photos, its own photos first
+    # (a multi-positive softmax over photos), which is what a bare attribute query ("Navy Blue") asks of the index.
+    # The default direction classifies each photo among the classes, which ranks classes, not photos
+    aux_rank_photos: bool = False
     # keep the image head's depthwise convolution weights as pretrained (4% of its weights): their weight gradient is
     # most of a depthwise layer's backward pass on the CPU, so steps are 7-14% cheaper, but validation R@10 moved
     # +0.006 and -0.014 in two pairs of runs, and the demo stayed over budget: off (RESULTS.md, issue 14)
@@ -150,10 +154,11 @@ class AttributeHeads(nn.Module):
     """
 
     def __init__(self, dim: int, classes: dict[str, int], seed: int, scale: float = 16.0,
-                 names: dict[str, object] | None = None):
+                 names: dict[str, object] | None = None, rank_photos: bool = False):
         super().__init__()
         self.scale = scale
         self.names = names
+        self.rank_photos = rank_photos  # TrainCfg.aux_rank_photos
         generator = torch.Generator().manual_seed(seed)
         self.prototypes = nn.ParameterDict() if names is not None else nn.ParameterDict(
             {name: nn.Parameter(torch.randn(n, dim, generator=generator) * 0.02) for name, n in classes.items()})
@@ -187,7 +192,19 @@ class AttributeHeads(nn.Module):
                 weights = self.class_vectors(column, present, member, bfloat16)
             for embedding in (image, text):
                 total = total + 0.5 * F.cross_entropy(self.scale * embedding[known] @ weights.T, target)
+            if self.rank_photos:
+                total = total + 0.5 * photos_ranked_by_class(self.scale * image[known] @ weights.T, target)
         return total / max(1, len(self.columns))
+
+
+def photos_ranked_by_class(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the classes present of -log of the softmax mass, over the batch's photos (``logits``' rows), that
+    each class puts on its own photos' scores, averaged over those photos (a multi-positive softmax per class)."""
+    present, target = target.unique(return_inverse=True)
+    logits = logits[:, present]  # learned prototypes score every class; only those present have photos here
+    own = F.one_hot(target, len(present)).to(logits.dtype)
+    log_share = F.log_softmax(logits, dim=0)  # each column: a class's distribution over the photos
+    return (-(log_share * own).sum(0) / own.sum(0)).mean()
 
 
 def _rows(features, rows: torch.Tensor | None):
@@ -231,7 +248,8 @@ def _attribute_heads(ensemble: Ensemble, member, train: FeatureCache, cfg: Train
     names = None
     if cfg.aux_prototypes == "names":  # the frozen text trunk runs once over the class names; the head every step
         names = {name: ensemble.text_features(classes) for name, (classes, _) in encoded.items()}
-    heads = AttributeHeads(dim, {name: len(classes) for name, (classes, _) in encoded.items()}, seed, names=names)
+    heads = AttributeHeads(dim, {name: len(classes) for name, (classes, _) in encoded.items()}, seed, names=names,
+                           rank_photos=cfg.aux_rank_photos)
     tensors = {name: torch.from_numpy(codes).to(device) for name, (_, codes) in encoded.items()}
     return heads.to(device), tensors
 
