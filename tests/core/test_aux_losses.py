@@ -42,7 +42,7 @@ def test_attribute_loss_is_low_only_when_both_embeddings_point_at_the_item_class
     assert heads.loss(right.flip(0), right.flip(0), {"gender": torch.tensor([-1, -1])}) == 0  # unknown: no loss
 
 
-def _name_heads(values: list[str]):
+def _name_heads(values: list[str], **train):
     from enclip.models.ensemble import Ensemble, HeadCfg
     from enclip.models.registry import BackboneCfg, create_backbone
 
@@ -52,7 +52,7 @@ def _name_heads(values: list[str]):
     cache = _cache({"colour": values})
     cache.texts, cache.first_caption = _text_cache(ensemble, ["a"] * len(values)), np.arange(len(values))
     heads, labels = trainer._attribute_heads(ensemble, member, cache, trainer.TrainCfg(
-        aux_columns=("colour",), aux_prototypes="names"), seed=0)
+        aux_columns=("colour",), aux_prototypes="names", **train), seed=0)
     return ensemble, member, heads, labels
 
 
@@ -112,6 +112,19 @@ def test_ranking_photos_by_class_sees_what_classifying_each_photo_does_not():
         h.loss(photos, image, labels).backward()
         grads.append(photos.grad)
     assert grads[1][1, 0] > grads[0][1, 0] > 0  # the ranked loss lowers photo 1's class-0 score harder
+
+
+def test_the_flag_reaches_the_attribute_heads():
+    from enclip.cli import build_parser, run_cfg
+
+    assert not run_cfg(build_parser().parse_args(["train", "--out", "x"])).train.aux_rank_photos
+    cfg = run_cfg(build_parser().parse_args(["train", "--out", "x", "--aux-rank-photos"])).train
+    assert cfg.aux_rank_photos
+    _, member, heads, labels = _name_heads(["Navy Blue", "Red", "Red"], aux_rank_photos=cfg.aux_rank_photos)
+    assert heads.rank_photos
+    image = heads.class_vectors("colour", member=member)[[1, 0, 0]].detach()  # every photo shows the wrong class
+    plain = _name_heads(["Navy Blue", "Red", "Red"])[2]
+    assert heads.loss(image, image, labels, member) > plain.loss(image, image, labels, member)
 
 
 def _text_cache(ensemble, texts):
