@@ -129,9 +129,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="attribute columns both embeddings learn to classify (auxiliary losses)")
     parser.add_argument("--aux-weight", type=float, default=t.aux_weight,
                         help="weight of the auxiliary attribute losses (0 = off)")
-    parser.add_argument("--aux-rank-photos", action=argparse.BooleanOptionalAction, default=t.aux_rank_photos,
-                        help="the auxiliary losses also let each class rank the batch's photos, its own first (what a "
-                             "bare attribute query asks)")
+    parser.add_argument("--aux-rank-photos", type=float, nargs="?", const=0.5, default=t.aux_rank_photos,
+                        metavar="WEIGHT", help="the auxiliary losses also let each class rank the batch's photos, its "
+                        "own first (what a bare attribute query asks), with this weight (alone: 0.5; 0 = off)")
     parser.add_argument("--aux-prototypes", default=t.aux_prototypes, choices=PROTOTYPES,
                         help="the auxiliary losses' class vectors: free 'learned' vectors, or the 'names' of the "
                         "classes (e.g. 'Navy Blue') through the text head, which also teaches it attribute words")

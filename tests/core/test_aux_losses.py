@@ -95,7 +95,7 @@ def test_ranking_photos_by_class_sees_what_classifying_each_photo_does_not():
     """Each photo can be classified right while a class ranks another class's photo above its own: only the
     photo-ranking direction is penalised for it."""
     prototypes = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    plain, ranked = (trainer.AttributeHeads(3, {"gender": 2}, seed=0, rank_photos=r) for r in (False, True))
+    plain, ranked = (trainer.AttributeHeads(3, {"gender": 2}, seed=0, rank_photos=r) for r in (0.0, 0.5))
     for h in (plain, ranked):
         with torch.no_grad():
             h.prototypes["gender"].copy_(prototypes)
@@ -117,9 +117,11 @@ def test_ranking_photos_by_class_sees_what_classifying_each_photo_does_not():
 def test_the_flag_reaches_the_attribute_heads():
     from enclip.cli import build_parser, run_cfg
 
-    assert not run_cfg(build_parser().parse_args(["train", "--out", "x"])).train.aux_rank_photos
+    def weight(*flags):
+        return run_cfg(build_parser().parse_args(["train", "--out", "x", *flags])).train.aux_rank_photos
+
+    assert (weight(), weight("--aux-rank-photos"), weight("--aux-rank-photos", "0.25")) == (0.0, 0.5, 0.25)
     cfg = run_cfg(build_parser().parse_args(["train", "--out", "x", "--aux-rank-photos"])).train
-    assert cfg.aux_rank_photos
     _, member, heads, labels = _name_heads(["Navy Blue", "Red", "Red"], aux_rank_photos=cfg.aux_rank_photos)
     assert heads.rank_photos
     image = heads.class_vectors("colour", member=member)[[1, 0, 0]].detach()  # every photo shows the wrong class
@@ -168,3 +170,10 @@ def test_unknown_prototypes_are_refused_with_the_choices():
     with pytest.raises(EnclipError, match="learned, names"):
         trainer._attribute_heads(None, None, _cache({"gender": ["Men", "Women"]}),
                                  trainer.TrainCfg(aux_prototypes="nope"), seed=0)
+
+
+def test_a_negative_photo_ranking_weight_is_refused():
+    from enclip.errors import EnclipError
+
+    with pytest.raises(EnclipError, match="aux-rank-photos is a weight of 0"):
+        _name_heads(["Navy Blue", "Red"], aux_rank_photos=-0.5)

@@ -67,8 +67,9 @@ class TrainCfg:
     # (a multi-positive softmax over photos), which is what a bare attribute query ("Navy Blue") asks of the index.
     # The default direction classifies each photo among the classes, which ranks classes, not photos. On validation
     # (3 epochs) one-word attribute queries gain (attr2img P@10 colour 0.46 -> 0.56, type 0.49 -> 0.57) and titles
-    # lose (R@10 0.307 -> 0.291, both2img 0.825 -> 0.805): off, a choice for shops searched mostly by attribute
-    aux_rank_photos: bool = False
+    # lose (R@10 0.307 -> 0.291, both2img 0.825 -> 0.805; at weight 0.5): off, a choice for shops searched mostly
+    # by attribute. The value is the term's weight beside each classification direction's 0.5 (0 = off)
+    aux_rank_photos: float = 0.0
     # keep the image head's depthwise convolution weights as pretrained (4% of its weights): their weight gradient is
     # most of a depthwise layer's backward pass on the CPU, so steps are 7-14% cheaper, but validation R@10 moved
     # +0.006 and -0.014 in two pairs of runs, and the demo stayed over budget: off (RESULTS.md, issue 14)
@@ -156,11 +157,11 @@ class AttributeHeads(nn.Module):
     """
 
     def __init__(self, dim: int, classes: dict[str, int], seed: int, scale: float = 16.0,
-                 names: dict[str, object] | None = None, rank_photos: bool = False):
+                 names: dict[str, object] | None = None, rank_photos: float = 0.0):
         super().__init__()
         self.scale = scale
         self.names = names
-        self.rank_photos = rank_photos  # TrainCfg.aux_rank_photos
+        self.rank_photos = float(rank_photos)  # weight of the class-to-photos direction (TrainCfg.aux_rank_photos)
         generator = torch.Generator().manual_seed(seed)
         self.prototypes = nn.ParameterDict() if names is not None else nn.ParameterDict(
             {name: nn.Parameter(torch.randn(n, dim, generator=generator) * 0.02) for name, n in classes.items()})
@@ -195,7 +196,8 @@ class AttributeHeads(nn.Module):
             for embedding in (image, text):
                 total = total + 0.5 * F.cross_entropy(self.scale * embedding[known] @ weights.T, target)
             if self.rank_photos:
-                total = total + 0.5 * photos_ranked_by_class(self.scale * image[known] @ weights.T, target)
+                total = total + self.rank_photos * photos_ranked_by_class(self.scale * image[known] @ weights.T,
+                                                                          target)
         return total / max(1, len(self.columns))
 
 
@@ -241,6 +243,8 @@ def _attribute_heads(ensemble: Ensemble, member, train: FeatureCache, cfg: Train
     """(heads, labels) for the auxiliary losses, or (None, {}) when they are off."""
     if cfg.aux_prototypes not in PROTOTYPES:
         raise EnclipError(f"unknown auxiliary prototypes {cfg.aux_prototypes!r}; choose one of {', '.join(PROTOTYPES)}")
+    if cfg.aux_rank_photos < 0:
+        raise EnclipError(f"--aux-rank-photos is a weight of 0 (off) or more, got {cfg.aux_rank_photos}")
     encoded = encode_labels(train, tuple(cfg.aux_columns)) if cfg.aux_weight > 0 else {}
     if not encoded:
         return None, {}
