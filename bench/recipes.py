@@ -5,7 +5,8 @@ table reports its validation title→image R@10 per epoch (2,000 validation titl
 plus 20,000 training images, as the trainer scores it), the best epoch and the seconds per epoch. With
 ``--eval-val`` it also scores each recipe on validation items against the whole catalogue: shopper queries
 (``attrs2img``, ``attr2img``) and a degraded validation photo plus its title (``both2img`` at severity 3), so that
-a recipe cannot win on titles while it loses on poor photos unseen. Test items are never touched. Finished recipes are reused from the output folder, so an interrupted run resumes.
+a recipe cannot win on titles while it loses on poor photos unseen. Test items are never touched. Finished recipes
+are reused from the output folder, so an interrupted run resumes.
 
     python bench/recipes.py --out bench/out/recipes --recipe "default=" \
         --recipe "aux=--aux-weight 0.5 --aux-columns gender articleType baseColour usage season"
