@@ -10,7 +10,7 @@ import torch
 from enclip.cli import build_parser
 from enclip.errors import EnclipError
 from enclip.train import trainer
-from enclip.train.budget import SAFETY, StepPlan, parse_duration, plan_steps, replan
+from enclip.train.budget import SAFETY, StepPlan, full_plan, parse_duration, plan_steps, replan, trim
 from enclip.train.run import train_system
 from tests.conftest import tiny_run_cfg
 from tests.core.test_train import _heads, interrupted_then_resumed
@@ -64,8 +64,9 @@ def _fixed_costs(step_seconds: float, validation_seconds: float = 0.0):
 
 def test_a_budgeted_run_trains_the_planned_steps_and_saves_the_plan(tmp_path, catalogue, monkeypatch):
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
-    # 64 training items in batches of 16: 4 steps an epoch, 8 in two epochs; 70 s at 10 s a step affords 6
-    cfg = replace(tiny_run_cfg(epochs=2, patience=5), time_budget=70.0)
+    # 64 training items in batches of 16: 4 steps an epoch, 8 in two epochs; 75 s at 10 s a step affords 6 (and
+    # still does if trunk caching takes up to 10 s of the budget on a busy machine)
+    cfg = replace(tiny_run_cfg(epochs=2, patience=5), time_budget=75.0)
     out = train_system(catalogue, tmp_path / "m", cfg)
     saved = torch.load(out / "members/0/checkpoint.pt", weights_only=False)
     plan = StepPlan(**saved["state"]["plan"])
@@ -93,7 +94,7 @@ def test_members_share_the_budget_and_each_plans_its_own_share(tmp_path, catalog
 
 def test_a_resumed_budgeted_run_keeps_its_plan_and_ends_with_the_same_weights(tmp_path, catalogue, monkeypatch):
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
-    cfg = replace(tiny_run_cfg(epochs=2, patience=5), time_budget=70.0)
+    cfg = replace(tiny_run_cfg(epochs=2, patience=5), time_budget=75.0)  # 6 steps, as above
     reference = _heads(train_system(catalogue, tmp_path / "straight", cfg))
     calls = {"n": 0}
 
@@ -188,8 +189,50 @@ def test_a_run_resumed_after_planning_again_keeps_the_new_plan_and_ends_with_the
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
     monkeypatch.setattr(trainer, "REPLAN_AFTER", 2)
     monkeypatch.setattr(trainer, "REPLAN_SKIP", 0)
-    cfg = replace(tiny_run_cfg(epochs=2, patience=5), time_budget=70.0)
+    cfg = replace(tiny_run_cfg(epochs=2, patience=5), time_budget=75.0)
     reference = _heads(train_system(catalogue, tmp_path / "straight", cfg))
     resumed = _heads(interrupted_then_resumed(catalogue, cfg, tmp_path / "resumed", monkeypatch, at_validation=2))
     for key, value in reference[0].items():
         assert torch.equal(value, resumed[0][key]), key
+
+
+def test_an_epoch_end_cuts_the_plan_to_what_still_fits_at_the_latest_costs_and_never_lengthens_it():
+    # 3 epochs of 10 steps planned in 100 s at 2 s a step and 5 s a validation
+    plan = StepPlan(steps=30, steps_per_epoch=10, step_seconds=2.0, validation_seconds=5.0, seconds=100.0)
+    # the first epoch ran at 4 s a step: 50 s left, of which SAFETY is planned, fit one more epoch (10 steps and
+    # a validation: 45 s), not 19 steps over two
+    slow = trim(plan, spent=45.0 + 5.0, step_seconds=4.0, validation_seconds=5.0, done_steps=10)
+    assert (slow.steps, slow.epochs, slow.step_seconds, slow.measured_steps) == (20, 2, 4.0, 10)
+    # a slow validation alone cuts too: at 15 s a validation, 65 s left fit 15 more steps, the last epoch cut short
+    assert trim(plan, spent=20.0 + 15.0, step_seconds=2.0, validation_seconds=15.0, done_steps=10).steps == 10 + 15
+    assert int((SAFETY * 65 - 2 * 15) // 2) == 15
+    # on pace, or faster: the same plan, not a longer one
+    assert trim(plan, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10) is plan
+    assert trim(plan, spent=5.0, step_seconds=0.1, validation_seconds=0.1, done_steps=10) is plan
+    # out of time: stop after the epoch just run; a snapshot ensemble keeps its last cycle's epoch, cut to a step
+    assert trim(plan, spent=99.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10).steps == 10
+    assert trim(plan, spent=99.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, keep_epochs=True).steps == 21
+    # no budget, or nothing left to run: unchanged
+    assert trim(full_plan(3, 10), spent=1e6, step_seconds=9.0, validation_seconds=9.0, done_steps=10).steps == 30
+    assert trim(plan, spent=1e6, step_seconds=9.0, validation_seconds=9.0, done_steps=30) is plan
+
+
+def test_a_budgeted_run_cuts_its_plan_at_an_epoch_end_with_its_own_costs_and_stops_there(tmp_path, catalogue,
+                                                                                        monkeypatch):
+    monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
+    seen = []
+
+    def out_of_time(plan, spent, step_seconds, validation_seconds, done_steps, keep_epochs=False):
+        seen.append((plan.steps, spent, step_seconds, validation_seconds, done_steps, keep_epochs))
+        return trim(plan, plan.seconds, step_seconds, validation_seconds, done_steps, keep_epochs)
+
+    monkeypatch.setattr(trainer, "trim", out_of_time)
+    # 6 steps planned over 2 epochs of 4 (as above); the first epoch's end finds the member's seconds spent
+    out = train_system(catalogue, tmp_path / "m", replace(tiny_run_cfg(epochs=2, patience=5), time_budget=75.0))
+    (planned, spent, step_seconds, validation_seconds, done, keep), = seen
+    assert (planned, done, keep) == (6, 4, False)
+    assert spent > 0 and step_seconds > 0 and validation_seconds > 0  # measured on this run's epoch, not the probe's
+    saved = torch.load(out / "members/0/checkpoint.pt", weights_only=False)
+    assert saved["state"]["plan"]["steps"] == 4 and len(saved["state"]["history"]) == 1 and saved["state"]["done"]
+    assert max(entry["step"] for entry in saved["optimizer"]["state"].values()) == 4
+    assert (out / "members/0/model.json").exists(), "the member trained so far is saved"

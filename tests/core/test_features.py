@@ -117,3 +117,44 @@ def test_clustering_features_leave_out_the_colour_thumbnail():
                          first_caption=np.arange(2))
     np.testing.assert_array_equal(cache.pooled_images(colour=True), maps[:, :2].astype(np.float32).mean(axis=(2, 3)))
     assert cache.pooled_images().shape == (2, 5)
+
+
+def _feature_cache(images: np.ndarray):
+    from enclip.train.features import FeatureCache
+
+    n = len(images)
+    return FeatureCache(np.arange(n), [images], {}, np.arange(n), np.arange(n))
+
+
+def test_mirrored_rows_get_their_feature_map_flipped_left_to_right_and_the_rest_stay_as_cached():
+    maps = np.arange(3 * 2 * 2 * 3, dtype=np.float16).reshape(3, 2, 2, 3)  # (n, channels, height, width)
+    cache = _feature_cache(maps)
+    rows, views = np.array([2, 0, 1]), np.zeros(3, int)
+    batch = cache.image_batch(rows, views, "cpu", mirrored=np.array([True, False, True])).numpy()
+    np.testing.assert_array_equal(batch[0], maps[2][..., ::-1])
+    np.testing.assert_array_equal(batch[1], maps[0])
+    np.testing.assert_array_equal(batch[2], maps[1][..., ::-1])
+    assert batch[0, 0, 0].tolist() == [26.0, 25.0, 24.0]  # one row of the first channel, read backwards
+    np.testing.assert_array_equal(cache.image_batch(rows, views, "cpu").numpy(), maps[rows])
+
+
+def test_mirroring_pooled_trunk_outputs_is_refused_with_what_to_do():
+    cache = _feature_cache(np.ones((2, 8), np.float16))
+    np.testing.assert_array_equal(cache.image_batch(np.arange(2), np.zeros(2, int), "cpu",
+                                                    mirrored=np.zeros(2, bool)).numpy(), np.ones((2, 8)))
+    with pytest.raises(EnclipError, match="mirrored views need feature maps.*--trainable-image"):
+        cache.image_batch(np.arange(2), np.zeros(2, int), "cpu", mirrored=np.array([True, False]))
+
+
+def test_the_mirror_flag_sets_the_share_and_a_share_outside_zero_to_one_is_refused(catalogue, tmp_path):
+    from enclip.cli import build_parser, run_cfg
+    from enclip.train.run import train_system
+
+    def share(*flags):
+        return run_cfg(build_parser().parse_args(["train", "--out", "x", *flags])).train.mirror
+
+    assert (share(), share("--mirror"), share("--mirror", "0.25")) == (0.0, 0.5, 0.25)
+    cfg = tiny_run_cfg()
+    with pytest.raises(EnclipError, match="--mirror is a share of the training photos, from 0"):
+        train_system(catalogue, tmp_path / "model", replace(cfg, train=replace(cfg.train, mirror=1.5)))
+    assert not (tmp_path / "model" / "ensemble.json").exists()

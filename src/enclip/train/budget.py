@@ -6,7 +6,9 @@ validation pass cost on this machine, then plans the most steps (up to ``--epoch
 share of the time left after trunk caching. The learning-rate schedule is laid over those steps, so a shorter plan
 still warms up and anneals fully; the last epoch may be cut short. The probe is a sample, though (a step's time
 varied by 10-25% from one process to the next on the 2-core machine), so after its first :data:`REPLAN_AFTER`
-steps a member plans once more from its own steps' time (:func:`replan`), while the schedule is still near its top.
+steps a member plans once more from its own steps' time (:func:`replan`), while the schedule is still near its top. At each
+epoch's end it cuts the plan if the rest no longer fits at the costs its latest epoch and validation showed
+(:func:`trim`): steps slow down as a run goes on, and a validation can cost more than the probe's on a busy machine.
 The plan is saved in the member's checkpoint, so a resumed run continues the same plan and ends with the same weights.
 """
 
@@ -101,3 +103,26 @@ def replan(plan: StepPlan, step_seconds: float, measured_steps: int, max_epochs:
         steps = measured_steps
     steps = max(steps, measured_steps, (min_epochs - 1) * plan.steps_per_epoch + 1)
     return replace(plan, steps=steps, step_seconds=round(step_seconds, 4), measured_steps=measured_steps)
+
+
+def trim(plan: StepPlan, spent: float, step_seconds: float, validation_seconds: float, done_steps: int,
+         keep_epochs: bool = False) -> StepPlan:
+    """At an epoch's end, ``spent`` seconds into the member's share: ``plan`` cut to the steps that still fit, at the
+    costs the member's latest epoch showed (``step_seconds`` a step, ``validation_seconds`` a validation). A plan
+    that still fits comes back as it is: it is never lengthened, since its learning rate is already past the top.
+    ``keep_epochs`` (a snapshot ensemble, whose cycles end on epochs) cuts inside the last epoch only."""
+    if plan.seconds is None or done_steps >= plan.steps:
+        return plan
+    done_epochs = done_steps // plan.steps_per_epoch
+    try:
+        fit = plan_steps(plan.seconds - spent, step_seconds, validation_seconds, plan.steps_per_epoch,
+                         plan.epochs - done_epochs).steps
+    except EnclipError:  # not one more step fits
+        fit = 0
+    steps = min(plan.steps, done_steps + fit)
+    if keep_epochs:
+        steps = max(steps, (plan.epochs - 1) * plan.steps_per_epoch + 1)
+    if steps == plan.steps:
+        return plan
+    return replace(plan, steps=steps, step_seconds=round(step_seconds, 4),
+                   validation_seconds=round(validation_seconds, 2), measured_steps=done_steps)

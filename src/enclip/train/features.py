@@ -18,6 +18,7 @@ from enclip.data.catalogue import Catalogue
 from enclip.data.degrade import AugmentCfg
 from enclip.embed.runner import run_sharded
 from enclip.embed.trunk_cache import cache_image_features, half
+from enclip.errors import EnclipError
 from enclip.models.ensemble import Ensemble
 from enclip.models.towers import without_colour
 
@@ -52,8 +53,17 @@ class FeatureCache:
             return None
         return self.texts["mask"][self.first_caption].sum(axis=1)
 
-    def image_batch(self, rows: np.ndarray, views: np.ndarray, device) -> torch.Tensor:
-        batch = np.stack([self.images[v][r] for r, v in zip(rows, views)])
+    def image_batch(self, rows: np.ndarray, views: np.ndarray, device, mirrored: np.ndarray | None = None
+                    ) -> torch.Tensor:
+        """Trunk outputs of ``rows`` in their ``views``; where ``mirrored`` is true, the feature map is flipped
+        left to right (the cached stand-in for a mirrored photo, which costs no trunk pass)."""
+        maps = [self.images[v][r] for r, v in zip(rows, views)]
+        if mirrored is not None and mirrored.any():
+            if maps[0].ndim != 3:
+                raise EnclipError("mirrored views need feature maps; these trunk outputs are pooled vectors "
+                                  "(train an image stage, --trainable-image 1 or more, or leave out --mirror)")
+            maps = [m[..., ::-1] if flip else m for m, flip in zip(maps, mirrored)]
+        batch = np.stack(maps)
         tensor = torch.from_numpy(batch).to(device=device, dtype=torch.float32)
         return tensor.contiguous(memory_format=torch.channels_last) if tensor.ndim == 4 else tensor
 

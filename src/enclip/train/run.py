@@ -130,6 +130,8 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
         raise EnclipError(f"unknown strategy {ens.strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if ens.members < 1:
         raise EnclipError("--members must be at least 1")
+    if not 0 <= cfg.train.mirror <= 1:
+        raise EnclipError(f"--mirror is a share of the training photos, from 0 (off) to 1, got {cfg.train.mirror}")
     if ens.strategy == "snapshot":
         cycle_ends(cfg.train.epochs, ens.members)  # refuses too few epochs before any caching
         if cfg.engine == "ray":

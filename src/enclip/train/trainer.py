@@ -29,7 +29,7 @@ from enclip.errors import EnclipError
 from enclip.eval.evaluator import RetrievalEvaluator
 from enclip.models.device import cpu_has_bfloat16_tiles
 from enclip.models.ensemble import HEAD_CHUNK, Ensemble, HeadCfg
-from enclip.train.budget import REPLAN_AFTER, REPLAN_SKIP, StepPlan, full_plan, plan_steps, replan
+from enclip.train.budget import REPLAN_AFTER, REPLAN_SKIP, StepPlan, full_plan, plan_steps, replan, trim
 from enclip.train.features import FeatureCache
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ class TrainCfg:
     # lose (R@10 0.307 -> 0.291, both2img 0.825 -> 0.805; at weight 0.5): off, a choice for shops searched mostly
     # by attribute. The value is the term's weight beside each classification direction's 0.5 (0 = off)
     aux_rank_photos: float = 0.0
+    # share of training items whose photo is mirrored left to right in a step: the cached trunk feature map is
+    # flipped, so the view costs no trunk pass (0 = off)
+    mirror: float = 0.0
     # keep the image head's depthwise convolution weights as pretrained (4% of its weights): their weight gradient is
     # most of a depthwise layer's backward pass on the CPU, so steps are 7-14% cheaper, but validation R@10 moved
     # +0.006 and -0.014 in two pairs of runs, and the demo stayed over budget: off (RESULTS.md, issue 14)
@@ -404,20 +407,23 @@ def train_member(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     step_times: list[float] = []
 
-    def after_step(done: int, seconds: float) -> int | None:
-        """Once the member has timed its own first REPLAN_AFTER steps, plan again from them; returns the steps the
-        first epoch now runs."""
+    def adopt(new: StepPlan, why: str) -> None:
+        """Train to ``new`` from here on: the schedule and the snapshot epochs laid over it, and saved with it."""
         nonlocal plan, snapshot_epochs
-        step_times.append(seconds)
-        if done != REPLAN_AFTER or plan.seconds is None or plan.measured_steps:
-            return None
-        probed = plan
-        plan = replan(plan, float(np.mean(step_times[REPLAN_SKIP:])), done, cfg.epochs, cycles)
+        old, plan = plan, new
         factor, snapshot_epochs = laid_over(plan)
         scheduler.lr_lambdas = [factor] * len(optimizer.param_groups)
         state["plan"] = plan.to_dict()
-        log.info("member %d: planned again from its own steps: %s (the probe's %.2f s a step gave %d)",
-                 member, plan.describe(), probed.step_seconds, probed.steps)
+        log.info("member %d: %s: %s (it had %d steps)", member, why, plan.describe(), old.steps)
+
+    def after_step(done: int, seconds: float) -> int | None:
+        """Once the member has timed its own first REPLAN_AFTER steps, plan again from them; returns the steps the
+        first epoch now runs."""
+        step_times.append(seconds)
+        if done != REPLAN_AFTER or plan.seconds is None or plan.measured_steps:
+            return None
+        adopt(replan(plan, float(np.mean(step_times[REPLAN_SKIP:])), done, cfg.epochs, cycles),
+              "planned again from its own steps")
         return plan.steps_in_epoch(0)
     state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": [], "done": False, "plan": plan.to_dict()}
     if saved is not None:
@@ -439,10 +445,17 @@ def train_member(
         torch.manual_seed(int(np.random.default_rng([run.seed, epoch, 2]).integers(2**31)))
         loss = _run_epoch(ensemble, heads, encode_image, train, group_tensor, run, epoch, optimizer, scheduler, cfg,
                           member, (aux, labels), plan.steps_in_epoch(epoch), after_step if epoch == 0 else None)
+        steps_seconds = time.perf_counter() - started
         recall = validation_recall(ensemble, member, val, val_rows, distractors=distractors)
         seconds = round(time.perf_counter() - started, 2)  # the epoch and its validation
         state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall, "seconds": seconds})
         state["epoch"] = epoch + 1
+        done_steps = sum(plan.steps_in_epoch(e) for e in range(epoch + 1))
+        trimmed = trim(plan, sum(entry["seconds"] for entry in state["history"]),
+                       steps_seconds / plan.steps_in_epoch(epoch), seconds - steps_seconds, done_steps,
+                       keep_epochs=bool(run.snapshots))
+        if trimmed is not plan:
+            adopt(trimmed, f"cut to what still fits after epoch {epoch + 1}")
         if run.snapshots:  # every cycle's end is a member, whatever its score: no best epoch, no early stop
             if epoch + 1 in snapshot_epochs:
                 cycle = snapshot_epochs.index(epoch + 1)
@@ -508,10 +521,11 @@ def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCf
     """One optimiser step on the batch ``rows`` (a degraded or clean view and a caption drawn per item)."""
     views = rng.integers(0, len(train.images), size=len(rows))
     captions = _pick_captions(train, rows, rng)
+    mirrored = rng.random(len(rows)) < cfg.mirror if cfg.mirror else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
     text_bfloat16 = cfg.cpu_amp and device.type == "cpu" and cpu_has_bfloat16_tiles()
     with autocast:
-        image = encode_image(train.image_batch(rows, views, device))
+        image = encode_image(train.image_batch(rows, views, device, mirrored))
         text = heads.encode_text(train.text_batch(captions, device), bfloat16=text_bfloat16)
         loss = contrastive_loss(image, text, heads.logit_scale, groups[rows].to(device))
         aux, labels = auxiliary
