@@ -9,7 +9,8 @@ varied by 10-25% from one process to the next on the 2-core machine), so after i
 steps a member plans once more from its own steps' time (:func:`replan`), while the schedule is still near its
 top. At each epoch's end it cuts the plan if the rest no longer fits at the costs its latest epoch and validation
 showed (:func:`trim`): steps slow down as a run goes on, and a validation can cost more than the probe's on a busy
-machine. The plan is saved in the member's checkpoint, so a resumed run continues the same plan and ends with the same weights.
+machine. The plan is saved in the member's checkpoint, so a resumed run continues the same plan and ends with the
+same weights.
 """
 
 from __future__ import annotations
