@@ -71,7 +71,8 @@ class TrainCfg:
     # by attribute. The value is the term's weight beside each classification direction's 0.5 (0 = off)
     aux_rank_photos: float = 0.0
     # share of training items whose photo is mirrored left to right in a step: the cached trunk feature map is
-    # flipped, so the view costs no trunk pass (0 = off)
+    # flipped, so the view costs no trunk pass. Level on validation at 0.5 (title R@10 0.306 -> 0.3105, both2img
+    # 0.823 -> 0.820, 3 epochs; RESULTS.md, issue 14, eleventh pass): off (0)
     mirror: float = 0.0
     # keep the image head's depthwise convolution weights as pretrained (4% of its weights): their weight gradient is
     # most of a depthwise layer's backward pass on the CPU, so steps are 7-14% cheaper, but validation R@10 moved
