@@ -162,7 +162,8 @@ def test_a_plan_made_again_from_real_steps_is_the_plan_the_probe_would_have_made
     assert probed.steps == 44 and probed.measured_steps == 0
     faster = replan(probed, 1.0, 24, max_epochs=5)
     assert faster == replace(plan_steps(100.0, 1.0, 5.0, 100, 5), measured_steps=24)  # 88 steps
-    assert faster.steps == 88 and faster.seconds == probed.seconds and "its first 24 steps" in faster.describe()
+    assert faster.steps == 88 and faster.seconds == probed.seconds
+    assert "timed on its own steps, 24 done" in faster.describe()
     assert replan(probed, 3.0, 24, max_epochs=5).steps == 29  # slower: fewer steps, same seconds
     assert replan(probed, 4.0, 24, max_epochs=5).steps == 24  # never fewer than already run
     assert replan(probed, 500.0, 24, max_epochs=5).steps == 24  # the time is gone: it ends where it is

@@ -47,7 +47,7 @@ class StepPlan:
     step_seconds: float | None = None  # measured cost of one step (None: no budget, epochs alone decide)
     validation_seconds: float | None = None  # measured cost of one end-of-epoch validation
     seconds: float | None = None  # the member's share of the budget the plan was made for
-    measured_steps: int = 0  # real training steps ``step_seconds`` was timed on (0: the probe's throwaway steps)
+    measured_steps: int = 0  # real training steps done when ``step_seconds`` was timed on them (0: the probe's)
 
     @property
     def epochs(self) -> int:
@@ -61,7 +61,7 @@ class StepPlan:
         text = f"{self.steps} steps ({self.steps / self.steps_per_epoch:.2f} epochs)"
         if self.seconds is None:
             return text
-        timed = f" (its first {self.measured_steps} steps)" if self.measured_steps else ""
+        timed = f" (timed on its own steps, {self.measured_steps} done)" if self.measured_steps else ""
         return (f"{text} in {self.seconds:.0f} s: {self.step_seconds:.2f} s a step{timed}, "
                 f"{self.validation_seconds:.0f} s a validation")
 
