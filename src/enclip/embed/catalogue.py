@@ -40,11 +40,17 @@ def encode_catalogue(ensemble: Ensemble, catalogue: Catalogue, work_dir: Path, *
 def _encode_from_trunk_cache(ensemble: Ensemble, catalogue: Catalogue, cache_root: Path, batch_size: int, dtype,
                              times: StageTimes | None) -> np.ndarray:
     features = catalogue_image_features(ensemble, catalogue, cache_root, batch_size, times)
-    chunks = []
-    for start in range(0, len(features), 1024):
-        batch = torch.from_numpy(features[start : start + 1024]).to(ensemble.device, torch.float32)
+    return encode_trunk_outputs(ensemble, features, dtype)
+
+
+def encode_trunk_outputs(ensemble: Ensemble, features: np.ndarray, dtype=np.float32, chunk: int = 1024) -> np.ndarray:
+    """(n, K*d) concatenated, per-member normalised embeddings of image-trunk outputs, ``chunk`` at a time."""
+    parts = []
+    for start in range(0, len(features), chunk):
+        batch = torch.from_numpy(np.ascontiguousarray(features[start : start + chunk])).to(ensemble.device,
+                                                                                           torch.float32)
         if batch.ndim == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
         members = ensemble.encode_image_features(batch)
-        chunks.append(members.permute(1, 0, 2).reshape(len(batch), -1).cpu().numpy().astype(dtype))
-    return np.concatenate(chunks)
+        parts.append(members.permute(1, 0, 2).reshape(len(batch), -1).cpu().numpy().astype(dtype))
+    return np.concatenate(parts)
