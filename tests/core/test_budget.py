@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 from enclip.cli import build_parser
 from enclip.errors import EnclipError
 from enclip.train import trainer
-from enclip.train.budget import SAFETY, StepPlan, full_plan, parse_duration, plan_steps, replan, trim
+from enclip.train.budget import (
+    SAFETY,
+    StepPlan,
+    full_plan,
+    parse_duration,
+    plan_steps,
+    replan,
+    trim,
+    typical_validation,
+)
 from enclip.train.run import train_system
 from tests.conftest import tiny_run_cfg
 from tests.core.test_train import _heads, interrupted_then_resumed
@@ -168,12 +178,16 @@ def test_a_plan_made_again_from_real_steps_is_the_plan_the_probe_would_have_made
     assert replan(probed, 4.0, 24, max_epochs=5).steps == 24  # never fewer than already run
     assert replan(probed, 500.0, 24, max_epochs=5).steps == 24  # the time is gone: it ends where it is
     assert replan(probed, 4.0, 24, max_epochs=5, min_epochs=3).steps == 201  # a snapshot keeps an epoch a cycle
+    # a validation timed again: the probe's 5 s were 25 s, so at 1 s a step only 68 steps fit (93 s less 25)
+    retimed = replan(probed, 1.0, 24, max_epochs=5, validation_seconds=25.0)
+    assert (retimed.steps, retimed.validation_seconds) == (68, 25.0) and "25 s a validation" in retimed.describe()
 
 
 def test_a_budgeted_member_plans_again_from_its_own_first_steps(tmp_path, catalogue, monkeypatch):
     # the probe reads 10 s a step (6 of 8 steps fit 70 s); the member's own steps take milliseconds, so after its
     # first two it plans both epochs in full, and the schedule runs over all 8 steps
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
+    monkeypatch.setattr(trainer, "_validation_seconds", lambda *args: 0.5)
     monkeypatch.setattr(trainer, "REPLAN_AFTER", 2)
     monkeypatch.setattr(trainer, "REPLAN_SKIP", 0)
     cfg = replace(tiny_run_cfg(epochs=2, patience=5), time_budget=70.0)
@@ -181,6 +195,7 @@ def test_a_budgeted_member_plans_again_from_its_own_first_steps(tmp_path, catalo
     saved = torch.load(out / "members/0/checkpoint.pt", weights_only=False)
     plan = StepPlan(**saved["state"]["plan"])
     assert (plan.steps, plan.measured_steps) == (8, 2) and plan.step_seconds < 10.0
+    assert plan.validation_seconds == 0.5  # timed again in the run (the probe said 0.0)
     assert max(entry["step"] for entry in saved["optimizer"]["state"].values()) == 8
     assert saved["scheduler"]["last_epoch"] == 8
 
@@ -218,6 +233,14 @@ def test_an_epoch_end_cuts_the_plan_to_what_still_fits_at_the_latest_costs_and_n
     assert trim(plan, spent=1e6, step_seconds=9.0, validation_seconds=9.0, done_steps=30) is plan
 
 
+def test_the_next_validation_is_costed_at_the_median_of_the_latest_three_so_one_slow_one_does_not_cut_the_plan():
+    assert typical_validation([16.0]) == 16.0
+    assert typical_validation([15.0, 16.0, 24.0]) == 16.0  # one slow validation (a busy machine) is passed over
+    assert typical_validation([40.0, 15.0, 16.0, 17.0]) == 16.0  # only the latest three count
+    assert typical_validation([30.0, 31.0, 16.0]) == 30.0  # validations that stay slow are believed
+    assert typical_validation([None, 12.0]) == 12.0 and typical_validation([None]) == 0.0  # untimed ones skipped
+
+
 def test_a_budgeted_run_cuts_its_plan_at_an_epoch_end_with_its_own_costs_and_stops_there(tmp_path, catalogue,
                                                                                         monkeypatch):
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
@@ -235,5 +258,22 @@ def test_a_budgeted_run_cuts_its_plan_at_an_epoch_end_with_its_own_costs_and_sto
     assert spent > 0 and step_seconds > 0 and validation_seconds > 0  # measured on this run's epoch, not the probe's
     saved = torch.load(out / "members/0/checkpoint.pt", weights_only=False)
     assert saved["state"]["plan"]["steps"] == 4 and len(saved["state"]["history"]) == 1 and saved["state"]["done"]
+    assert saved["state"]["history"][0]["validation_seconds"] == pytest.approx(validation_seconds, abs=0.01)
     assert max(entry["step"] for entry in saved["optimizer"]["state"].values()) == 4
     assert (out / "members/0/model.json").exists(), "the member trained so far is saved"
+
+
+def test_timing_a_validation_leaves_the_member_training_with_its_weights_and_norm_statistics(tmp_path, catalogue):
+    from enclip.models.ensemble import Ensemble
+    from enclip.models.registry import create_backbone
+    from enclip.train.features import cache_features
+
+    cfg = tiny_run_cfg()
+    ensemble = Ensemble(create_backbone(cfg.backbone), cfg.train.heads)
+    cache = cache_features(ensemble, catalogue, np.arange(40), tmp_path / "cache", views=0)
+    member = ensemble.members[0]
+    member.train()
+    before = {key: value.clone() for key, value in member.state_dict().items()}
+    seconds = trainer._validation_seconds(member, cache, np.arange(40), cfg.train, ensemble.device, 22000, 2000)
+    assert seconds > 0 and member.training
+    assert all(torch.equal(value, member.state_dict()[key]) for key, value in before.items())  # running stats too

@@ -6,17 +6,18 @@ validation pass cost on this machine, then plans the most steps (up to ``--epoch
 share of the time left after trunk caching. The learning-rate schedule is laid over those steps, so a shorter plan
 still warms up and anneals fully; the last epoch may be cut short. The probe is a sample, though (a step's time
 varied by 10-25% from one process to the next on the 2-core machine), so after its first :data:`REPLAN_AFTER`
-steps a member plans once more from its own steps' time (:func:`replan`), while the schedule is still near its
-top. At each epoch's end it cuts the plan if the rest no longer fits at the costs its latest epoch and validation
-showed (:func:`trim`): steps slow down as a run goes on, and a validation can cost more than the probe's on a busy
-machine. The plan is saved in the member's checkpoint, so a resumed run continues the same plan and ends with the
-same weights.
+steps a member plans once more from its own steps' time and a validation timed again in its warm process
+(:func:`replan`), while the schedule is still near its top. At each epoch's end it cuts the plan if the rest no longer fits at the step cost its latest epoch showed and
+the median cost of its latest validations (:func:`trim`, :func:`typical_validation`): steps slow down as a run goes
+on, and a validation can cost more than the probe's on a busy machine. The plan is saved in the member's
+checkpoint, so a resumed run continues the same plan and ends with the same weights.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import statistics
 from dataclasses import asdict, dataclass, replace
 
 from enclip.errors import EnclipError
@@ -93,17 +94,33 @@ def plan_steps(seconds: float, step_seconds: float, validation_seconds: float, s
     return StepPlan(best, steps_per_epoch, round(step_seconds, 4), round(validation_seconds, 2), round(seconds, 1))
 
 
-def replan(plan: StepPlan, step_seconds: float, measured_steps: int, max_epochs: int, min_epochs: int = 1) -> StepPlan:
-    """The plan ``plan`` becomes once its member has timed ``measured_steps`` real steps at ``step_seconds`` each: the
-    plan its probe would have made with that figure, in the same seconds. It keeps the steps already run and, for
-    a snapshot ensemble, an epoch per cycle (``min_epochs``); a member whose steps have outrun the budget ends there.
+def replan(plan: StepPlan, step_seconds: float, measured_steps: int, max_epochs: int, min_epochs: int = 1,
+           validation_seconds: float | None = None) -> StepPlan:
+    """The plan ``plan`` becomes once its member has timed ``measured_steps`` real steps at ``step_seconds`` each (and
+    a validation again at ``validation_seconds``, when given): the plan its probe would have made with those
+    figures, in the same seconds. It keeps the steps already run and, for a snapshot ensemble, an epoch per cycle
+    (``min_epochs``); a member whose steps have outrun the budget ends there.
     """
+    if validation_seconds is not None:
+        plan = replace(plan, validation_seconds=round(validation_seconds, 2))
     try:
         steps = plan_steps(plan.seconds, step_seconds, plan.validation_seconds, plan.steps_per_epoch, max_epochs).steps
     except EnclipError:  # not even one step fits: the steps so far have used the member's time
         steps = measured_steps
     steps = max(steps, measured_steps, (min_epochs - 1) * plan.steps_per_epoch + 1)
     return replace(plan, steps=steps, step_seconds=round(step_seconds, 4), measured_steps=measured_steps)
+
+
+RECENT_VALIDATIONS = 3  # validations whose median :func:`trim` plans the rest with
+
+
+def typical_validation(seconds: list[float | None]) -> float:
+    """What the next validation will cost: the median of the latest :data:`RECENT_VALIDATIONS` timed ones. One slow
+    validation (another process busy for a while) is not the rule, and a cut made on it is never undone: in a
+    30-minute run one validation took 24 s against 15-17 s and cut 64 steps (RESULTS.md, issue 14, eleventh pass).
+    ``None`` marks a validation not timed (a checkpoint written before validations were timed apart)."""
+    timed = [s for s in seconds if s is not None][-RECENT_VALIDATIONS:]
+    return float(statistics.median(timed)) if timed else 0.0
 
 
 def trim(plan: StepPlan, spent: float, step_seconds: float, validation_seconds: float, done_steps: int,

@@ -29,8 +29,18 @@ from enclip.errors import EnclipError
 from enclip.eval.evaluator import RetrievalEvaluator
 from enclip.models.device import cpu_has_bfloat16_tiles
 from enclip.models.ensemble import HEAD_CHUNK, Ensemble, HeadCfg
-from enclip.train.budget import REPLAN_AFTER, REPLAN_SKIP, StepPlan, full_plan, plan_steps, replan, trim
+from enclip.train.budget import (
+    REPLAN_AFTER,
+    REPLAN_SKIP,
+    StepPlan,
+    full_plan,
+    plan_steps,
+    replan,
+    trim,
+    typical_validation,
+)
 from enclip.train.features import FeatureCache
+from enclip.train.memory import CrossBatchMemory
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +84,9 @@ class TrainCfg:
     # flipped, so the view costs no trunk pass. Level on validation at 0.5 (title R@10 0.306 -> 0.3105, both2img
     # 0.823 -> 0.820, 3 epochs; RESULTS.md, issue 14, eleventh pass): off (0)
     mirror: float = 0.0
+    # cross-batch memory: the photo and caption embeddings of this many recent training items join each step's
+    # contrastive loss as extra negatives, at the cost of a matrix product (train/memory.py; 0 = off)
+    cross_batch_memory: int = 0
     # keep the image head's depthwise convolution weights as pretrained (4% of its weights): their weight gradient is
     # most of a depthwise layer's backward pass on the CPU, so steps are 7-14% cheaper, but validation R@10 moved
     # +0.006 and -0.014 in two pairs of runs, and the demo stayed over budget: off (RESULTS.md, issue 14)
@@ -137,12 +150,20 @@ def title_groups(titles: list[str]) -> np.ndarray:
 
 
 def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
-                     groups: torch.Tensor) -> torch.Tensor:
-    """Symmetric cross-entropy over the batch similarity matrix with multi-positive soft targets."""
-    logits = scale.exp().clamp(max=100) * image @ text.T
-    positives = (groups[:, None] == groups[None, :]).float()
+                     groups: torch.Tensor, memory: CrossBatchMemory | None = None) -> torch.Tensor:
+    """Symmetric cross-entropy over the batch similarity matrix with multi-positive soft targets; with a non-empty
+    ``memory``, each photo is also contrasted with the remembered captions and each caption with the remembered
+    photos."""
+    scale = scale.exp().clamp(max=100)
+    if memory is None or not len(memory):
+        logits = scale * image @ text.T
+        positives = (groups[:, None] == groups[None, :]).float()
+        targets = positives / positives.sum(dim=1, keepdim=True)
+        return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T))
+    images, texts, key_groups = memory.keys(image, text, groups)
+    positives = (groups[:, None] == key_groups[None, :]).float()
     targets = positives / positives.sum(dim=1, keepdim=True)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T))
+    return 0.5 * (F.cross_entropy(scale * image @ texts.T, targets) + F.cross_entropy(scale * text @ images.T, targets))
 
 
 MISSING_LABELS = ("", "NA")  # attribute values that say nothing about the item
@@ -390,9 +411,10 @@ def train_member(
     val_rows = _val_sample(val, cfg)
     distractors = (train, _distractor_rows(train, cfg)) if cfg.val_distractors else None
     group_tensor = torch.from_numpy(groups)
+    val_images = len(val_rows) + (0 if distractors is None else len(distractors[1]))  # what a validation embeds
     plan = StepPlan(**saved["state"]["plan"]) if saved is not None and "plan" in saved["state"] else _plan(
         heads, (aux, labels), train, group_tensor, _epoch_batches(run, 0, cfg.batch_size, train.title_lengths()),
-        cfg, device, len(val_rows) + (0 if distractors is None else len(distractors[1])), len(val_rows), seconds)
+        cfg, device, val_images, len(val_rows), seconds)
     log.info("member %d: %s", member, plan.describe())
     cycles = max(1, len(run.snapshots))
     if run.snapshots and plan.epochs < cycles:
@@ -418,19 +440,24 @@ def train_member(
         log.info("member %d: %s: %s (it had %d steps)", member, why, plan.describe(), old.steps)
 
     def after_step(done: int, seconds: float) -> int | None:
-        """Once the member has timed its own first REPLAN_AFTER steps, plan again from them; returns the steps the
-        first epoch now runs."""
+        """Once the member has timed its own first REPLAN_AFTER steps, plan again from them and from a validation
+        timed again in this warm process; returns the steps the first epoch now runs."""
         step_times.append(seconds)
         if done != REPLAN_AFTER or plan.seconds is None or plan.measured_steps:
             return None
-        adopt(replan(plan, float(np.mean(step_times[REPLAN_SKIP:])), done, cfg.epochs, cycles),
+        validation = _validation_seconds(heads, train, np.arange(min(len(train), 3 * HEAD_CHUNK)), cfg, device,
+                                         val_images, len(val_rows))
+        adopt(replan(plan, float(np.mean(step_times[REPLAN_SKIP:])), done, cfg.epochs, cycles, validation),
               "planned again from its own steps")
         return plan.steps_in_epoch(0)
     state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": [], "done": False, "plan": plan.to_dict()}
+    memory = CrossBatchMemory(cfg.cross_batch_memory)
     if saved is not None:
         heads.load_state_dict(saved["member"])
         if aux is not None:
             aux.load_state_dict(saved["aux"])
+        if saved.get("memory") is not None:
+            memory.load_state_dict(saved["memory"], device)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = {**saved["state"], "plan": plan.to_dict()}
@@ -445,16 +472,19 @@ def train_member(
         epoch, started = state["epoch"], time.perf_counter()
         torch.manual_seed(int(np.random.default_rng([run.seed, epoch, 2]).integers(2**31)))
         loss = _run_epoch(ensemble, heads, encode_image, train, group_tensor, run, epoch, optimizer, scheduler, cfg,
-                          member, (aux, labels), plan.steps_in_epoch(epoch), after_step if epoch == 0 else None)
+                          member, (aux, labels), plan.steps_in_epoch(epoch), after_step if epoch == 0 else None,
+                          memory)
         steps_seconds = time.perf_counter() - started
         recall = validation_recall(ensemble, member, val, val_rows, distractors=distractors)
         seconds = round(time.perf_counter() - started, 2)  # the epoch and its validation
-        state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall, "seconds": seconds})
+        state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall, "seconds": seconds,
+                                 "validation_seconds": round(seconds - steps_seconds, 2)})
         state["epoch"] = epoch + 1
         done_steps = sum(plan.steps_in_epoch(e) for e in range(epoch + 1))
         trimmed = trim(plan, sum(entry["seconds"] for entry in state["history"]),
-                       steps_seconds / plan.steps_in_epoch(epoch), seconds - steps_seconds, done_steps,
-                       keep_epochs=bool(run.snapshots))
+                       steps_seconds / plan.steps_in_epoch(epoch),
+                       typical_validation([entry.get("validation_seconds") for entry in state["history"]]),
+                       done_steps, keep_epochs=bool(run.snapshots))
         if trimmed is not plan:
             adopt(trimmed, f"cut to what still fits after epoch {epoch + 1}")
         if run.snapshots:  # every cycle's end is a member, whatever its score: no best epoch, no early stop
@@ -472,7 +502,7 @@ def train_member(
                 state["bad_epochs"] += 1
             state["done"] = state["bad_epochs"] >= cfg.patience or state["epoch"] >= plan.epochs
         log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", member, epoch + 1, loss, recall)
-        _save_checkpoint(checkpoint, heads, optimizer, scheduler, state, aux)
+        _save_checkpoint(checkpoint, heads, optimizer, scheduler, state, aux, memory)
     took = time.perf_counter() - member_started
     if plan.seconds is not None and took > plan.seconds:
         log.warning("member %d took %.0f s of its %.0f s share of the time budget: its steps ran slower than "
@@ -483,7 +513,7 @@ def train_member(
 
 
 def _run_epoch(ensemble, heads, encode_image, train, groups, run, epoch, optimizer, scheduler, cfg, member,
-               auxiliary, steps: int, after_step=None) -> float:
+               auxiliary, steps: int, after_step=None, memory: CrossBatchMemory | None = None) -> float:
     """One pass over ``steps`` of the epoch's batches (fewer than all in a time budget's last epoch).
     ``after_step(steps done, its seconds)`` may return a new step count for the epoch (a budget planned again)."""
     rng = np.random.default_rng([run.seed, epoch, 3])
@@ -499,7 +529,8 @@ def _run_epoch(ensemble, heads, encode_image, train, groups, run, epoch, optimiz
             if len(losses) >= steps:
                 break
             step_started = time.perf_counter()
-            losses.append(_step(heads, encode_image, train, groups, rows, rng, optimizer, cfg, device, auxiliary))
+            losses.append(_step(heads, encode_image, train, groups, rows, rng, optimizer, cfg, device, auxiliary,
+                                memory))
             scheduler.step()
             if after_step is not None:
                 steps = after_step(len(losses), time.perf_counter() - step_started) or steps
@@ -518,8 +549,10 @@ def _freeze_norms(heads, cfg: TrainCfg) -> None:
                 module.eval()
 
 
-def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCfg, device, auxiliary) -> float:
-    """One optimiser step on the batch ``rows`` (a degraded or clean view and a caption drawn per item)."""
+def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCfg, device, auxiliary,
+          memory: CrossBatchMemory | None = None) -> float:
+    """One optimiser step on the batch ``rows`` (a degraded or clean view and a caption drawn per item); the batch
+    joins ``memory`` afterwards."""
     views = rng.integers(0, len(train.images), size=len(rows))
     captions = _pick_captions(train, rows, rng)
     mirrored = rng.random(len(rows)) < cfg.mirror if cfg.mirror else None
@@ -528,7 +561,8 @@ def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCf
     with autocast:
         image = encode_image(train.image_batch(rows, views, device, mirrored))
         text = heads.encode_text(train.text_batch(captions, device), bfloat16=text_bfloat16)
-        loss = contrastive_loss(image, text, heads.logit_scale, groups[rows].to(device))
+        batch_groups = groups[rows].to(device)
+        loss = contrastive_loss(image, text, heads.logit_scale, batch_groups, memory)
         aux, labels = auxiliary
         if aux is not None:
             picked = torch.from_numpy(rows).to(device)
@@ -537,6 +571,8 @@ def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCf
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    if memory is not None:
+        memory.push(image, text, batch_groups)
     return loss.item()
 
 
@@ -577,6 +613,7 @@ def _measure_costs(heads, auxiliary, train, groups, batches, cfg: TrainCfg, devi
     optimizer = torch.optim.AdamW(params, lr=0.0)
     encode_image = training_image_encoder(probe.image_head, "off", 0)
     rng = np.random.default_rng(0)
+    memory = CrossBatchMemory(cfg.cross_batch_memory)  # filled by the probe's own steps, as training fills it
     picks = _probe_batches(batches, train.title_lengths())
     probe.train()
     _freeze_norms(probe, cfg)
@@ -584,19 +621,30 @@ def _measure_costs(heads, auxiliary, train, groups, batches, cfg: TrainCfg, devi
         times = []
         for rows in picks:
             started = time.perf_counter()
-            _step(probe, encode_image, train, groups, rows, rng, optimizer, cfg, device, (aux, labels))
+            _step(probe, encode_image, train, groups, rows, rng, optimizer, cfg, device, (aux, labels), memory)
             times.append(time.perf_counter() - started)
-    probe.eval()
-    rows = picks[0][:HEAD_CHUNK * 2]
+    rows = np.concatenate(picks[:2])[: 3 * HEAD_CHUNK]
+    return float(np.mean(times[1:])), _validation_seconds(probe, train, rows, cfg, device, val_images, val_texts)
+
+
+def _validation_seconds(member, train: FeatureCache, rows: np.ndarray, cfg: TrainCfg, device, val_images: int,
+                        val_texts: int) -> float:
+    """Seconds an end-of-epoch validation of ``val_images`` photos and ``val_texts`` titles takes, extrapolated from
+    embedding ``rows`` after one untimed chunk of them: a process's first chunk pays for allocations that a
+    validation pays once. The member is left in training mode, its weights and batch-norm statistics as they were."""
+    member.eval()
     with torch.no_grad():
+        _embed_images(member, train, rows[:HEAD_CHUNK], device)
+        timed = rows[HEAD_CHUNK:] if len(rows) > HEAD_CHUNK else rows
         started = time.perf_counter()
-        _embed_images(probe, train, rows, device)
-        image_seconds = (time.perf_counter() - started) / len(rows)
+        _embed_images(member, train, timed, device)
+        image_seconds = (time.perf_counter() - started) / len(timed)
         started = time.perf_counter()
-        probe.encode_text(train.text_batch(train.first_caption[rows], device))
-        text_seconds = (time.perf_counter() - started) / len(rows)
-    step_seconds = float(np.mean(times[1:]))
-    return step_seconds, val_images * image_seconds + val_texts * text_seconds
+        member.encode_text(train.text_batch(train.first_caption[timed], device))
+        text_seconds = (time.perf_counter() - started) / len(timed)
+    member.train()
+    _freeze_norms(member, cfg)
+    return val_images * image_seconds + val_texts * text_seconds
 
 
 def _pick_captions(cache: FeatureCache, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -654,8 +702,10 @@ def validation_recall(ensemble: Ensemble, member: int, val: FeatureCache, rows: 
     return evaluator.primary_score(best.tolist())
 
 
-def _save_checkpoint(path: Path, member, optimizer, scheduler, state: dict, aux: nn.Module | None = None) -> None:
+def _save_checkpoint(path: Path, member, optimizer, scheduler, state: dict, aux: nn.Module | None = None,
+                     memory: CrossBatchMemory | None = None) -> None:
     with atomic_file(path) as handle:
         torch.save({"member": member.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "state": state,
-                    "aux": None if aux is None else aux.state_dict()}, handle)
+                    "aux": None if aux is None else aux.state_dict(),
+                    "memory": memory.state_dict() if memory is not None and memory.size else None}, handle)
