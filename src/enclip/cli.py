@@ -135,9 +135,6 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mirror", type=float, nargs="?", const=0.5, default=t.mirror, metavar="SHARE",
                         help="mirror this share of the training photos left to right in each step, by flipping their "
                         "cached feature maps (alone: 0.5; 0 = off)")
-    parser.add_argument("--cross-batch-memory", type=int, default=t.cross_batch_memory, metavar="N",
-                        help="the photo and caption embeddings of the latest N training items join each step's "
-                        "contrastive loss as extra negatives (0 = off)")
     parser.add_argument("--aux-prototypes", default=t.aux_prototypes, choices=PROTOTYPES,
                         help="the auxiliary losses' class vectors: free 'learned' vectors, or the 'names' of the "
                         "classes (e.g. 'Navy Blue') through the text head, which also teaches it attribute words")
@@ -171,7 +168,7 @@ def run_cfg(args):
                      captions=CaptionCfg(use_attributes=args.attribute_captions),
                      aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight,
                      aux_prototypes=args.aux_prototypes, aux_rank_photos=args.aux_rank_photos,
-                     mirror=args.mirror, cross_batch_memory=args.cross_batch_memory,
+                     mirror=args.mirror,
                      batch_clusters=args.batch_clusters,
                      frozen_depthwise=args.frozen_depthwise, frozen_norms=args.frozen_norms,
                      cpu_amp=args.cpu_amp, compile=args.compile)

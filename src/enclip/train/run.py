@@ -132,9 +132,6 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
         raise EnclipError("--members must be at least 1")
     if not 0 <= cfg.train.mirror <= 1:
         raise EnclipError(f"--mirror is a share of the training photos, from 0 (off) to 1, got {cfg.train.mirror}")
-    if cfg.train.cross_batch_memory < 0:
-        raise EnclipError("--cross-batch-memory is a number of remembered training items, 0 (off) or more, got "
-                          f"{cfg.train.cross_batch_memory}")
     if ens.strategy == "snapshot":
         cycle_ends(cfg.train.epochs, ens.members)  # refuses too few epochs before any caching
         if cfg.engine == "ray":

@@ -40,7 +40,6 @@ from enclip.train.budget import (
     typical_validation,
 )
 from enclip.train.features import FeatureCache
-from enclip.train.memory import CrossBatchMemory
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +83,6 @@ class TrainCfg:
     # flipped, so the view costs no trunk pass. Level on validation at 0.5 (title R@10 0.306 -> 0.3105, both2img
     # 0.823 -> 0.820, 3 epochs; RESULTS.md, issue 14, eleventh pass): off (0)
     mirror: float = 0.0
-    # cross-batch memory: the photo and caption embeddings of this many recent training items join each step's
-    # contrastive loss as extra negatives, at the cost of a matrix product (train/memory.py; 0 = off)
-    cross_batch_memory: int = 0
     # keep the image head's depthwise convolution weights as pretrained (4% of its weights): their weight gradient is
     # most of a depthwise layer's backward pass on the CPU, so steps are 7-14% cheaper, but validation R@10 moved
     # +0.006 and -0.014 in two pairs of runs, and the demo stayed over budget: off (RESULTS.md, issue 14)
@@ -150,20 +146,12 @@ def title_groups(titles: list[str]) -> np.ndarray:
 
 
 def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
-                     groups: torch.Tensor, memory: CrossBatchMemory | None = None) -> torch.Tensor:
-    """Symmetric cross-entropy over the batch similarity matrix with multi-positive soft targets; with a non-empty
-    ``memory``, each photo is also contrasted with the remembered captions and each caption with the remembered
-    photos."""
-    scale = scale.exp().clamp(max=100)
-    if memory is None or not len(memory):
-        logits = scale * image @ text.T
-        positives = (groups[:, None] == groups[None, :]).float()
-        targets = positives / positives.sum(dim=1, keepdim=True)
-        return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T))
-    images, texts, key_groups = memory.keys(image, text, groups)
-    positives = (groups[:, None] == key_groups[None, :]).float()
+                     groups: torch.Tensor) -> torch.Tensor:
+    """Symmetric cross-entropy over the batch similarity matrix with multi-positive soft targets."""
+    logits = scale.exp().clamp(max=100) * image @ text.T
+    positives = (groups[:, None] == groups[None, :]).float()
     targets = positives / positives.sum(dim=1, keepdim=True)
-    return 0.5 * (F.cross_entropy(scale * image @ texts.T, targets) + F.cross_entropy(scale * text @ images.T, targets))
+    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T))
 
 
 MISSING_LABELS = ("", "NA")  # attribute values that say nothing about the item
@@ -451,13 +439,10 @@ def train_member(
               "planned again from its own steps")
         return plan.steps_in_epoch(0)
     state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": [], "done": False, "plan": plan.to_dict()}
-    memory = CrossBatchMemory(cfg.cross_batch_memory)
     if saved is not None:
         heads.load_state_dict(saved["member"])
         if aux is not None:
             aux.load_state_dict(saved["aux"])
-        if saved.get("memory") is not None:
-            memory.load_state_dict(saved["memory"], device)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = {**saved["state"], "plan": plan.to_dict()}
@@ -472,13 +457,13 @@ def train_member(
         epoch, started = state["epoch"], time.perf_counter()
         torch.manual_seed(int(np.random.default_rng([run.seed, epoch, 2]).integers(2**31)))
         loss = _run_epoch(ensemble, heads, encode_image, train, group_tensor, run, epoch, optimizer, scheduler, cfg,
-                          member, (aux, labels), plan.steps_in_epoch(epoch), after_step if epoch == 0 else None,
-                          memory)
+                          member, (aux, labels), plan.steps_in_epoch(epoch), after_step if epoch == 0 else None)
         steps_seconds = time.perf_counter() - started
         recall = validation_recall(ensemble, member, val, val_rows, distractors=distractors)
-        seconds = round(time.perf_counter() - started, 2)  # the epoch and its validation
+        elapsed = time.perf_counter() - started
+        seconds = round(elapsed, 2)  # the epoch and its validation
         state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall, "seconds": seconds,
-                                 "validation_seconds": round(seconds - steps_seconds, 2)})
+                                 "validation_seconds": round(elapsed - steps_seconds, 4)})
         state["epoch"] = epoch + 1
         done_steps = sum(plan.steps_in_epoch(e) for e in range(epoch + 1))
         trimmed = trim(plan, sum(entry["seconds"] for entry in state["history"]),
@@ -502,7 +487,7 @@ def train_member(
                 state["bad_epochs"] += 1
             state["done"] = state["bad_epochs"] >= cfg.patience or state["epoch"] >= plan.epochs
         log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", member, epoch + 1, loss, recall)
-        _save_checkpoint(checkpoint, heads, optimizer, scheduler, state, aux, memory)
+        _save_checkpoint(checkpoint, heads, optimizer, scheduler, state, aux)
     took = time.perf_counter() - member_started
     if plan.seconds is not None and took > plan.seconds:
         log.warning("member %d took %.0f s of its %.0f s share of the time budget: its steps ran slower than "
@@ -513,7 +498,7 @@ def train_member(
 
 
 def _run_epoch(ensemble, heads, encode_image, train, groups, run, epoch, optimizer, scheduler, cfg, member,
-               auxiliary, steps: int, after_step=None, memory: CrossBatchMemory | None = None) -> float:
+               auxiliary, steps: int, after_step=None) -> float:
     """One pass over ``steps`` of the epoch's batches (fewer than all in a time budget's last epoch).
     ``after_step(steps done, its seconds)`` may return a new step count for the epoch (a budget planned again)."""
     rng = np.random.default_rng([run.seed, epoch, 3])
@@ -529,8 +514,7 @@ def _run_epoch(ensemble, heads, encode_image, train, groups, run, epoch, optimiz
             if len(losses) >= steps:
                 break
             step_started = time.perf_counter()
-            losses.append(_step(heads, encode_image, train, groups, rows, rng, optimizer, cfg, device, auxiliary,
-                                memory))
+            losses.append(_step(heads, encode_image, train, groups, rows, rng, optimizer, cfg, device, auxiliary))
             scheduler.step()
             if after_step is not None:
                 steps = after_step(len(losses), time.perf_counter() - step_started) or steps
@@ -549,10 +533,8 @@ def _freeze_norms(heads, cfg: TrainCfg) -> None:
                 module.eval()
 
 
-def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCfg, device, auxiliary,
-          memory: CrossBatchMemory | None = None) -> float:
-    """One optimiser step on the batch ``rows`` (a degraded or clean view and a caption drawn per item); the batch
-    joins ``memory`` afterwards."""
+def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCfg, device, auxiliary) -> float:
+    """One optimiser step on the batch ``rows`` (a degraded or clean view and a caption drawn per item)."""
     views = rng.integers(0, len(train.images), size=len(rows))
     captions = _pick_captions(train, rows, rng)
     mirrored = rng.random(len(rows)) < cfg.mirror if cfg.mirror else None
@@ -561,8 +543,7 @@ def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCf
     with autocast:
         image = encode_image(train.image_batch(rows, views, device, mirrored))
         text = heads.encode_text(train.text_batch(captions, device), bfloat16=text_bfloat16)
-        batch_groups = groups[rows].to(device)
-        loss = contrastive_loss(image, text, heads.logit_scale, batch_groups, memory)
+        loss = contrastive_loss(image, text, heads.logit_scale, groups[rows].to(device))
         aux, labels = auxiliary
         if aux is not None:
             picked = torch.from_numpy(rows).to(device)
@@ -571,8 +552,6 @@ def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCf
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    if memory is not None:
-        memory.push(image, text, batch_groups)
     return loss.item()
 
 
@@ -613,7 +592,6 @@ def _measure_costs(heads, auxiliary, train, groups, batches, cfg: TrainCfg, devi
     optimizer = torch.optim.AdamW(params, lr=0.0)
     encode_image = training_image_encoder(probe.image_head, "off", 0)
     rng = np.random.default_rng(0)
-    memory = CrossBatchMemory(cfg.cross_batch_memory)  # filled by the probe's own steps, as training fills it
     picks = _probe_batches(batches, train.title_lengths())
     probe.train()
     _freeze_norms(probe, cfg)
@@ -621,7 +599,7 @@ def _measure_costs(heads, auxiliary, train, groups, batches, cfg: TrainCfg, devi
         times = []
         for rows in picks:
             started = time.perf_counter()
-            _step(probe, encode_image, train, groups, rows, rng, optimizer, cfg, device, (aux, labels), memory)
+            _step(probe, encode_image, train, groups, rows, rng, optimizer, cfg, device, (aux, labels))
             times.append(time.perf_counter() - started)
     rows = np.concatenate(picks[:2])[: 3 * HEAD_CHUNK]
     return float(np.mean(times[1:])), _validation_seconds(probe, train, rows, cfg, device, val_images, val_texts)
@@ -702,10 +680,8 @@ def validation_recall(ensemble: Ensemble, member: int, val: FeatureCache, rows: 
     return evaluator.primary_score(best.tolist())
 
 
-def _save_checkpoint(path: Path, member, optimizer, scheduler, state: dict, aux: nn.Module | None = None,
-                     memory: CrossBatchMemory | None = None) -> None:
+def _save_checkpoint(path: Path, member, optimizer, scheduler, state: dict, aux: nn.Module | None = None) -> None:
     with atomic_file(path) as handle:
         torch.save({"member": member.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "state": state,
-                    "aux": None if aux is None else aux.state_dict(),
-                    "memory": memory.state_dict() if memory is not None and memory.size else None}, handle)
+                    "aux": None if aux is None else aux.state_dict()}, handle)
