@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.default_member import load_default_member  # noqa: E402
 from bench.recipes import DATA  # noqa: E402
 
 TUNED = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 30),
@@ -37,37 +38,19 @@ def time_steps(data: str, feature_cache: str, trunk_cache: str, steps: int) -> l
     """Seconds of each of ``steps`` real training steps of the default recipe, in this process."""
     import torch
 
-    from enclip.data.catalogue import load_catalogue
-    from enclip.models.ensemble import Ensemble
-    from enclip.models.registry import create_backbone
-    from enclip.train.run import RunCfg, _caches, _split
-    from enclip.train.trainer import (
-        MemberRun,
-        _attribute_heads,
-        _epoch_batches,
-        _param_groups,
-        _step,
-        title_groups,
-        training_image_encoder,
-    )
+    from enclip.train.trainer import _param_groups, _step, training_image_encoder
 
-    catalogue = load_catalogue(data)[0]
-    cfg = RunCfg(trunk_cache=trunk_cache)
-    ensemble = Ensemble(create_backbone(cfg.backbone), cfg.train.heads, members=1)
-    train, _ = _caches(ensemble, catalogue, _split(catalogue), Path(feature_cache), cfg)
-    heads = ensemble.members[0]
-    aux, labels = _attribute_heads(ensemble, heads, train, cfg.train, 0)
-    groups = torch.from_numpy(title_groups([catalogue.titles[p] for p in train.positions]))
-    run = MemberRun(np.arange(len(train)), 0, Path("unused"))
-    batches = _epoch_batches(run, 0, cfg.train.batch_size, train.title_lengths())[:steps]
+    member = load_default_member(data, feature_cache, trunk_cache)
+    heads, (aux, labels), cfg = member.heads, member.auxiliary, member.cfg
     optimizer = torch.optim.AdamW(_param_groups(heads, cfg.train) + [{"params": list(aux.parameters())}])
     encode_image = training_image_encoder(heads.image_head, "off", 0)
     rng = np.random.default_rng([0, 0, 3])
     heads.train()
     times = []
-    for rows in batches:
+    for rows in member.batches[:steps]:
         started = time.perf_counter()
-        _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg.train, ensemble.device, (aux, labels))
+        _step(heads, encode_image, member.train, member.groups, rows, rng, optimizer, cfg.train,
+              member.ensemble.device, (aux, labels))
         times.append(time.perf_counter() - started)
     return times
 

@@ -25,34 +25,23 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.default_member import load_default_member  # noqa: E402
 from bench.recipes import DATA  # noqa: E402
 
 
 def one_process(data: str, feature_cache: str, trunk_cache: str, validations: int) -> dict:
     """In this process: the cold and warm extrapolations, the planner's probe and real validations, in seconds."""
-    import torch
-
-    from enclip.data.catalogue import load_catalogue
-    from enclip.models.ensemble import HEAD_CHUNK, Ensemble
-    from enclip.models.registry import create_backbone
-    from enclip.train.run import RunCfg, _caches, _split
+    from enclip.models.ensemble import HEAD_CHUNK
     from enclip.train.trainer import (
-        MemberRun,
-        _attribute_heads,
         _distractor_rows,
         _embed_images,
-        _epoch_batches,
         _measure_costs,
         _val_sample,
-        title_groups,
         validation_recall,
     )
 
-    catalogue = load_catalogue(data)[0]
-    cfg = RunCfg(trunk_cache=trunk_cache)
-    ensemble = Ensemble(create_backbone(cfg.backbone), cfg.train.heads, members=1)
-    train, val = _caches(ensemble, catalogue, _split(catalogue), Path(feature_cache), cfg)
-    heads = ensemble.members[0]
+    member = load_default_member(data, feature_cache, trunk_cache)
+    ensemble, heads, train, val, cfg = member.ensemble, member.heads, member.train, member.val, member.cfg
     heads.eval()
     val_rows, distractors = _val_sample(val, cfg.train), _distractor_rows(train, cfg.train)
     images = len(val_rows) + len(distractors)
@@ -64,11 +53,8 @@ def one_process(data: str, feature_cache: str, trunk_cache: str, validations: in
 
     sample = np.arange(4 * HEAD_CHUNK)
     cold, warm = per_image(sample[: 2 * HEAD_CHUNK]), per_image(sample[2 * HEAD_CHUNK :])
-    aux = _attribute_heads(ensemble, heads, train, cfg.train, 0)
-    groups = torch.from_numpy(title_groups([catalogue.titles[p] for p in train.positions]))
-    batches = _epoch_batches(MemberRun(np.arange(len(train)), 0, Path("unused")), 0, cfg.train.batch_size,
-                             train.title_lengths())
-    _, probe = _measure_costs(heads, aux, train, groups, batches, cfg.train, ensemble.device, images, len(val_rows))
+    _, probe = _measure_costs(heads, member.auxiliary, train, member.groups, member.batches, cfg.train,
+                              ensemble.device, images, len(val_rows))
     real = []
     for _ in range(validations):
         started = time.perf_counter()
