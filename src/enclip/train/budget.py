@@ -7,10 +7,11 @@ share of the time left after trunk caching. The learning-rate schedule is laid o
 still warms up and anneals fully; the last epoch may be cut short. The probe is a sample, though (a step's time
 varied by 10-25% from one process to the next on the 2-core machine), so after its first :data:`REPLAN_AFTER`
 steps a member plans once more from its own steps' time and a validation timed again in its warm process
-(:func:`replan`), while the schedule is still near its top. At each epoch's end it cuts the plan if the rest no longer fits at the step cost its latest epoch showed and
-the median cost of its latest validations (:func:`trim`, :func:`typical_validation`): steps slow down as a run goes
-on, and a validation can cost more than the probe's on a busy machine. The plan is saved in the member's
-checkpoint, so a resumed run continues the same plan and ends with the same weights.
+(:func:`replan`), while the schedule is still near its top. At each epoch's end it cuts the plan if the rest no
+longer fits at the step cost its latest epoch showed and the median cost of its latest validations (:func:`trim`,
+:func:`typical_validation`): steps slow down as a run goes on, and a validation can cost more than the probe's on a
+busy machine. The plan is saved in the member's checkpoint, so a resumed run continues the same plan and ends with
+the same weights.
 """
 
 from __future__ import annotations
