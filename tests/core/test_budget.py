@@ -274,6 +274,6 @@ def test_timing_a_validation_leaves_the_member_training_with_its_weights_and_nor
     member = ensemble.members[0]
     member.train()
     before = {key: value.clone() for key, value in member.state_dict().items()}
-    seconds = trainer._validation_seconds(member, cache, np.arange(40), cfg.train, ensemble.device, 22000, 2000)
+    seconds = trainer._validation_seconds(member, cache, cfg.train, ensemble.device, 22000, 2000)
     assert seconds > 0 and member.training
     assert all(torch.equal(value, member.state_dict()[key]) for key, value in before.items())  # running stats too

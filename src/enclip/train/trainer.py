@@ -433,8 +433,7 @@ def train_member(
         step_times.append(seconds)
         if done != REPLAN_AFTER or plan.seconds is None or plan.measured_steps:
             return None
-        validation = _validation_seconds(heads, train, np.arange(min(len(train), 3 * HEAD_CHUNK)), cfg, device,
-                                         val_images, len(val_rows))
+        validation = _validation_seconds(heads, train, cfg, device, val_images, len(val_rows))
         adopt(replan(plan, float(np.mean(step_times[REPLAN_SKIP:])), done, cfg.epochs, cycles, validation),
               "planned again from its own steps")
         return plan.steps_in_epoch(0)
@@ -601,15 +600,15 @@ def _measure_costs(heads, auxiliary, train, groups, batches, cfg: TrainCfg, devi
             started = time.perf_counter()
             _step(probe, encode_image, train, groups, rows, rng, optimizer, cfg, device, (aux, labels))
             times.append(time.perf_counter() - started)
-    rows = np.concatenate(picks[:2])[: 3 * HEAD_CHUNK]
-    return float(np.mean(times[1:])), _validation_seconds(probe, train, rows, cfg, device, val_images, val_texts)
+    return float(np.mean(times[1:])), _validation_seconds(probe, train, cfg, device, val_images, val_texts)
 
 
-def _validation_seconds(member, train: FeatureCache, rows: np.ndarray, cfg: TrainCfg, device, val_images: int,
-                        val_texts: int) -> float:
+def _validation_seconds(member, train: FeatureCache, cfg: TrainCfg, device, val_images: int, val_texts: int) -> float:
     """Seconds an end-of-epoch validation of ``val_images`` photos and ``val_texts`` titles takes, extrapolated from
-    embedding ``rows`` after one untimed chunk of them: a process's first chunk pays for allocations that a
-    validation pays once. The member is left in training mode, its weights and batch-norm statistics as they were."""
+    embedding two chunks of ``train``'s items after one untimed chunk: a process's first chunk pays for allocations
+    that a validation pays once. The member is left in training mode, its weights and batch-norm statistics as they
+    were."""
+    rows = np.arange(min(len(train), 3 * HEAD_CHUNK))
     member.eval()
     with torch.no_grad():
         _embed_images(member, train, rows[:HEAD_CHUNK], device)
