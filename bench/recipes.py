@@ -53,9 +53,9 @@ def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: s
     history = [torch.load(checkpoint, weights_only=False)["state"]["history"]
                for checkpoint in sorted(model_dir.glob("members/*/checkpoint.pt"))]
     manifest = read_json(model_dir / "ensemble.json")
-    curve = [entry["val_R@10"] for entry in history[0]]
-    return {"flags": " ".join(flags), "val_R@10": curve, "best": max(curve),
-            "best_epoch": 1 + curve.index(max(curve)),
+    curve = [entry["val_R@10"] for entry in history[0]]  # None: an epoch not validated (--validate last)
+    best = max(v for v in curve if v is not None)
+    return {"flags": " ".join(flags), "val_R@10": curve, "best": best, "best_epoch": 1 + curve.index(best),
             "epoch_seconds": [entry["seconds"] for entry in history[0]],
             "train_seconds": manifest.get("train_seconds"),  # caching included
             "epochs_seconds": round(sum(entry["seconds"] for run in history for entry in run), 1),  # every run
@@ -116,7 +116,7 @@ def table(results: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         seconds = sorted(r["epoch_seconds"])[len(r["epoch_seconds"]) // 2]
-        curve = ", ".join(f"{v:.3f}" for v in r["val_R@10"])
+        curve = ", ".join("-" if v is None else f"{v:.3f}" for v in r["val_R@10"])
         scores = r.get("val_scores") or r.get("val_attrs2img")  # (the older key: results without both2img)
         attr = " / ".join(f"{scores[f'attr2img/{n}/P@10']:.2f}" for n in ATTRIBUTE_TASK_KEYS
                           if f"attr2img/{n}/P@10" in (scores or {}))

@@ -82,7 +82,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     from enclip.models.ensemble import HeadCfg
     from enclip.models.registry import BackboneCfg
     from enclip.train.run import STRATEGIES, EnsembleCfg
-    from enclip.train.trainer import COMPILE_MIN_STEPS, COMPILE_MODES, PROTOTYPES, TrainCfg
+    from enclip.train.trainer import COMPILE_MIN_STEPS, COMPILE_MODES, PROTOTYPES, VALIDATE_MODES, TrainCfg
 
     b, t, h, e = BackboneCfg(), TrainCfg(), HeadCfg(), EnsembleCfg()
     parser.add_argument("--backbone", default=b.name,
@@ -103,6 +103,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
                         help="wall-clock time the whole run may take, trunk caching included (600, 10m, 1.5h): "
                         "the steps are planned from this machine's measured step time to end within it")
+    parser.add_argument("--validate", default=t.validate, choices=VALIDATE_MODES,
+                        help="when validation recall is measured: every epoch (early stopping, best epoch kept) or "
+                        "only the last (and a snapshot's cycle ends); auto: last under --time-budget, else every")
     parser.add_argument("--batch-size", type=int, default=t.batch_size)
     parser.add_argument("--lr", type=float, default=t.lr, help="peak learning rate of new layers and the temperature")
     parser.add_argument("--block-lr", type=float, default=t.block_lr,
@@ -124,6 +127,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="compile the image head's training steps with torch.compile (auto: when a member "
                         f"trains {COMPILE_MIN_STEPS} steps or more, where it repays its compile time)")
     parser.add_argument("--views", type=int, default=t.views, help="degraded views cached per training image")
+    parser.add_argument("--degraded-share", type=float, default=t.degraded_share, metavar="SHARE",
+                        help="share of each step's photos shown degraded, the rest clean (default: every cached view "
+                        "equally likely, so half with one degraded view)")
     parser.add_argument("--attribute-captions", action="store_true", help="also train on attribute sentences")
     parser.add_argument("--aux-columns", nargs="*", default=list(t.aux_columns),
                         help="attribute columns both embeddings learn to classify (auxiliary losses)")
@@ -168,10 +174,10 @@ def run_cfg(args):
                      captions=CaptionCfg(use_attributes=args.attribute_captions),
                      aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight,
                      aux_prototypes=args.aux_prototypes, aux_rank_photos=args.aux_rank_photos,
-                     mirror=args.mirror,
+                     mirror=args.mirror, degraded_share=args.degraded_share,
                      batch_clusters=args.batch_clusters,
                      frozen_depthwise=args.frozen_depthwise, frozen_norms=args.frozen_norms,
-                     cpu_amp=args.cpu_amp, compile=args.compile)
+                     cpu_amp=args.cpu_amp, compile=args.compile, validate=args.validate)
     ensemble = EnsembleCfg(members=args.members, strategy=args.strategy, mix=args.mix, fusion=args.fusion,
                            data_fraction=args.data_fraction)
     return RunCfg(backbone=backbone, train=train, ensemble=ensemble, keep_cache=args.keep_cache,

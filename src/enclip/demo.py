@@ -37,10 +37,13 @@ def _show_training(model_dir: Path, budget: float | None) -> None:
 
     seconds = read_json(model_dir / "ensemble.json").get("train_seconds")
     state = torch.load(model_dir / "members" / "0" / "checkpoint.pt", map_location="cpu", weights_only=False)["state"]
-    plan, curve = state.get("plan", {}), [round(entry["val_R@10"], 3) for entry in state["history"]]
+    plan = state.get("plan", {})
+    curve = ", ".join("-" if entry["val_R@10"] is None else f"{entry['val_R@10']:.3f}" for entry in state["history"])
     limit = f" of a {budget:.0f} s budget" if budget else ""
     steps = f", {plan['steps']} steps ({plan['steps'] / plan['steps_per_epoch']:.2f} epochs)" if plan else ""
-    print(f"\n== trained in {seconds:.0f} s{limit}, trunk caching included{steps}; validation R@10 per epoch {curve}")
+    skipped = " (-: not validated)" if any(entry["val_R@10"] is None for entry in state["history"]) else ""
+    print(f"\n== trained in {seconds:.0f} s{limit}, trunk caching included{steps}; "
+          f"validation R@10 per epoch{skipped}: {curve}")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -54,6 +55,17 @@ def test_the_plan_takes_the_most_steps_that_fit_with_a_validation_per_epoch_begu
     assert tight.steps == 10 and tight.epochs == 1
 
 
+def test_a_plan_that_validates_at_its_end_spends_the_validations_it_saves_on_steps():
+    # the budget above: one validation in all, not one per epoch, leaves 44 steps where a validation per epoch left 36
+    plan = plan_steps(100, step_seconds=2.0, validation_seconds=5.0, steps_per_epoch=10, max_epochs=9, validations=1)
+    assert (plan.steps, plan.validations) == (int((SAFETY * 100 - 5) // 2), 1) == (44, 1)
+    assert "1 in all" in plan.describe() and "every epoch" in plan_steps(100, 2.0, 5.0, 10, 9).describe()
+    # a short last epoch costs no validation of its own: the 11th and 12th steps fit where one epoch of 10 stopped
+    assert plan_steps((10 * 2 + 5 + 5) / SAFETY, 2.0, 5.0, 10, max_epochs=3, validations=1).steps == 12
+    # a snapshot ensemble of 3 pays for 3, one per cycle's end
+    assert plan_steps(100, 2.0, 5.0, 10, max_epochs=9, validations=3).steps == int((SAFETY * 100 - 15) // 2)
+
+
 def test_a_budget_too_small_for_one_step_says_so():
     with pytest.raises(EnclipError, match="raise --time-budget"):
         plan_steps(3.0, step_seconds=2.0, validation_seconds=5.0, steps_per_epoch=10, max_epochs=3)
@@ -85,6 +97,48 @@ def test_a_budgeted_run_trains_the_planned_steps_and_saves_the_plan(tmp_path, ca
     assert max(entry["step"] for entry in saved["optimizer"]["state"].values()) == 6
 
 
+def _validations_counted(monkeypatch) -> list[int]:
+    real, calls = trainer.validation_recall, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "validation_recall", counted)
+    return calls
+
+
+def test_a_budgeted_run_validates_only_its_last_epoch_unless_asked_for_every_one(tmp_path, catalogue, monkeypatch):
+    monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0, 5.0))
+    calls = _validations_counted(monkeypatch)
+    # 3 epochs of 4 steps, 10 s a step and 5 s a validation: 10 steps fit with one validation, 9 with three
+    cfg = replace(tiny_run_cfg(epochs=3, patience=5), time_budget=120.0)
+    out = train_system(catalogue, tmp_path / "last", cfg)
+    saved = torch.load(out / "members/0/checkpoint.pt", weights_only=False)
+    history = saved["state"]["history"]
+    assert [entry["val_R@10"] is None for entry in history] == [True, True, False] and len(calls) == 1
+    assert [entry["validation_seconds"] is None for entry in history] == [True, True, False]
+    assert saved["state"]["plan"]["validations"] == 1 and saved["state"]["plan"]["steps"] == 10
+    model = json.loads((out / "members/0/model.json").read_text())
+    assert (model["best_val_recall_at_10"], model["epoch"]) == (history[-1]["val_R@10"], 3)
+    # asked for every epoch: three validations, whose cost the plan pays (one step fewer: 9 of 12)
+    calls.clear()
+    every = train_system(catalogue, tmp_path / "every", replace(cfg, train=replace(cfg.train, validate="every")))
+    saved = torch.load(every / "members/0/checkpoint.pt", weights_only=False)
+    assert len(calls) == 3 and all(entry["val_R@10"] is not None for entry in saved["state"]["history"])
+    assert saved["state"]["plan"]["validations"] is None and saved["state"]["plan"]["steps"] == 9
+    # without a budget, "auto" validates every epoch; "last" validates once, budget or not
+    calls.clear()
+    train_system(catalogue, tmp_path / "auto", tiny_run_cfg(epochs=2, patience=5))
+    train_system(catalogue, tmp_path / "once", tiny_run_cfg(epochs=2, patience=5, validate="last"))
+    assert len(calls) == 2 + 1
+
+
+def test_an_unknown_validate_mode_is_a_clear_error(tmp_path, catalogue):
+    with pytest.raises(EnclipError, match="unknown --validate 'sometimes'; choose one of auto, every, last"):
+        train_system(catalogue, tmp_path / "m", tiny_run_cfg(epochs=1, validate="sometimes"))
+
+
 def test_without_a_budget_every_epoch_runs_in_full(tmp_path, catalogue, monkeypatch):
     monkeypatch.setattr(trainer, "_measure_costs", lambda *a, **k: pytest.fail("no budget, no probe"))
     out = train_system(catalogue, tmp_path / "m", tiny_run_cfg(epochs=2, patience=5))
@@ -102,9 +156,15 @@ def test_members_share_the_budget_and_each_plans_its_own_share(tmp_path, catalog
     assert plans[1]["seconds"] > 100.0 and plans[1]["steps"] == 8
 
 
-def test_a_resumed_budgeted_run_keeps_its_plan_and_ends_with_the_same_weights(tmp_path, catalogue, monkeypatch):
+# interrupted at the second epoch's validation: the second of two (every epoch validated), or the only one
+RESUME_POINTS = [("every", 2), ("last", 1)]
+
+
+@pytest.mark.parametrize("validate, at_validation", RESUME_POINTS)
+def test_a_resumed_budgeted_run_keeps_its_plan_and_ends_with_the_same_weights(tmp_path, catalogue, monkeypatch,
+                                                                              validate, at_validation):
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
-    cfg = replace(tiny_run_cfg(epochs=2, patience=5), time_budget=75.0)  # 6 steps, as above
+    cfg = replace(tiny_run_cfg(epochs=2, patience=5, validate=validate), time_budget=75.0)  # 6 steps, as above
     reference = _heads(train_system(catalogue, tmp_path / "straight", cfg))
     calls = {"n": 0}
 
@@ -113,7 +173,7 @@ def test_a_resumed_budgeted_run_keeps_its_plan_and_ends_with_the_same_weights(tm
         return (10.0 if calls["n"] == 1 else 30.0), 0.0
 
     monkeypatch.setattr(trainer, "_measure_costs", slower_after_the_first_plan)
-    resumed = _heads(interrupted_then_resumed(catalogue, cfg, tmp_path / "resumed", monkeypatch, at_validation=2))
+    resumed = _heads(interrupted_then_resumed(catalogue, cfg, tmp_path / "resumed", monkeypatch, at_validation))
     assert calls["n"] == 1, "the resumed run does not plan again"
     for key, value in reference[0].items():
         assert torch.equal(value, resumed[0][key]), key
@@ -200,14 +260,16 @@ def test_a_budgeted_member_plans_again_from_its_own_first_steps(tmp_path, catalo
     assert saved["scheduler"]["last_epoch"] == 8
 
 
+@pytest.mark.parametrize("validate, at_validation", RESUME_POINTS)
 def test_a_run_resumed_after_planning_again_keeps_the_new_plan_and_ends_with_the_same_weights(tmp_path, catalogue,
-                                                                                               monkeypatch):
+                                                                                               monkeypatch, validate,
+                                                                                               at_validation):
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
     monkeypatch.setattr(trainer, "REPLAN_AFTER", 2)
     monkeypatch.setattr(trainer, "REPLAN_SKIP", 0)
-    cfg = replace(tiny_run_cfg(epochs=2, patience=5), time_budget=75.0)
+    cfg = replace(tiny_run_cfg(epochs=2, patience=5, validate=validate), time_budget=75.0)
     reference = _heads(train_system(catalogue, tmp_path / "straight", cfg))
-    resumed = _heads(interrupted_then_resumed(catalogue, cfg, tmp_path / "resumed", monkeypatch, at_validation=2))
+    resumed = _heads(interrupted_then_resumed(catalogue, cfg, tmp_path / "resumed", monkeypatch, at_validation))
     for key, value in reference[0].items():
         assert torch.equal(value, resumed[0][key]), key
 
@@ -239,26 +301,45 @@ def test_the_next_validation_is_costed_at_the_median_of_the_latest_three_so_one_
     assert typical_validation([40.0, 15.0, 16.0, 17.0]) == 16.0  # only the latest three count
     assert typical_validation([30.0, 31.0, 16.0]) == 30.0  # validations that stay slow are believed
     assert typical_validation([None, 12.0]) == 12.0 and typical_validation([None]) == 0.0  # untimed ones skipped
+    assert typical_validation([None, None], planned=13.0) == 13.0  # none timed yet: the plan's own figure
 
 
+def test_a_plan_that_validates_at_its_end_keeps_one_validation_when_it_cuts():
+    plan = StepPlan(steps=30, steps_per_epoch=10, step_seconds=2.0, validation_seconds=5.0, seconds=100.0,
+                    validations=1)
+    # the first epoch ran at 4 s a step and was not validated: 60 s left, of which SAFETY is planned, less the one
+    # validation still owed, fit 12 steps (a validation for each of two epochs to come would have left 11)
+    cut = trim(plan, spent=40.0, step_seconds=4.0, validation_seconds=5.0, done_steps=10, validations=1)
+    assert cut.steps == 10 + int((SAFETY * 60 - 5) // 4) == 22 and cut.validations == 1
+    assert trim(plan, spent=40.0, step_seconds=4.0, validation_seconds=5.0, done_steps=10).steps == 21
+
+
+@pytest.mark.parametrize("validate", ["every", "last"])
 def test_a_budgeted_run_cuts_its_plan_at_an_epoch_end_with_its_own_costs_and_stops_there(tmp_path, catalogue,
-                                                                                        monkeypatch):
-    monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
-    seen = []
+                                                                                        monkeypatch, validate):
+    monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0, 1.0))
+    calls, seen = _validations_counted(monkeypatch), []
 
-    def out_of_time(plan, spent, step_seconds, validation_seconds, done_steps, keep_epochs=False):
-        seen.append((plan.steps, spent, step_seconds, validation_seconds, done_steps, keep_epochs))
-        return trim(plan, plan.seconds, step_seconds, validation_seconds, done_steps, keep_epochs)
+    def out_of_time(plan, spent, step_seconds, validation_seconds, done_steps, keep_epochs=False, validations=None):
+        seen.append((plan.steps, spent, step_seconds, validation_seconds, done_steps, keep_epochs, validations))
+        return trim(plan, plan.seconds, step_seconds, validation_seconds, done_steps, keep_epochs, validations)
 
     monkeypatch.setattr(trainer, "trim", out_of_time)
     # 6 steps planned over 2 epochs of 4 (as above); the first epoch's end finds the member's seconds spent
-    out = train_system(catalogue, tmp_path / "m", replace(tiny_run_cfg(epochs=2, patience=5), time_budget=75.0))
-    (planned, spent, step_seconds, validation_seconds, done, keep), = seen
-    assert (planned, done, keep) == (6, 4, False)
-    assert spent > 0 and step_seconds > 0 and validation_seconds > 0  # measured on this run's epoch, not the probe's
+    cfg = replace(tiny_run_cfg(epochs=2, patience=5, validate=validate), time_budget=75.0)
+    out = train_system(catalogue, tmp_path / "m", cfg)
+    (planned, spent, step_seconds, validation_seconds, done, keep, validations), = seen
+    assert (planned, done, keep) == (6, 4, False) and spent > 0 and step_seconds > 0  # this run's epoch, not the probe
     saved = torch.load(out / "members/0/checkpoint.pt", weights_only=False)
     assert saved["state"]["plan"]["steps"] == 4 and len(saved["state"]["history"]) == 1 and saved["state"]["done"]
-    assert saved["state"]["history"][0]["validation_seconds"] == pytest.approx(validation_seconds, abs=0.01)
+    # the epoch the cut made the last one is validated once, whether or not it was to be (its member is saved)
+    assert len(calls) == 1 and saved["state"]["history"][0]["val_R@10"] is not None
+    if validate == "every":  # validated before the cut, at its own timed cost; nothing more to pay
+        assert validations is None
+        assert saved["state"]["history"][0]["validation_seconds"] == pytest.approx(validation_seconds, abs=0.01)
+    else:  # not yet validated when cut: the cut kept the plan's one validation, costed as planned (none timed yet)
+        assert (validations, validation_seconds) == (1, 1.0)
+        assert saved["state"]["history"][0]["validation_seconds"] > 0
     assert max(entry["step"] for entry in saved["optimizer"]["state"].values()) == 4
     assert (out / "members/0/model.json").exists(), "the member trained so far is saved"
 

@@ -256,3 +256,36 @@ def test_a_compiled_image_head_computes_the_eager_step_on_the_heads_own_weights(
         # gradients of 9 on an AVX-512 CPU), so the tolerance does too
         scale = max(1.0, grad.abs().max().item())
         torch.testing.assert_close(compiled_grads[name], grad, atol=1e-5 * scale, rtol=1e-4, msg=name)
+
+
+def _training_views(catalogue, tmp_path, monkeypatch, **train) -> list[np.ndarray]:
+    """The views each image batch of a tiny run asked for (training steps and validations alike)."""
+    from enclip.train.features import FeatureCache
+
+    real, seen = FeatureCache.image_batch, []
+
+    def recording(self, rows, views, *args, **kwargs):
+        seen.append(np.asarray(views).copy())
+        return real(self, rows, views, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureCache, "image_batch", recording)
+    train_system(catalogue, tmp_path, tiny_run_cfg(epochs=1, **train))
+    return seen
+
+
+@pytest.mark.parametrize("share", [None, 0.0, 1.0])
+def test_the_degraded_share_sets_how_many_of_a_steps_photos_are_degraded(tmp_path, catalogue, monkeypatch, share):
+    views = _training_views(catalogue, tmp_path / "m", monkeypatch, degraded_share=share)
+    steps = [v for v in views if v.any()]  # validations embed clean photos (view 0) only
+    if share is None:  # each cached view equally likely: every step mixes clean and degraded photos
+        assert steps and all(0 < v.mean() < 1 for v in steps)
+    elif share == 0:
+        assert not steps
+    else:
+        assert steps and all((v == 1).all() for v in steps) and len(steps) == 4  # 64 items, batches of 16
+
+
+@pytest.mark.parametrize("share, views", [(1.5, 1), (-0.1, 1), (0.5, 0)])
+def test_a_degraded_share_out_of_range_or_without_views_is_refused(tmp_path, catalogue, share, views):
+    with pytest.raises(EnclipError, match="--degraded-share is a share of the training photos"):
+        train_system(catalogue, tmp_path / "m", tiny_run_cfg(degraded_share=share, views=views))

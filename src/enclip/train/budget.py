@@ -12,6 +12,11 @@ longer fits at the step cost its latest epoch showed and the median cost of its 
 :func:`typical_validation`): steps slow down as a run goes on, and a validation can cost more than the probe's on a
 busy machine. The plan is saved in the member's checkpoint, so a resumed run continues the same plan and ends with
 the same weights.
+
+A plan validates after every epoch (``validations=None``: early stopping and the best epoch kept), or a fixed number
+of times in all: under a budget, by default, only at its end (and at a snapshot ensemble's cycle ends), because a
+validation costs as much as some 15 steps and a cosine schedule's last epoch is its best. Such a plan never ends on
+an epoch of a few steps that pays a whole validation, and the steps it saves go into the plan.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ class StepPlan:
     validation_seconds: float | None = None  # measured cost of one end-of-epoch validation
     seconds: float | None = None  # the member's share of the budget the plan was made for
     measured_steps: int = 0  # real training steps done when ``step_seconds`` was timed on them (0: the probe's)
+    # validations the plan pays for in all (its end, and a snapshot ensemble's cycle ends); None: one every epoch
+    validations: int | None = None
 
     @property
     def epochs(self) -> int:
@@ -64,26 +71,27 @@ class StepPlan:
         if self.seconds is None:
             return text
         timed = f" (timed on its own steps, {self.measured_steps} done)" if self.measured_steps else ""
+        validations = "every epoch" if self.validations is None else f"{self.validations} in all"
         return (f"{text} in {self.seconds:.0f} s: {self.step_seconds:.2f} s a step{timed}, "
-                f"{self.validation_seconds:.0f} s a validation")
+                f"{self.validation_seconds:.0f} s a validation ({validations})")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def full_plan(epochs: int, steps_per_epoch: int) -> StepPlan:
+def full_plan(epochs: int, steps_per_epoch: int, validations: int | None = None) -> StepPlan:
     """No budget: every epoch in full."""
-    return StepPlan(steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch)
+    return StepPlan(steps=epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch, validations=validations)
 
 
 def plan_steps(seconds: float, step_seconds: float, validation_seconds: float, steps_per_epoch: int,
-               max_epochs: int) -> StepPlan:
-    """The most steps, at most ``max_epochs`` full epochs, whose steps and end-of-epoch validations fit in
-    ``SAFETY * seconds``. Raises a clear error when not even one step fits."""
+               max_epochs: int, validations: int | None = None) -> StepPlan:
+    """The most steps, at most ``max_epochs`` full epochs, whose steps and validations (one at every epoch's end, or
+    ``validations`` in all) fit in ``SAFETY * seconds``. Raises a clear error when not even one step fits."""
     usable = SAFETY * seconds
     best = 0
     for epochs in range(1, max_epochs + 1):
-        fit = int((usable - epochs * validation_seconds) // step_seconds)
+        fit = int((usable - (epochs if validations is None else validations) * validation_seconds) // step_seconds)
         steps = min(epochs * steps_per_epoch, fit)
         if steps > (epochs - 1) * steps_per_epoch:  # this many steps really need this many epochs
             best = steps
@@ -92,7 +100,8 @@ def plan_steps(seconds: float, step_seconds: float, validation_seconds: float, s
             f"the time budget leaves {max(0.0, seconds):.1f} s for this member's training, less than one step "
             f"({step_seconds:.3g} s) and a validation ({validation_seconds:.3g} s) take here; raise --time-budget "
             "(trunk caching counts towards it), or train fewer --members")
-    return StepPlan(best, steps_per_epoch, round(step_seconds, 4), round(validation_seconds, 2), round(seconds, 1))
+    return StepPlan(best, steps_per_epoch, round(step_seconds, 4), round(validation_seconds, 2), round(seconds, 1),
+                    validations=validations)
 
 
 def replan(plan: StepPlan, step_seconds: float, measured_steps: int, max_epochs: int, min_epochs: int = 1,
@@ -105,7 +114,8 @@ def replan(plan: StepPlan, step_seconds: float, measured_steps: int, max_epochs:
     if validation_seconds is not None:
         plan = replace(plan, validation_seconds=round(validation_seconds, 2))
     try:
-        steps = plan_steps(plan.seconds, step_seconds, plan.validation_seconds, plan.steps_per_epoch, max_epochs).steps
+        steps = plan_steps(plan.seconds, step_seconds, plan.validation_seconds, plan.steps_per_epoch, max_epochs,
+                           plan.validations).steps
     except EnclipError:  # not even one step fits: the steps so far have used the member's time
         steps = measured_steps
     steps = max(steps, measured_steps, (min_epochs - 1) * plan.steps_per_epoch + 1)
@@ -115,27 +125,30 @@ def replan(plan: StepPlan, step_seconds: float, measured_steps: int, max_epochs:
 RECENT_VALIDATIONS = 3  # validations whose median :func:`trim` plans the rest with
 
 
-def typical_validation(seconds: list[float | None]) -> float:
-    """What the next validation will cost: the median of the latest :data:`RECENT_VALIDATIONS` timed ones. One slow
-    validation (another process busy for a while) is not the rule, and a cut made on it is never undone: in a
-    30-minute run one validation took 24 s against 15-17 s and cut 64 steps (RESULTS.md, issue 14, eleventh pass).
-    ``None`` marks a validation not timed (a checkpoint written before validations were timed apart)."""
+def typical_validation(seconds: list[float | None], planned: float = 0.0) -> float:
+    """What the next validation will cost: the median of the latest :data:`RECENT_VALIDATIONS` timed ones, or
+    ``planned`` before any was timed. One slow validation (another process busy for a while) is not the rule, and a
+    cut made on it is never undone: in a 30-minute run one validation took 24 s against 15-17 s and cut 64 steps
+    (RESULTS.md, issue 14, eleventh pass). ``None`` marks an epoch not validated, or a validation not timed (a
+    checkpoint written before validations were timed apart)."""
     timed = [s for s in seconds if s is not None][-RECENT_VALIDATIONS:]
-    return float(statistics.median(timed)) if timed else 0.0
+    return float(statistics.median(timed)) if timed else planned
 
 
 def trim(plan: StepPlan, spent: float, step_seconds: float, validation_seconds: float, done_steps: int,
-         keep_epochs: bool = False) -> StepPlan:
+         keep_epochs: bool = False, validations: int | None = None) -> StepPlan:
     """At an epoch's end, ``spent`` seconds into the member's share: ``plan`` cut to the steps that still fit, at the
     costs the member's latest epoch showed (``step_seconds`` a step, ``validation_seconds`` a validation). A plan
     that still fits comes back as it is: it is never lengthened, since its learning rate is already past the top.
-    ``keep_epochs`` (a snapshot ensemble, whose cycles end on epochs) cuts inside the last epoch only."""
+    ``keep_epochs`` (a snapshot ensemble, whose cycles end on epochs) cuts inside the last epoch only.
+    ``validations``: those still to pay in all (a plan that validates only at its end); None: one every epoch to
+    come, this epoch's being paid already."""
     if plan.seconds is None or done_steps >= plan.steps:
         return plan
     done_epochs = done_steps // plan.steps_per_epoch
     try:
         fit = plan_steps(plan.seconds - spent, step_seconds, validation_seconds, plan.steps_per_epoch,
-                         plan.epochs - done_epochs).steps
+                         plan.epochs - done_epochs, validations).steps
     except EnclipError:  # not one more step fits
         fit = 0
     steps = min(plan.steps, done_steps + fit)

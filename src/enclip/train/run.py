@@ -132,6 +132,10 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
         raise EnclipError("--members must be at least 1")
     if not 0 <= cfg.train.mirror <= 1:
         raise EnclipError(f"--mirror is a share of the training photos, from 0 (off) to 1, got {cfg.train.mirror}")
+    share = cfg.train.degraded_share
+    if share is not None and not (0 <= share <= 1 and (share == 0 or cfg.train.views > 0)):
+        raise EnclipError(f"--degraded-share is a share of the training photos, from 0 to 1, and needs --views 1 or "
+                          f"more to draw from; got {share} with --views {cfg.train.views}")
     if ens.strategy == "snapshot":
         cycle_ends(cfg.train.epochs, ens.members)  # refuses too few epochs before any caching
         if cfg.engine == "ray":

@@ -2,7 +2,8 @@
 
 Symmetric InfoNCE with a learnable temperature; items sharing a title count as positives of each other (the
 catalogue repeats titles, and treating them as negatives would teach the model noise). AdamW, linear warm-up then
-cosine decay. Every epoch ends with validation recall, an atomic checkpoint and early stopping; a run interrupted at
+cosine decay. Every epoch ends with an atomic checkpoint, and with validation recall and early stopping (under a time
+budget, by default, only the last epoch and a snapshot ensemble's cycle ends are validated); a run interrupted at
 any point resumes from the last finished epoch and ends with the same weights as an uninterrupted one.
 """
 
@@ -56,9 +57,16 @@ class TrainCfg:
     warmup: float = 0.05  # share of the steps spent warming up linearly
     heads: HeadCfg = field(default_factory=HeadCfg)  # what is trained
     views: int = 1  # degraded views cached per training image, beside the clean one
+    # share of a step's items shown in a degraded view (the rest clean); None: each cached view equally likely (with
+    # one degraded view, half)
+    degraded_share: float | None = None
     augment: AugmentCfg = field(default_factory=AugmentCfg)  # how degraded views are drawn
     captions: CaptionCfg = field(default_factory=CaptionCfg)  # training texts per item
     patience: int = 2  # epochs without validation gain before stopping
+    # when validation recall is measured: "every" epoch (early stopping, the best epoch kept), or only at the "last"
+    # (and at a snapshot ensemble's cycle ends; the last epoch of a cosine schedule is the one kept). "auto": last
+    # under a time budget, where a validation costs some 15 steps (RESULTS.md, issue 14, thirteenth pass), else every
+    validate: str = "auto"
     val_items: int = 2000  # validation items scored each epoch (seeded sample; 0 = all)
     val_distractors: int = 20000  # training images added to the validation gallery (0 = validation images only)
     seed: int = 0  # seeds data order, views, dropout
@@ -108,6 +116,7 @@ class TrainCfg:
 
 
 COMPILE_MODES = ("auto", "on", "off")
+VALIDATE_MODES = ("auto", "every", "last")
 COMPILE_MIN_STEPS = 600  # "auto" compiles from here on, where the compiled steps repay the compile time
 
 
@@ -400,11 +409,11 @@ def train_member(
     distractors = (train, _distractor_rows(train, cfg)) if cfg.val_distractors else None
     group_tensor = torch.from_numpy(groups)
     val_images = len(val_rows) + (0 if distractors is None else len(distractors[1]))  # what a validation embeds
+    cycles = max(1, len(run.snapshots))
     plan = StepPlan(**saved["state"]["plan"]) if saved is not None and "plan" in saved["state"] else _plan(
         heads, (aux, labels), train, group_tensor, _epoch_batches(run, 0, cfg.batch_size, train.title_lengths()),
-        cfg, device, val_images, len(val_rows), seconds)
+        cfg, device, val_images, len(val_rows), seconds, _validations(cfg, cycles, seconds is not None))
     log.info("member %d: %s", member, plan.describe())
-    cycles = max(1, len(run.snapshots))
     if run.snapshots and plan.epochs < cycles:
         raise EnclipError(f"the time budget affords {plan.describe()}; a snapshot ensemble of {cycles} members needs "
                           "an epoch per member: raise --time-budget or lower --members")
@@ -452,26 +461,40 @@ def train_member(
     # a budget's plan was timed on eager steps and has no room for a compile: "auto" then runs eagerly
     compile_mode = "off" if plan.seconds is not None and cfg.compile == "auto" else cfg.compile
     encode_image = training_image_encoder(heads.image_head, compile_mode, plan.steps)
+
+    def validate() -> tuple[float, float]:
+        """Validation recall of the member as it is now, and the seconds it took."""
+        began = time.perf_counter()
+        recall = validation_recall(ensemble, member, val, val_rows, distractors=distractors)
+        return recall, round(time.perf_counter() - began, 4)
+
     while state["epoch"] < plan.epochs and not state["done"]:
         epoch, started = state["epoch"], time.perf_counter()
         torch.manual_seed(int(np.random.default_rng([run.seed, epoch, 2]).integers(2**31)))
         loss = _run_epoch(ensemble, heads, encode_image, train, group_tensor, run, epoch, optimizer, scheduler, cfg,
                           member, (aux, labels), plan.steps_in_epoch(epoch), after_step if epoch == 0 else None)
         steps_seconds = time.perf_counter() - started
-        recall = validation_recall(ensemble, member, val, val_rows, distractors=distractors)
-        elapsed = time.perf_counter() - started
-        seconds = round(elapsed, 2)  # the epoch and its validation
-        state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall, "seconds": seconds,
-                                 "validation_seconds": round(elapsed - steps_seconds, 4)})
+        every = plan.validations is None
+        recall, validation_seconds = None, None
+        if every or epoch + 1 in (plan.epochs, *snapshot_epochs):
+            recall, validation_seconds = validate()
         state["epoch"] = epoch + 1
         done_steps = sum(plan.steps_in_epoch(e) for e in range(epoch + 1))
-        trimmed = trim(plan, sum(entry["seconds"] for entry in state["history"]),
-                       steps_seconds / plan.steps_in_epoch(epoch),
-                       typical_validation([entry.get("validation_seconds") for entry in state["history"]]),
-                       done_steps, keep_epochs=bool(run.snapshots))
+        timed = [entry.get("validation_seconds") for entry in state["history"]] + [validation_seconds]
+        pending = None if every else len({e for e in snapshot_epochs if e > epoch + 1} | {plan.epochs})
+        trimmed = trim(plan, sum(entry["seconds"] for entry in state["history"]) + time.perf_counter() - started,
+                       steps_seconds / plan.steps_in_epoch(epoch), typical_validation(timed, plan.validation_seconds),
+                       done_steps, keep_epochs=bool(run.snapshots), validations=pending)
         if trimmed is not plan:
             adopt(trimmed, f"cut to what still fits after epoch {epoch + 1}")
-        if run.snapshots:  # every cycle's end is a member, whatever its score: no best epoch, no early stop
+        if recall is None and state["epoch"] >= plan.epochs:  # the cut ended the plan here: its one validation
+            recall, validation_seconds = validate()
+        state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall,
+                                 "seconds": round(time.perf_counter() - started, 2),  # the epoch and its validation
+                                 "validation_seconds": validation_seconds})
+        if recall is None:  # an epoch inside a plan that validates at its end: the checkpoint alone is written
+            log.info("member %d epoch %d: loss %.4f", member, epoch + 1, loss)
+        elif run.snapshots:  # every cycle's end is a member, whatever its score: no best epoch, no early stop
             if epoch + 1 in snapshot_epochs:
                 cycle = snapshot_epochs.index(epoch + 1)
                 ensemble.save_member(member, run.snapshots[cycle], **{**(info or {}), "member": cycle},
@@ -485,7 +508,8 @@ def train_member(
             else:
                 state["bad_epochs"] += 1
             state["done"] = state["bad_epochs"] >= cfg.patience or state["epoch"] >= plan.epochs
-        log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", member, epoch + 1, loss, recall)
+        if recall is not None:
+            log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", member, epoch + 1, loss, recall)
         _save_checkpoint(checkpoint, heads, optimizer, scheduler, state, aux)
     took = time.perf_counter() - member_started
     if plan.seconds is not None and took > plan.seconds:
@@ -534,7 +558,11 @@ def _freeze_norms(heads, cfg: TrainCfg) -> None:
 
 def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCfg, device, auxiliary) -> float:
     """One optimiser step on the batch ``rows`` (a degraded or clean view and a caption drawn per item)."""
-    views = rng.integers(0, len(train.images), size=len(rows))
+    if cfg.degraded_share is None:
+        views = rng.integers(0, len(train.images), size=len(rows))
+    else:  # view 0 is the clean photo
+        degraded = rng.random(len(rows)) < cfg.degraded_share
+        views = np.where(degraded, rng.integers(1, max(2, len(train.images)), size=len(rows)), 0)
     captions = _pick_captions(train, rows, rng)
     mirrored = rng.random(len(rows)) < cfg.mirror if cfg.mirror else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")
@@ -554,16 +582,24 @@ def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCf
     return loss.item()
 
 
+def _validations(cfg: TrainCfg, cycles: int, budgeted: bool) -> int | None:
+    """Validations a member's plan pays for in all (one per learning-rate cycle's end), or None for one every epoch
+    (``cfg.validate``; "auto" validates at the end only under a time budget)."""
+    if cfg.validate not in VALIDATE_MODES:
+        raise EnclipError(f"unknown --validate {cfg.validate!r}; choose one of {', '.join(VALIDATE_MODES)}")
+    return None if cfg.validate == "every" or (cfg.validate == "auto" and not budgeted) else cycles
+
+
 def _plan(heads, auxiliary, train, groups, batches, cfg: TrainCfg, device, val_images: int, val_texts: int,
-          seconds: float | None) -> StepPlan:
+          seconds: float | None, validations: int | None) -> StepPlan:
     """Every epoch in full, or under a budget of ``seconds`` the most steps that fit at this machine's costs."""
     if seconds is None:
-        return full_plan(cfg.epochs, len(batches))
+        return full_plan(cfg.epochs, len(batches), validations)
     started = time.perf_counter()
     step_seconds, validation_seconds = _measure_costs(heads, auxiliary, train, groups, batches, cfg, device,
                                                       val_images, val_texts)
     return plan_steps(seconds - (time.perf_counter() - started), step_seconds, validation_seconds, len(batches),
-                      cfg.epochs)
+                      cfg.epochs, validations)
 
 
 # training steps timed to plan a budget, after one that warms allocators up and is not counted: the same step took
