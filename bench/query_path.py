@@ -74,7 +74,7 @@ def measure(path: Path, n: int, repeats: int) -> dict:
     return {
         "index": str(path), "items": len(searcher), "members": searcher.members, "channels": searcher.channels,
         "encode": p50_ms(lambda t: searcher.encode_query(text=t), texts, repeats),
-        "rank photo": p50_ms(lambda t: searcher.search_vectors(vectors[t], k=10), texts, repeats),
+        "rank photo": p50_ms(lambda t: searcher.search_vectors(vectors[t], k=10, text_share=1.0), texts, repeats),
         "search photo": p50_ms(lambda t: searcher.search(text=t, k=10, channels="image"), texts, repeats),
         "search all": p50_ms(lambda t: searcher.search(text=t, k=10), texts, repeats),
         "http photo": http_p50(path, texts, ["image"], repeats),

@@ -47,6 +47,7 @@ from enclip.embed.space import concat_members, to_joint
 from enclip.errors import EnclipError
 from enclip.indexing import IndexBuildCfg
 from enclip.search import Searcher, load_searcher
+from enclip.search.query import text_shares
 from enclip.vectors import IndexCfg, VectorIndex, create_index
 from enclip.vectors.base import STORAGE_DTYPES, cfg_from_params
 
@@ -150,7 +151,8 @@ def time_queries(searcher: Searcher, queries: list[dict], k: int) -> np.ndarray:
         started = time.perf_counter()
         vectors = searcher.encode_query(**query)
         encoded = time.perf_counter()
-        searcher.search_vectors(vectors, k)
+        searcher.search_vectors(vectors, k, text_share=float(text_shares([query.get("text")], [query.get("image")],
+                                                                      [query.get("weight", 0.5)])[0]))
         times[i] = (encoded - started, time.perf_counter() - encoded)
     return 1000 * times
 

@@ -153,6 +153,11 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     _engine_args(parser, "members one after another here, or as Ray tasks")
 
 
+def _hubness_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hubness", type=float, help="weight of each item's hubness penalty in text queries "
+                        "(default 0.75, fitted on validation; 0 ranks by plain cosines)")
+
+
 def _engine_args(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--engine", default="local", choices=["local", "ray"], help=f"{what} (ray: pip install "
                         "'enclip[scale]'; without --address it starts a local cluster on 127.0.0.1)")
@@ -232,7 +237,8 @@ def cmd_index(args) -> int:
     out = Path(args.out)
     catalogue, report = load_data(args)
     cfg = IndexBuildCfg(index=_index_cfg(args), device=args.device, trunk_cache=args.trunk_cache,
-                        channels=_index_channels(args.channels), engine=args.engine, ray_address=args.address)
+                        channels=_index_channels(args.channels), engine=args.engine, ray_address=args.address,
+                        **({} if args.hubness_k is None else {"hubness_k": args.hubness_k}))
     build_index(args.model, catalogue, out, cfg, resume=args.resume, skip_report=report)
     print(f"index written to {out}; next: enclip search --index {out} --text \"navy check shirt\"")
     return 0
@@ -287,12 +293,17 @@ def _fusion_weights(spec: str | None) -> dict[str, float] | None:
     return weights
 
 
+def _searcher_options(args) -> dict:
+    """Search settings given on the command line (only those given: the rest keep SearchCfg's defaults)."""
+    return {} if args.hubness is None else {"hubness": args.hubness}
+
+
 def cmd_search(args) -> int:
     from enclip.search import load_searcher
     from enclip.search_request import check_limits
 
     check_limits(args.k, args.weight)  # before loading the index: a huge k is refused at once
-    searcher = load_searcher(args.index)
+    searcher = load_searcher(args.index, **_searcher_options(args))
     options = dict(k=args.k, filters=_filters(args.filter), weight=args.weight, fusion=args.fusion,
                    clusters=args.clusters, channels=args.channels, fusion_weights=_fusion_weights(args.fusion_weights),
                    channel_fusion=args.channel_fusion)
@@ -362,7 +373,7 @@ def cmd_eval(args) -> int:
     from enclip.eval.evaluate import EvalCfg, evaluate_index
 
     cfg = EvalCfg(tasks=tuple(args.tasks), max_queries=args.max_queries, queries_file=args.queries,
-                  fusion=args.fusion)
+                  fusion=args.fusion, hubness=args.hubness)
     evaluate_index(args.index, cfg, out=Path(args.out) if args.out else None)
     return 0
 
@@ -371,7 +382,7 @@ def cmd_serve(args) -> int:
     from enclip.search import load_searcher
     from enclip.serve.app import ServeCfg, resolve_admin_token, serve
 
-    searcher = load_searcher(args.index)
+    searcher = load_searcher(args.index, **_searcher_options(args))
     cfg = ServeCfg(host=args.host, port=args.port, admin_token=resolve_admin_token(),
                    changelog_path=Path(args.changelog) if args.changelog else searcher.changelog_path)
     serve(searcher, cfg)
@@ -416,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", default=",".join(CHANNELS), help="search channels to build: image (photos) plus "
                    "text (item text by the text tower) and keyword (BM25); default all")
     p.add_argument("--trunk-cache", help="catalogue-wide image trunk cache shared with `enclip train --trunk-cache`")
+    p.add_argument("--hubness-k", type=int, help="each item's hubness penalty averages its cosines to this many "
+                   "nearest catalogue titles (default 50; 0 builds none; see `search --hubness`)")
     p.add_argument("--store", default="faiss", choices=["faiss", "milvus"],
                    help="where item vectors live: faiss in the index directory (default) or a Milvus collection")
     p.add_argument("--uri", help="store milvus: a .db file (embedded Milvus Lite) or http://host:19530 (a server; "
@@ -447,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-fusion", choices=CHANNEL_FUSIONS, help="sum (weighted sum of min-max normalised "
                    "scores; the default, with weights fitted on validation) or rrf (weighted reciprocal rank)")
     p.add_argument("--queries", help="JSONL file, one {\"text\": ..., \"image\": ...} per line")
+    _hubness_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
 
@@ -457,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queries", type=int, help="evaluate only the first N test queries")
     p.add_argument("--fusion", choices=FUSION_RULES)
     p.add_argument("--out", help="where to write metrics.json (default: the index directory)")
+    _hubness_arg(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("serve", help="serve an index over HTTP with a web page")
@@ -466,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--changelog", help="durable admin change log (default: INDEX.changes.jsonl beside the index "
                    "directory, "
                    "which rebuilding the index leaves alone)")
+    _hubness_arg(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="train the default system on the catalogue, index it and show searches")

@@ -18,7 +18,7 @@ import numpy as np
 from enclip.artifacts import read_json, recover_dir
 from enclip.data.catalogue import Catalogue, SkipReport
 from enclip.embed.catalogue import encode_catalogue
-from enclip.embed.item_text import encode_item_texts
+from enclip.embed.item_text import encode_item_texts, encode_title_bank
 from enclip.embed.runner import StageTimes
 from enclip.embed.space import l2_normalise, to_joint
 from enclip.errors import EnclipError
@@ -26,7 +26,8 @@ from enclip.models.device import resolve_device
 from enclip.models.ensemble import EnsembleInfo, load_model, read_model_info
 from enclip.search_request import CHANNELS
 from enclip.store import IndexDir
-from enclip.store.index_dir import KEYWORDS, TEXT_VECTORS
+from enclip.store.hubness import DEFAULT_K, TitleHubness
+from enclip.store.index_dir import HUBNESS, KEYWORDS, TEXT_VECTORS
 from enclip.store.items import item_fields
 from enclip.store.keywords import build_keywords
 from enclip.vectors import IndexCfg, ItemFields, create_index
@@ -64,6 +65,12 @@ class IndexBuildCfg:
     channels: tuple[str, ...] = CHANNELS  # search channels to build ("image" always; "text" and "keyword" optional)
     engine: str = "local"  # "local" (this process) or "ray" (an actor pool on a Ray cluster; enclip[scale])
     ray_address: str | None = None  # engine "ray": the cluster's HOST:PORT; None = a local cluster on 127.0.0.1
+    hubness_k: int = DEFAULT_K  # title-bank neighbours of each item's hubness penalty (0: no penalty part)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.hubness_k, bool) or not isinstance(self.hubness_k, int) or self.hubness_k < 0:
+            raise EnclipError(f"hubness_k is how many bank titles each item's hubness penalty averages: a whole "
+                              f"number, 0 to build no penalty; got {self.hubness_k!r}")
 
 
 def routing_table(model_dir: Path, info: EnsembleInfo, catalogue: Catalogue, vectors: np.ndarray,
@@ -108,7 +115,13 @@ def build_index(model_dir: str | Path, catalogue: Catalogue, out_dir: str | Path
     if "text" in cfg.channels:
         text_vectors = encode_item_texts(ensemble, catalogue, work_dir / "item-texts", batch_size=cfg.batch_size,
                                          dtype=cfg.index.dtype, job=job)
+    hubness = None
+    if cfg.hubness_k:
+        titles, bank = encode_title_bank(ensemble, catalogue, work_dir / "title-bank", batch_size=cfg.batch_size,
+                                         job=job)
+        hubness = TitleHubness.build(vectors, catalogue.titles, bank, titles, len(info.members), cfg.hubness_k)
     write_index(model_dir, catalogue, vectors, out_dir, cfg, skip_report=skip_report, text_vectors=text_vectors,
+                hubness=hubness,
                 embed_items_per_second=round(times.items / max(1e-9, times.encode + times.read), 1),
                 build_seconds=round(time.perf_counter() - started, 1))
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -130,8 +143,9 @@ def _encode_on_ray(model_dir: Path, catalogue: Catalogue, work_dir: Path, cfg: I
 
 def write_index(model_dir: Path, catalogue: Catalogue, vectors: np.ndarray, out_dir: Path,
                 cfg: IndexBuildCfg | None = None, skip_report: SkipReport | None = None,
-                text_vectors: np.ndarray | None = None, **extra) -> Path:
-    """Write an index directory atomically from already computed (n, K*d) item vectors (and item-text vectors)."""
+                text_vectors: np.ndarray | None = None, hubness: TitleHubness | None = None, **extra) -> Path:
+    """Write an index directory atomically from already computed (n, K*d) item vectors (and item-text vectors, and
+    the items' hubness penalties)."""
     cfg = cfg or IndexBuildCfg()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     info = read_model_info(model_dir)
@@ -146,9 +160,11 @@ def write_index(model_dir: Path, catalogue: Catalogue, vectors: np.ndarray, out_
                   data_fingerprint=catalogue.fingerprint(),
                   model_fingerprint=info.data_fingerprint, source=catalogue.source, backbone=backbone,
                   index=asdict(index_cfg), **extra)
+    parts = _channel_parts(catalogue, text_vectors, index_cfg, cfg.channels, fields_of_rows)
+    if hubness is not None:
+        parts[HUBNESS] = hubness.save
     IndexDir.write(out_dir, model_dir=model_dir, catalogue=catalogue, vectors=index,
-                   routing=routing, fields=fields, skip_report=skip_report,
-                   parts=_channel_parts(catalogue, text_vectors, index_cfg, cfg.channels, fields_of_rows))
+                   routing=routing, fields=fields, skip_report=skip_report, parts=parts)
     return out_dir
 
 

@@ -15,7 +15,8 @@ from enclip.models.ensemble import load_model
 
 @pytest.fixture(scope="module")
 def searcher(tiny_index_dir):
-    return load_searcher(tiny_index_dir, channels=("image",))  # these tests are about the photo channel
+    # these tests are about the photo channel and its member fusion, on plain cosines (test_hubness: the penalty)
+    return load_searcher(tiny_index_dir, channels=("image",), hubness=0.0)
 
 
 def _member_vectors(model_dir, catalogue):

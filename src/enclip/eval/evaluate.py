@@ -40,7 +40,7 @@ from enclip.eval.tasks import (
     title_group,
 )
 from enclip.fusion import check_rule
-from enclip.search.query import QueryEncoder
+from enclip.search.query import QueryEncoder, text_shares
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class EvalCfg:
     split: str = "test"  # items whose queries are asked: "test" for reporting, "val" for choosing settings
     queries_file: str | None = None  # JSONL of your own queries; when set, only the "custom" task runs
     fusion: str | None = None  # fusion rule to rank with (None = the index's default)
+    hubness: float | None = None  # weight of the items' hubness penalty (None = SearchCfg's default)
     lq_queries: int = 500  # test items sampled (seeded) as photo queries for img2img_lq and both2img
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)  # degradation severities of img2img_lq and both2img
     degradations: tuple[str, ...] = DEGRADATIONS  # degradations used by img2img_lq and both2img
@@ -123,7 +124,10 @@ def rank_group(searcher, group: QueryGroup, k: int, cfg: EvalCfg, bar=None) -> l
     for start in range(0, len(group), cfg.batch_size):
         rows = range(start, min(start + cfg.batch_size, len(group)))
         vectors = encode_rows(searcher.encoder, group, rows)
-        rankings += [[hit.id for hit in hits] for hits in searcher.search_batch(vectors, k=k, fusion=cfg.fusion)]
+        shares = text_shares([group.texts[r] for r in rows], [group.images[r] for r in rows],
+                             [group.weights[r] for r in rows])
+        rankings += [[hit.id for hit in hits]
+                     for hits in searcher.search_batch(vectors, k=k, fusion=cfg.fusion, shares=shares)]
         if bar is not None:
             bar.update(len(rows))
     return rankings
@@ -230,7 +234,8 @@ def evaluate_index(index_dir: str | Path | None, cfg: EvalCfg | None = None, out
     if searcher is None:
         if index_dir is None:
             raise EnclipError("evaluate_index needs an index directory or a loaded searcher")
-        searcher = load_searcher(index_dir, fusion=cfg.fusion)
+        searcher = load_searcher(index_dir, fusion=cfg.fusion,
+                                 **({} if cfg.hubness is None else {"hubness": cfg.hubness}))
     index_dir = Path(index_dir if index_dir is not None else searcher.path)
     groups, bad = build_groups(searcher.catalogue, cfg)
     per_query, labels = run_groups(searcher, groups, cfg)

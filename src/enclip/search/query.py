@@ -70,9 +70,7 @@ class QueryEncoder:
             both[0][:, text_rows] = text_part
         if image_part is not None:
             both[1][:, image_rows] = image_part
-        has_text = np.array([t is not None for t in texts])
-        has_image = np.array([i is not None for i in images])
-        return mix(both[0], both[1], _shares(has_text, has_image, weights))  # absent parts are zeros with share 0
+        return mix(both[0], both[1], text_shares(texts, images, weights)[None, :, None])  # absent parts: zeros, share 0
 
 
 def mix(text_vectors: np.ndarray | None, image_vectors: np.ndarray | None, weight) -> np.ndarray:
@@ -86,10 +84,12 @@ def mix(text_vectors: np.ndarray | None, image_vectors: np.ndarray | None, weigh
     return (weight * text_vectors + (1.0 - weight) * image_vectors).astype(np.float32)
 
 
-def _shares(has_text: np.ndarray, has_image: np.ndarray, weights: Sequence[float]) -> np.ndarray:
-    """Each query's text share: its weight when it has both, 1 with text only, 0 with a photo only."""
+def text_shares(texts: Sequence[Any], images: Sequence[Any], weights: Sequence[float]) -> np.ndarray:
+    """(B,) each query's text share: its weight when it has both, 1 with text only, 0 with a photo only."""
+    has_text = np.array([t is not None for t in texts], dtype=bool)
+    has_image = np.array([i is not None for i in images], dtype=bool)
     share = np.where(has_text & has_image, np.asarray(weights, dtype=np.float32), np.where(has_text, 1.0, 0.0))
-    return share.astype(np.float32)[None, :, None]
+    return share.astype(np.float32)
 
 
 @contextmanager

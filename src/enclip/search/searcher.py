@@ -4,7 +4,8 @@ One query costs one trunk pass per modality, K member heads, and one inner-produ
 concatenated member vectors: with the member weights on the query side, ``<[w1 q1, .., wK qK], [x1, .., xK]>`` is
 exactly the weighted mean of member cosines, for fixed (``mean``) and query-dependent (``routed``) weights alike.
 The top candidates are then re-scored member by member, which gives each hit its member agreement and lets
-``rrf`` and ``item-routed`` re-rank them.
+``rrf`` and ``item-routed`` re-rank them. Re-scoring also takes each candidate's hubness penalty off its member
+cosines, in proportion to the query's text share (:mod:`enclip.store.hubness`; ``SearchCfg.hubness``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from enclip.search.channels import (
     matched,
 )
 from enclip.search.filters import FilterIndex
-from enclip.search.query import QueryEncoder, check_query, mix
+from enclip.search.query import QueryEncoder, check_query, mix, text_shares
 from enclip.search_request import CHANNEL_FUSIONS, MAX_K
 from enclip.store import IndexDir
 from enclip.store.live import LiveIndex
@@ -58,6 +59,7 @@ class SearchCfg:
     query_threads: int = 1  # faiss threads for a one-query search (batches use every core; see _faiss_threads)
     encoder_threads: int | None = 1  # torch threads encoding one query (None: the process's; see QueryEncoder)
     channels: tuple[str, ...] | None = None  # channels a text query uses by default (None = every one the index has)
+    hubness: float = 0.75  # weight of the items' hubness penalty for text queries (0: plain cosines); validation-fit
     hybrid: HybridCfg = field(default_factory=HybridCfg)  # how channels are fused
 
 
@@ -107,6 +109,8 @@ class Searcher:
         self.live = LiveIndex(index_dir, self.members)
         self.catalogue, self.centroids = self.live.catalogue, self.live.centroids
         self.index, self.text_index, self.keywords = self.live.vectors, self.live.text_vectors, self.live.keywords
+        if self.cfg.hubness < 0:
+            raise EnclipError(f"hubness is the weight of the items' hubness penalty: 0 or more, got {self.cfg.hubness}")
         self.filters = FilterIndex(self.catalogue)
         self.channels = tuple(c for c, part in (("image", self.index), ("text", self.text_index),
                                                 ("keyword", self.keywords)) if part is not None)
@@ -153,14 +157,15 @@ class Searcher:
         channels = self._channels(channels, text)
         text_query, image_query = self.encoder.encode_parts(text, image)
         query = mix(text_query, image_query, weight)
+        share = float(text_shares([text], [image], [weight])[0])
         with self._lock, _faiss_threads(self.cfg.query_threads):
             where = self._where(filters, query, clusters)
             if channels == ("image",):
-                hits, low = self._rank_many([query], k, rule, where)[0]
+                hits, low = self._rank_many([query], k, rule, where, [share])[0]
             else:
                 hybrid = self._hybrid_cfg(fusion_weights, channel_fusion)
                 hits, low = self._rank_channels(query, text, text_query, k, rule, where, channels, hybrid,
-                                                photo=image is not None)
+                                                photo=image is not None, share=share)
         return SearchResult(hits, low, rule, round(1000 * (time.perf_counter() - started), 2), list(channels))
 
     def _channels(self, channels, text: str | None) -> tuple[str, ...]:
@@ -179,22 +184,29 @@ class Searcher:
         return replace(self.cfg.hybrid, weights=check_weights(weights, self.cfg.hybrid.weights), fusion=fusion_rule)
 
     def search_vectors(self, query: np.ndarray, k: int = 10, filters: dict | None = None,
-                       fusion: str | None = None, clusters: int | None = None) -> list[Hit]:
-        """Rank for already encoded (K, d) member query vectors."""
+                       fusion: str | None = None, clusters: int | None = None, text_share: float = 0.0) -> list[Hit]:
+        """Rank for already encoded (K, d) member query vectors; ``text_share`` is the text's share of the query (1
+        for text, 0 for a photo, the weight for both; see :func:`enclip.search.query.text_shares`), which scales the
+        hubness penalty. Vectors do not say what they were encoded from, so it must be given for text queries."""
         rule = self._check(k, fusion, clusters)
         with self._lock, _faiss_threads(self.cfg.query_threads):
-            return self._rank_many([query], k, rule, self._where(filters, query, clusters))[0][0]
+            return self._rank_many([query], k, rule, self._where(filters, query, clusters), [text_share])[0][0]
 
     def search_batch(self, queries: np.ndarray, k: int = 10, filters: dict | None = None,
-                     fusion: str | None = None) -> list[list[Hit]]:
+                     fusion: str | None = None, shares: Sequence[float] | None = None) -> list[list[Hit]]:
         """Rank many encoded queries, (K, B, d), with one index search: the hits ``search_vectors`` gives each query,
-        at a fraction of the cost (the index scores the whole batch in one matrix product)."""
+        at a fraction of the cost (the index scores the whole batch in one matrix product). ``shares``: each
+        query's text share, as in ``search_vectors`` (None: all 0, photo queries)."""
         rule = self._check(k, fusion, None)
         batch = [queries[:, j] for j in range(queries.shape[1])]
         if not batch:
             return []
+        shares = [0.0] * len(batch) if shares is None else [float(s) for s in shares]
+        if len(shares) != len(batch):
+            raise EnclipError(f"search_batch needs one text share per query ({len(batch)} queries, "
+                              f"{len(shares)} shares)")
         with self._lock, _faiss_threads(os.cpu_count() or 1):
-            return [hits for hits, _ in self._rank_many(batch, k, rule, self._where(filters, None, None))]
+            return [hits for hits, _ in self._rank_many(batch, k, rule, self._where(filters, None, None), shares)]
 
     def _check(self, k, rule: str | None, clusters: int | None) -> str:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= MAX_K:
@@ -222,22 +234,31 @@ class Searcher:
         joint = to_joint(query.reshape(1, -1), self.members)
         return fusion.routing_weights(joint, self.centroids, self.cfg.route_temperature)[0]
 
-    def _rank_many(self, queries: list[np.ndarray], k: int, rule: str, where) -> list[tuple[list[Hit], bool]]:
+    def _rank_many(self, queries: list[np.ndarray], k: int, rule: str, where,
+                   shares: Sequence[float]) -> list[tuple[list[Hit], bool]]:
         """One index search for every (K, d) query, member weights on the query side; then each query's candidates
         are re-scored per member."""
         weights = [self._member_weights(query, rule) for query in queries]
         weighted = np.stack([(q * w[:, None]).reshape(-1) for q, w in zip(queries, weights)]).astype(np.float32)
         _, candidates = self.index.search(weighted, max(self.cfg.candidates, 5 * k), where)
-        return [self._finish(q, c, k, rule, w) for q, c, w in zip(queries, candidates, weights)]
+        return [self._finish(q, c, k, rule, w, s) for q, c, w, s in zip(queries, candidates, weights, shares)]
+
+    def _member_scores(self, query: np.ndarray, candidates: np.ndarray, share: float) -> np.ndarray:
+        """(K, 1, C) member cosines of the candidates, less their hubness penalty at the query's text share."""
+        stored = self.index.reconstruct(candidates).reshape(len(candidates), self.members, self.dim)
+        scores = np.einsum("cmd,md->mc", stored, query)
+        hubness = self.live.hubness
+        if hubness is not None and share and self.cfg.hubness:
+            scores = scores - np.float32(self.cfg.hubness * share) * hubness.penalty[candidates].T
+        return scores[:, None, :]
 
     def _finish(self, query: np.ndarray, candidates: np.ndarray, k: int, rule: str,
-                weights: np.ndarray) -> tuple[list[Hit], bool]:
+                weights: np.ndarray, share: float) -> tuple[list[Hit], bool]:
         """Re-score one query's candidates per member, fuse, and report agreement: the final top-``k``."""
         candidates = candidates[candidates >= 0]
         if not len(candidates):
             return [], False
-        stored = self.index.reconstruct(candidates).reshape(len(candidates), self.members, self.dim)
-        member_scores = np.einsum("cmd,md->mc", stored, query)[:, None, :]  # (K, 1, C)
+        member_scores = self._member_scores(query, candidates, share)
         final = self._fuse(member_scores, rule, weights, candidates)
         order = np.argsort(-final, kind="stable")[:k]
         agree = fusion.agreement(member_scores, order[None, :], k)
@@ -271,12 +292,14 @@ class Searcher:
         text_query, image_query = self.encoder.encode_parts(text, image)
         query = mix(text_query, image_query, weight)
         photo = image is not None
+        share = float(text_shares([text], [image], [weight])[0])
         with self._lock, _faiss_threads(self.cfg.query_threads):
             return self._candidates(query, text, text_query, rule, self._where(filters, query, None),
-                                    self._channels(channels, text), depth or self.cfg.hybrid.candidates(photo), photo)
+                                    self._channels(channels, text), depth or self.cfg.hybrid.candidates(photo), photo,
+                                    share)
 
     def _candidates(self, query: np.ndarray, text: str, text_query: np.ndarray, rule: str, where,
-                    channels: tuple[str, ...], depth: int, photo: bool = False) -> Candidates:
+                    channels: tuple[str, ...], depth: int, photo: bool = False, share: float = 1.0) -> Candidates:
         """Each channel's top candidates under the same filters; their union re-scored on every channel. With a
         ``photo`` in the query, only the photo channel retrieves, and the others list its candidates in their order
         (HybridCfg.photo_depth)."""
@@ -292,8 +315,7 @@ class Searcher:
             found["keyword"] = self.keywords.search(text, depth, where)[0]
         union = np.unique(np.concatenate(list(found.values())))
         scores: dict[str, np.ndarray] = {}
-        stored = self.index.reconstruct(union).reshape(len(union), self.members, self.dim)
-        member_scores = np.einsum("cmd,md->mc", stored, query)[:, None, :]  # (K, 1, U)
+        member_scores = self._member_scores(query, union, share)  # (K, 1, U)
         if "image" in channels:
             scores["image"] = self._fuse(member_scores, rule, weights, union)
         if "text" in channels:
@@ -307,9 +329,10 @@ class Searcher:
         return Candidates(union, found, scores, member_scores)
 
     def _rank_channels(self, query: np.ndarray, text: str, text_query: np.ndarray, k: int, rule: str, where,
-                       channels: tuple[str, ...], hybrid: HybridCfg, photo: bool = False) -> tuple[list[Hit], bool]:
+                       channels: tuple[str, ...], hybrid: HybridCfg, photo: bool = False,
+                       share: float = 1.0) -> tuple[list[Hit], bool]:
         candidates = self._candidates(query, text, text_query, rule, where, channels, hybrid.candidates(photo, k),
-                                      photo)
+                                      photo, share)
         if not len(candidates.union):
             return [], False
         fused = candidates.fused(hybrid)

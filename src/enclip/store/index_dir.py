@@ -8,6 +8,7 @@ An index directory is self-describing and self-contained (STYLE 7)::
     vectors/          the vector index over each item's concatenated member embeddings (the image channel)
     text_vectors/     the same over each item's text (title + attributes) by the text tower (item-text channel)
     keywords/         a BM25 index of each item's text (keyword channel)
+    hubness/          each item's hubness penalty and the title bank it was measured on (enclip.store.hubness)
     routing.npz       cluster centroids in the joint space, and each item's cluster
     skip_report.json  catalogue rows that could not be used, by reason
 
@@ -42,6 +43,7 @@ ROUTING = "routing.npz"
 SKIP_REPORT = "skip_report.json"
 TEXT_VECTORS = "text_vectors"  # optional part: the item-text channel
 KEYWORDS = "keywords"  # optional part: the keyword channel
+HUBNESS = "hubness"  # optional part: each item's hubness penalty for text queries
 
 LEGACY_CHANGELOG = "changes.jsonl"  # where enclip < 0.2 kept the admin log, inside the replaced directory
 
@@ -95,6 +97,14 @@ class IndexDir:
         from enclip.store.keywords import KeywordIndex
 
         return KeywordIndex(self.path / KEYWORDS)
+
+    def load_hubness(self):
+        """Each item's hubness penalty (:class:`enclip.store.hubness.TitleHubness`), or None for an index without it."""
+        if not (self.path / HUBNESS).is_dir():
+            return None
+        from enclip.store.hubness import TitleHubness
+
+        return TitleHubness.load(self.path / HUBNESS)
 
     def load_routing(self) -> tuple[np.ndarray, np.ndarray]:
         """(centroids (c, K*d), item_clusters (n,)); no centroids and clusters -1 when the model has none."""

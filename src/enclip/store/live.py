@@ -1,5 +1,5 @@
 """An opened index's parts that change together under live admin changes: the items, the photo and item-text
-vectors, the keyword index and each item's cluster. One add or remove reaches every part, or none is attempted."""
+vectors, the keyword index, each item's hubness penalty and each item's cluster. One add or remove reaches every part, or none is attempted."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ class LiveIndex:
         self.vectors = index_dir.load_vectors()
         self.text_vectors = index_dir.load_text_vectors()  # None for an index built without the item-text channel
         self.keywords = index_dir.load_keywords()  # None for an index built without the keyword channel
+        self.hubness = index_dir.load_hubness()  # None for an index built without hubness penalties
         self.centroids, self.item_clusters = index_dir.load_routing()
 
     def add(self, items: Sequence[dict], images: Sequence[bytes], vectors: np.ndarray,
@@ -37,6 +38,8 @@ class LiveIndex:
             self.text_vectors.add(text_vectors, fields)
         if self.keywords is not None:
             self.keywords.add(positions, items)
+        if self.hubness is not None:
+            self.hubness.add(vectors, [str(item.get("title", "")) for item in items])
         self.item_clusters = np.concatenate([self.item_clusters, clusters])
         return positions
 

@@ -1,0 +1,99 @@
+"""The hubness penalty (enclip.store.hubness) on a built index: a grid of bank neighbours k and weights, paired
+against plain cosines on the same queries.
+
+    python bench/hubness.py --index runs/demo/index --split val --ks 20 50 100 --weights 0.5 0.75 1.0
+    python bench/hubness.py --index runs/demo/index --split test --ks 50 --weights 0.75   # the final figures
+
+The title bank is encoded once (resumably, in ``--out``) and every (k, weight) reuses the index's stored photo
+vectors, so the grid costs evaluations only. Choose on ``--split val``; report on ``--split test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from enclip.embed.item_text import encode_title_bank  # noqa: E402
+from enclip.eval.bootstrap import bootstrap_ci, paired_bootstrap_diff  # noqa: E402
+from enclip.eval.evaluate import EvalCfg, build_groups, run_groups  # noqa: E402
+from enclip.eval.tasks import pool_both  # noqa: E402
+from enclip.search import load_searcher  # noqa: E402
+from enclip.store.hubness import TitleHubness  # noqa: E402
+
+KEYS = ("title2img/R@10", "title2img/R@1", "attrs2img/P@10", "attr2img/articleType/P@10",
+        "attr2img/subCategory/P@10", "attr2img/baseColour/P@10", "both2img/R@10")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--index", required=True, type=Path)
+    parser.add_argument("--out", type=Path, default=Path("bench/out/hubness"))
+    parser.add_argument("--split", default="val", choices=["val", "test"])
+    parser.add_argument("--ks", type=int, nargs="+", default=[20, 50, 100])
+    parser.add_argument("--weights", type=float, nargs="+", default=[0.5, 0.75, 1.0])
+    parser.add_argument("--tasks", nargs="+", default=["title2img", "attrs2img", "attr2img", "both2img"])
+    args = parser.parse_args(argv)
+
+    searcher = load_searcher(args.index)
+    catalogue = searcher.catalogue
+    titles, bank = encode_title_bank(searcher.model, catalogue, args.out / "title-bank")
+    vectors = searcher.index.reconstruct(np.arange(len(catalogue)))
+    cfg = EvalCfg(tasks=tuple(args.tasks), split=args.split, severities=(3,), both_severity=3)
+    groups, _ = build_groups(catalogue, cfg)
+
+    def scores() -> dict[str, np.ndarray]:
+        per_query, labels = run_groups(searcher, groups, cfg)
+        if "both2img" in cfg.tasks:
+            pool_both(per_query, labels, cfg.degradations, cfg.both_severity)
+        return {key: np.asarray(per_query[key]) for key in KEYS if key in per_query}
+
+    searcher.cfg.hubness = 0.0
+    plain = scores()
+    rows = [{"k": None, "weight": 0.0, **{key: _figure(bootstrap_ci(v)) for key, v in plain.items()}}]
+    for k in args.ks:
+        searcher.live.hubness = TitleHubness.build(vectors, catalogue.titles, bank, titles, searcher.members, k)
+        for weight in args.weights:
+            searcher.cfg.hubness = weight
+            found = scores()
+            rows.append({"k": k, "weight": weight,
+                         **{key: {**_figure(bootstrap_ci(v)), "diff": _figure(paired_bootstrap_diff(v, plain[key]))}
+                            for key, v in found.items()}})
+            print(_line(rows[-1]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"hubness-{args.split}.json"
+    path.write_text(json.dumps({"index": str(args.index), "split": args.split, "rows": rows}, indent=2) + "\n")
+    keys = [key for key in KEYS if key in plain]
+    print(f"\n{args.split} split, {args.index}; differences are paired against plain cosines (first row)\n")
+    print("| k | weight | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys))
+    for row in rows:
+        cells = [_cell(row[key]) for key in keys]
+        print(f"| {row['k'] or '–'} | {row['weight']} | " + " | ".join(cells) + " |")
+    print(f"\nwritten to {path}")
+    return 0
+
+
+def _figure(estimate) -> dict:
+    return {"mean": estimate.mean, "low": estimate.low, "high": estimate.high}
+
+
+def _cell(figure: dict) -> str:
+    text = f"{figure['mean']:.3f}"
+    if "diff" in figure:
+        d = figure["diff"]
+        text += f" ({d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}])"
+    return text
+
+
+def _line(row: dict) -> str:
+    return f"k={row['k']} weight={row['weight']}: " + ", ".join(
+        f"{key} {_cell(row[key])}" for key in KEYS if key in row)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
