@@ -14,10 +14,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
+
 from bench.quality import compare, member_diversity  # noqa: E402
 from enclip.data.split import split_indices  # noqa: E402
+from enclip.embed.item_text import encode_title_bank  # noqa: E402
 from enclip.eval.evaluate import EvalCfg, evaluate_index  # noqa: E402
 from enclip.search import load_searcher  # noqa: E402
+from enclip.store.hubness import TitleHubness  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,11 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=["title2img", "title2img_dup"])
     parser.add_argument("--keys", nargs="+", help="metric keys to compare (default: TASK/R@10 for each task), e.g. "
                         "attrs2img/P@10 attr2img/baseColour/P@10")
+    parser.add_argument("--hubness-k", type=int, help="give both indexes hubness penalties over this many bank "
+                        "titles, computed here (for indexes built before the penalty; default: what each index has)")
+    parser.add_argument("--severities", type=int, nargs="+", help="degradation severities of img2img_lq and "
+                        "both2img (default: EvalCfg's, 1-5; both2img's headline is severity 3 either way)")
     args = parser.parse_args(argv)
-    cfg = EvalCfg(tasks=tuple(args.tasks))
+    cfg = EvalCfg(tasks=tuple(args.tasks), **({"severities": tuple(args.severities)} if args.severities else {}))
     with tempfile.TemporaryDirectory() as tmp:
-        base = evaluate_index(args.baseline, cfg, out=Path(tmp) / "baseline.json")
-        other = evaluate_index(args.index, cfg, out=Path(tmp) / "index.json")
+        base = evaluate_index(args.baseline, cfg, out=Path(tmp) / "baseline.json",
+                              searcher=_searcher(args.baseline, args.hubness_k, Path(tmp) / "bank-baseline"))
+        other = evaluate_index(args.index, cfg, out=Path(tmp) / "index.json",
+                               searcher=_searcher(args.index, args.hubness_k, Path(tmp) / "bank-index"))
     print(f"| task | {args.baseline} | {args.index} | difference [95% paired bootstrap] |\n|---|---|---|---|")
     for key in args.keys or [f"{task}/R@10" for task in args.tasks]:
         a, b, d = base[key], other[key], compare(other, base, key)
@@ -42,6 +52,17 @@ def main(argv: list[str] | None = None) -> int:
         titles = [searcher.catalogue.titles[p] for p in split_indices(searcher.catalogue.ids)["val"][:200]]
         print(f"member diversity of {args.index}: {member_diversity(args.index, titles)}")
     return 0
+
+
+def _searcher(index: Path, hubness_k: int | None, work_dir: Path):
+    """The index's searcher; with ``hubness_k``, its items' hubness penalties measured here, in memory."""
+    searcher = load_searcher(index)
+    if hubness_k is not None:
+        titles, bank = encode_title_bank(searcher.model, searcher.catalogue, work_dir)
+        vectors = searcher.index.reconstruct(np.arange(len(searcher.catalogue)))
+        searcher.live.hubness = TitleHubness.build(vectors, searcher.catalogue.titles, bank, titles,
+                                                   searcher.members, hubness_k)
+    return searcher
 
 
 if __name__ == "__main__":

@@ -155,7 +155,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 
 def _hubness_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hubness", type=float, help="weight of each item's hubness penalty in text queries "
-                        "(default 0.75, fitted on validation; 0 ranks by plain cosines)")
+                        "(default 0.5, fitted on validation; 0 ranks by plain cosines)")
 
 
 def _engine_args(parser: argparse.ArgumentParser, what: str) -> None:
@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "text (item text by the text tower) and keyword (BM25); default all")
     p.add_argument("--trunk-cache", help="catalogue-wide image trunk cache shared with `enclip train --trunk-cache`")
     p.add_argument("--hubness-k", type=int, help="each item's hubness penalty averages its cosines to this many "
-                   "nearest catalogue titles (default 50; 0 builds none; see `search --hubness`)")
+                   "nearest catalogue titles (default 100; 0 builds none; see `search --hubness`)")
     p.add_argument("--store", default="faiss", choices=["faiss", "milvus"],
                    help="where item vectors live: faiss in the index directory (default) or a Milvus collection")
     p.add_argument("--uri", help="store milvus: a .db file (embedded Milvus Lite) or http://host:19530 (a server; "

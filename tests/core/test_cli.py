@@ -70,6 +70,26 @@ def test_eval_writes_metrics(cli_run, capsys):
     assert 0 <= metrics["title2img/R@10"]["mean"] <= 1
 
 
+def test_hubness_flags_build_without_the_part_and_search_or_evaluate_with_a_chosen_weight(cli_run, tmp_path,
+                                                                                          capsys):
+    data, plain = str(cli_run / "data"), str(tmp_path / "plain")
+    assert main(["index", "--data", data, "--model", str(cli_run / "model"), "--out", plain, "--hubness-k", "0",
+                 "--channels", "image"]) == 0
+    assert (cli_run / "index" / "hubness").is_dir() and not (tmp_path / "plain" / "hubness").exists()
+    capsys.readouterr()
+    runs = {}
+    for index, weight in ((plain, "0.75"), (str(cli_run / "index"), "0")):
+        assert main(["search", "--index", index, "--text", "Men Red Shirts", "--k", "5", "--json",
+                     "--channels", "image", "--hubness", weight]) == 0
+        runs[(index, weight)] = [hit["id"] for hit in json.loads(capsys.readouterr().out)["hits"]]
+    assert runs[(plain, "0.75")] == runs[(str(cli_run / "index"), "0")], "weight 0 ranks as an index without it"
+    assert main(["eval", "--index", plain, "--tasks", "title2img", "--hubness", "0.5",
+                 "--out", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["_meta"]["cfg"]["hubness"] == 0.5
+    assert main(["search", "--index", str(cli_run / "index"), "--text", "x", "--hubness", "-1"]) == 2
+    assert "0 or more" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_demo_trains_indexes_searches_and_reports_held_out_quality(tmp_path, capsys):
     """`enclip demo` end to end with the default (offline, pretrained) backbone, on a small synthetic catalogue."""

@@ -59,7 +59,7 @@ class SearchCfg:
     query_threads: int = 1  # faiss threads for a one-query search (batches use every core; see _faiss_threads)
     encoder_threads: int | None = 1  # torch threads encoding one query (None: the process's; see QueryEncoder)
     channels: tuple[str, ...] | None = None  # channels a text query uses by default (None = every one the index has)
-    hubness: float = 0.75  # weight of the items' hubness penalty for text queries (0: plain cosines); validation-fit
+    hubness: float = 0.5  # weight of the items' hubness penalty for text queries (0: plain cosines); validation-fit
     hybrid: HybridCfg = field(default_factory=HybridCfg)  # how channels are fused
 
 
@@ -69,7 +69,7 @@ class Hit:
     score: float
     title: str
     attributes: dict[str, str]
-    member_scores: list[float]  # each member's cosine for this hit
+    member_scores: list[float]  # each member's cosine for this hit, less its hubness penalty (text queries)
     spread: float  # standard deviation of member scores (0 for a single model)
     votes: int  # members ranking this hit in their own top-k
     channels: dict[str, int] = field(default_factory=dict)  # channel -> the hit's rank in that channel's own list
@@ -362,7 +362,9 @@ class Searcher:
                 "strategy": self.info.strategy, "fusion": self.default_fusion,
                 "backbone": self.manifest.get("backbone", {}).get("name"),
                 "index": {**self.manifest.get("index", {}), "vectors": len(self.index)},
-                "data_fingerprint": self.manifest.get("data_fingerprint")}
+                "data_fingerprint": self.manifest.get("data_fingerprint"),
+                "hubness": None if self.live.hubness is None else {"k": self.live.hubness.k,
+                                                                   "weight": self.cfg.hubness}}
 
     # -- live changes ------------------------------------------------------------------------------------------
     def add_items(self, items: Sequence[dict], images: Sequence[bytes]) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 from enclip.artifacts import read_json, write_json
 from enclip.errors import EnclipError
 
-DEFAULT_K = 50  # bank neighbours averaged; chosen on validation titles (docs/RESULTS.md, "Hubness")
+DEFAULT_K = 100  # bank neighbours averaged; chosen on validation queries (docs/RESULTS.md, "hubness penalty")
 ROWS_PER_BLOCK = 2048  # items scored against the whole bank per matrix product
 
 
