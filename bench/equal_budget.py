@@ -51,18 +51,19 @@ KEYS = ("title2img/R@10", "both2img/R@10")
 LQ_KEYS = tuple(f"img2img_lq/{severity}/R@10" for severity in (1, 3, 5))  # pooled over degradations
 
 
-def systems(epochs: int, members: int, flags: str, budget: str | None = None) -> dict[str, str]:
+def systems(epochs: int, members: int, flags: str, budget: str | None = None,
+            snapshot_flags: str = "") -> dict[str, str]:
     """Name -> `enclip train` flags, every one E epochs of training in total; or, with ``budget``, every one the same
     wall-clock time (`--time-budget`: each plans the most steps that fit, up to E epochs a member)."""
     if budget is not None:
         timed = f"{flags} --time-budget {budget} --epochs {epochs}"
         return {"single": timed, "seeds": f"{timed} --members {members} --strategy seeds",
-                "snapshot": f"{timed} --members {members} --strategy snapshot"}
+                "snapshot": f"{timed} --members {members} --strategy snapshot {snapshot_flags}"}
     if epochs % members:
         raise SystemExit(f"--epochs {epochs} must be a multiple of --members {members} for equal budgets")
     return {"single": f"{flags} --epochs {epochs}",
             "seeds": f"{flags} --epochs {epochs // members} --members {members} --strategy seeds",
-            "snapshot": f"{flags} --epochs {epochs} --members {members} --strategy snapshot"}
+            "snapshot": f"{flags} --epochs {epochs} --members {members} --strategy snapshot {snapshot_flags}"}
 
 
 LQ = EvalCfg(tasks=("img2img_lq",), severities=(1, 3, 5))
@@ -101,6 +102,8 @@ def main(argv=None) -> int:
                         "epochs (e.g. 15m; trunk caching counts, so share --feature-cache between systems)")
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--flags", default="", help="further `enclip train` flags every system shares")
+    parser.add_argument("--snapshot-flags", default="", help="further flags of the snapshot system only, e.g. "
+                        "\"--cycle-shares 0.75 0.25 --restart-lr 0.25\"")
     parser.add_argument("--max-queries", type=int, help="test titles (default: all)")
     parser.add_argument("--feature-cache", type=Path, help="trunk-feature caches to share (default: OUT/feature-cache)")
     parser.add_argument("--systems", nargs="+", choices=("single", "seeds", "snapshot"),
@@ -118,7 +121,7 @@ def main(argv=None) -> int:
         results["cache"] = run_recipe(catalogue, "cache", f"{args.flags} --epochs 1 --data-fraction 0.002".split(),
                                       out, args.trunk_cache, args.feature_cache)
         results_path.write_text(json.dumps(results, indent=1))
-    for name, flags in systems(args.epochs, args.members, args.flags, args.time_budget).items():
+    for name, flags in systems(args.epochs, args.members, args.flags, args.time_budget, args.snapshot_flags).items():
         if name != "single" and name not in args.systems:
             continue
         if name not in results:

@@ -1,6 +1,6 @@
 """Hybrid product search against each channel alone, on queries that are not copies of item text.
 
-    python bench/hybrid.py --index runs/demo/index [--out bench/out/hybrid] [--val 300] [--test 1000]
+    python bench/hybrid.py --index runs/demo/index [--out bench/out/hybrid] [--val 300] [--test 1000] [--hubness W]
 
 Query sets (seeded, from validation items to fit and test items to report; relevant items from the catalogue):
 - ``attrs2img``: shopper phrasings of attribute combinations ("navy blue shirts for men"): every item matching
@@ -181,9 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val", type=int, default=300, help="validation queries per set (fitting)")
     parser.add_argument("--test", type=int, default=1000, help="test queries per set (reporting)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hubness", type=float, help="weight of the photo channel's hubness penalty (default: "
+                        "SearchCfg's; 0: plain cosines)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    searcher = load_searcher(args.index)
+    searcher = load_searcher(args.index, **({} if args.hubness is None else {"hubness": args.hubness}))
     catalogue = searcher.catalogue
     sets = {split: query_sets(catalogue, split, n, args.seed) for split, n in (("val", args.val), ("test", args.test))}
     started = time.perf_counter()

@@ -106,6 +106,10 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validate", default=t.validate, choices=VALIDATE_MODES,
                         help="when validation recall is measured: every epoch (early stopping, best epoch kept) or "
                         "only the last (and a snapshot's cycle ends); auto: last under --time-budget, else every")
+    parser.add_argument("--cycle-shares", type=float, nargs="+", default=list(t.cycle_shares), metavar="SHARE",
+                        help="snapshot: each member's learning-rate cycle's share of the epochs (default: even)")
+    parser.add_argument("--restart-lr", type=float, default=t.restart_lr, metavar="FACTOR",
+                        help="snapshot: peak learning rate of the cycles after the first, as a share of the first's")
     parser.add_argument("--batch-size", type=int, default=t.batch_size)
     parser.add_argument("--lr", type=float, default=t.lr, help="peak learning rate of new layers and the temperature")
     parser.add_argument("--block-lr", type=float, default=t.block_lr,
@@ -182,7 +186,8 @@ def run_cfg(args):
                      mirror=args.mirror, degraded_share=args.degraded_share,
                      batch_clusters=args.batch_clusters,
                      frozen_depthwise=args.frozen_depthwise, frozen_norms=args.frozen_norms,
-                     cpu_amp=args.cpu_amp, compile=args.compile, validate=args.validate)
+                     cpu_amp=args.cpu_amp, compile=args.compile, validate=args.validate,
+                     cycle_shares=tuple(args.cycle_shares), restart_lr=args.restart_lr)
     ensemble = EnsembleCfg(members=args.members, strategy=args.strategy, mix=args.mix, fusion=args.fusion,
                            data_fraction=args.data_fraction)
     return RunCfg(backbone=backbone, train=train, ensemble=ensemble, keep_cache=args.keep_cache,

@@ -39,6 +39,35 @@ def test_cycles_restart_the_learning_rate_at_each_cycle_start():
         trainer.cycle_ends(2, 3)
 
 
+def test_cycle_shares_set_each_cycles_length_and_restarts_can_peak_lower():
+    assert trainer.cycle_ends(4, 2, (0.75, 0.25)) == [3, 4]
+    assert trainer.cycle_ends(8, 3, (2, 1, 1)) == [4, 6, 8]
+    assert trainer.cycle_ends(3, 3, (0.9, 0.05, 0.05)) == [1, 2, 3], "every cycle keeps an epoch"
+    assert trainer.cycle_ends(5, 2, (0.1, 0.9)) == [1, 5]
+    factor = trainer._schedule(steps_per_epoch=10, epochs=4, warmup=0.1, cycles=2, shares=(0.75, 0.25),
+                               restart_lr=0.25)
+    assert factor(3) == pytest.approx(1.0) and factor(29) < 0.01  # the first cycle: 30 steps, at the full peak
+    assert factor(30) == pytest.approx(0.25) and factor(39) < 0.01  # the restart: 10 steps, at a quarter of it
+    for shares in ((0.5,), (0.5, 0.0), (1.0, -1.0)):
+        with pytest.raises(EnclipError, match="--cycle-shares"):
+            trainer.cycle_ends(4, 2, shares)
+
+
+def test_cycle_settings_are_refused_outside_a_snapshot_ensemble(tmp_path, catalogue):
+    with pytest.raises(EnclipError, match="--strategy snapshot"):
+        train_system(catalogue, tmp_path / "a", tiny_run_cfg(members=1, cycle_shares=(1.0,)))
+    with pytest.raises(EnclipError, match="above 0"):
+        train_system(catalogue, tmp_path / "b", tiny_run_cfg(members=2, strategy="snapshot", restart_lr=0.0))
+    with pytest.raises(EnclipError, match="--cycle-shares"):
+        train_system(catalogue, tmp_path / "c", tiny_run_cfg(members=2, strategy="snapshot", cycle_shares=(1.0,)))
+
+
+def test_a_snapshot_ensemble_with_a_long_first_cycle_saves_members_at_its_cycle_ends(tmp_path, catalogue):
+    cfg = tiny_run_cfg(members=2, strategy="snapshot", epochs=4, cycle_shares=(0.75, 0.25), restart_lr=0.25)
+    out = train_system(catalogue, tmp_path / "fge", cfg)
+    assert [read_json(out / "members" / str(i) / "model.json")["epoch"] for i in range(2)] == [3, 4]
+
+
 def test_a_snapshot_ensemble_keeps_each_cycles_end_as_a_member(tmp_path, catalogue):
     out = train_system(catalogue, tmp_path / "snap", tiny_run_cfg(members=3, strategy="snapshot", epochs=3, lr=5e-3))
     ensemble, info = load_model(out)

@@ -144,7 +144,7 @@ class FakeSearcher:
         self.encoder = QueryEncoder(self.model)
         self.path, self.manifest, self.default_fusion = "fake", {}, "mean"
 
-    def search_batch(self, queries, k=10, filters=None, fusion=None):
+    def search_batch(self, queries, k=10, filters=None, fusion=None, shares=None):
         orders = np.argsort(-queries.sum(axis=0), axis=1, kind="stable")[:, :k]
         return [[SimpleNamespace(id=self.catalogue.ids[i]) for i in order] for order in orders]
 

@@ -247,10 +247,13 @@ class Searcher:
         """(K, 1, C) member cosines of the candidates, less their hubness penalty at the query's text share."""
         stored = self.index.reconstruct(candidates).reshape(len(candidates), self.members, self.dim)
         scores = np.einsum("cmd,md->mc", stored, query)
-        hubness = self.live.hubness
-        if hubness is not None and share and self.cfg.hubness:
-            scores = scores - np.float32(self.cfg.hubness * share) * hubness.penalty[candidates].T
+        if self._penalised(share):
+            scores = scores - np.float32(self.cfg.hubness * share) * self.live.hubness.penalty[candidates].T
         return scores[:, None, :]
+
+    def _penalised(self, share: float) -> bool:
+        """Whether a query of this text share loses the items' hubness penalty (the index has one, weight > 0)."""
+        return bool(share) and bool(self.cfg.hubness) and self.live.hubness is not None
 
     def _finish(self, query: np.ndarray, candidates: np.ndarray, k: int, rule: str,
                 weights: np.ndarray, share: float) -> tuple[list[Hit], bool]:
@@ -306,7 +309,13 @@ class Searcher:
         weights = self._member_weights(query, rule)
         found: dict[str, np.ndarray] = {}
         if "image" in channels:
-            found["image"] = _valid(self.index.search((query * weights[:, None]).reshape(1, -1), depth, where)[1][0])
+            joint = (query * weights[:, None]).reshape(1, -1)
+            if self._penalised(share):  # the penalty re-ranks a deeper pool, as a photo-channel search does
+                pool = _valid(self.index.search(joint, max(depth, self.cfg.candidates), where)[1][0])
+                pool_scores = self._fuse(self._member_scores(query, pool, share), rule, weights, pool)
+                found["image"] = pool[np.argsort(-pool_scores, kind="stable")[:depth]]
+            else:
+                found["image"] = _valid(self.index.search(joint, depth, where)[1][0])
         retrieving = () if photo and "image" in channels else channels
         if "text" in retrieving:
             flat = (text_query / self.members).reshape(1, -1)  # equal member weights: the mean member cosine

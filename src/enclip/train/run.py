@@ -136,8 +136,14 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
     if share is not None and not (0 <= share <= 1 and (share == 0 or cfg.train.views > 0)):
         raise EnclipError(f"--degraded-share is a share of the training photos, from 0 to 1, and needs --views 1 or "
                           f"more to draw from; got {share} with --views {cfg.train.views}")
+    if (cfg.train.cycle_shares or cfg.train.restart_lr != 1.0) and ens.strategy != "snapshot":
+        raise EnclipError("--cycle-shares and --restart-lr shape a snapshot ensemble's learning-rate cycles; use them "
+                          "with --strategy snapshot")
+    if not cfg.train.restart_lr > 0:
+        raise EnclipError(f"--restart-lr is the peak learning-rate factor of the later cycles, above 0; got "
+                          f"{cfg.train.restart_lr}")
     if ens.strategy == "snapshot":
-        cycle_ends(cfg.train.epochs, ens.members)  # refuses too few epochs before any caching
+        cycle_ends(cfg.train.epochs, ens.members, cfg.train.cycle_shares)  # refuses too few epochs before caching
         if cfg.engine == "ray":
             raise EnclipError("a snapshot ensemble is one training run, which Ray cannot spread; "
                               "use --engine local, or another --strategy to train members as Ray tasks")

@@ -14,6 +14,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,12 @@ class TrainCfg:
     block_lr: float = 2e-3
     weight_decay: float = 0.05  # AdamW decoupled weight decay (not applied to norms, biases, temperature)
     warmup: float = 0.05  # share of the steps spent warming up linearly
+    # a snapshot ensemble's learning-rate cycles: each one's share of the plan's epochs (empty: as even as whole epochs
+    # allow), and the peak learning-rate factor of every cycle after the first. A long first cycle and short, low
+    # restarts (e.g. 0.75 0.25 at 0.25) is the fast geometric ensembling of Garipov et al. (2018): one near-complete
+    # model, and members that explore around it
+    cycle_shares: tuple[float, ...] = ()
+    restart_lr: float = 1.0
     heads: HeadCfg = field(default_factory=HeadCfg)  # what is trained
     views: int = 1  # degraded views cached per training image, beside the clean one
     # share of a step's items shown in a degraded view (the rest clean); None: each cached view equally likely (with
@@ -306,19 +313,36 @@ def _param_groups(member: torch.nn.Module, cfg: TrainCfg) -> list[dict]:
     ]
 
 
-def cycle_ends(epochs: int, cycles: int) -> list[int]:
-    """The epoch after which each learning-rate cycle ends: ``cycles`` cycles as even as whole epochs allow."""
+def cycle_ends(epochs: int, cycles: int, shares: Sequence[float] = ()) -> list[int]:
+    """The epoch after which each learning-rate cycle ends: ``cycles`` cycles as even as whole epochs allow, or in
+    proportion to ``shares`` (each cycle keeps at least one epoch)."""
     if not 1 <= cycles <= epochs:
         raise EnclipError(f"{cycles} learning-rate cycles need at least as many epochs (got --epochs {epochs}); "
                           "a snapshot ensemble of K members needs --epochs K or more")
-    return [round(epochs * (cycle + 1) / cycles) for cycle in range(cycles)]
+    if not shares:
+        return [round(epochs * (cycle + 1) / cycles) for cycle in range(cycles)]
+    check_cycle_shares(shares, cycles)
+    cumulative = np.cumsum(shares) / float(np.sum(shares))
+    ends: list[int] = []
+    for cycle, share in enumerate(cumulative):
+        lowest, highest = (ends[-1] if ends else 0) + 1, epochs - (cycles - 1 - cycle)
+        ends.append(min(max(round(epochs * float(share)), lowest), highest))
+    return ends
 
 
-def _schedule(steps_per_epoch: int, epochs: int, warmup: float, cycles: int = 1, steps: int | None = None):
-    """Learning-rate factor per step: linear warm-up, then cosine decay to zero, restarted at the top ``cycles``
-    times (cosine annealing with warm restarts, Loshchilov & Hutter 2017; the warm-up is in the first cycle only).
-    ``steps`` (a time budget's plan) ends the last cycle early, inside the last epoch."""
-    bounds = [0] + [end * steps_per_epoch for end in cycle_ends(epochs, cycles)]
+def check_cycle_shares(shares: Sequence[float], cycles: int) -> None:
+    if len(shares) != cycles or any(not share > 0 for share in shares):
+        raise EnclipError(f"--cycle-shares gives each of the {cycles} snapshot members' learning-rate cycles a "
+                          f"positive share of the epochs; got {list(shares)}")
+
+
+def _schedule(steps_per_epoch: int, epochs: int, warmup: float, cycles: int = 1, steps: int | None = None,
+              shares: Sequence[float] = (), restart_lr: float = 1.0):
+    """Learning-rate factor per step: linear warm-up, then cosine decay to zero, restarted ``cycles`` times at
+    ``restart_lr`` of the top (cosine annealing with warm restarts, Loshchilov & Hutter 2017; the warm-up is in the
+    first cycle only), the cycles' lengths by ``shares`` (see cycle_ends). ``steps`` (a time budget's plan) ends the
+    last cycle early, inside the last epoch."""
+    bounds = [0] + [end * steps_per_epoch for end in cycle_ends(epochs, cycles, shares)]
     if steps is not None:
         bounds[-1] = min(bounds[-1], steps)
     warm = max(1, int(bounds[1] * warmup))
@@ -329,7 +353,7 @@ def _schedule(steps_per_epoch: int, epochs: int, warmup: float, cycles: int = 1,
             return (step + 1) / warm
         begin = warm if cycle == 0 else bounds[cycle]
         progress = (step - begin) / max(1, bounds[cycle + 1] - begin)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return (1.0 if cycle == 0 else restart_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
 
@@ -420,8 +444,10 @@ def train_member(
 
     def laid_over(plan: StepPlan):
         """The learning-rate factor per step over ``plan``, and the epochs whose ends are snapshot members."""
-        ends = cycle_ends(plan.epochs, cycles) if run.snapshots else []
-        return _schedule(plan.steps_per_epoch, plan.epochs, cfg.warmup, cycles, plan.steps), ends
+        shares = cfg.cycle_shares if run.snapshots else ()
+        ends = cycle_ends(plan.epochs, cycles, shares) if run.snapshots else []
+        return _schedule(plan.steps_per_epoch, plan.epochs, cfg.warmup, cycles, plan.steps, shares,
+                         cfg.restart_lr), ends
 
     factor, snapshot_epochs = laid_over(plan)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
