@@ -313,21 +313,37 @@ def _param_groups(member: torch.nn.Module, cfg: TrainCfg) -> list[dict]:
     ]
 
 
-def cycle_ends(epochs: int, cycles: int, shares: Sequence[float] = ()) -> list[int]:
+def cycle_ends(epochs: int, cycles: int, shares: Sequence[float] = (), length: float | None = None) -> list[int]:
     """The epoch after which each learning-rate cycle ends: ``cycles`` cycles as even as whole epochs allow, or in
-    proportion to ``shares`` (each cycle keeps at least one epoch)."""
+    proportion to ``shares``; each keeps at least one epoch, and the last ends with the last epoch.
+
+    ``length``: the training's length in epochs when its last epoch is partial (a time budget's plan of 4 epochs
+    and 1 step is 4.007 long, not 5), so that cycles split the steps, not a count that a short last epoch inflates.
+    """
     if not 1 <= cycles <= epochs:
         raise EnclipError(f"{cycles} learning-rate cycles need at least as many epochs (got --epochs {epochs}); "
                           "a snapshot ensemble of K members needs --epochs K or more")
-    if not shares:
-        return [round(epochs * (cycle + 1) / cycles) for cycle in range(cycles)]
-    check_cycle_shares(shares, cycles)
-    cumulative = np.cumsum(shares) / float(np.sum(shares))
+    if shares:
+        check_cycle_shares(shares, cycles)
+    cumulative = np.cumsum(shares or [1.0] * cycles) / float(np.sum(shares or [1.0] * cycles))
+    length = float(epochs if length is None else length)
     ends: list[int] = []
     for cycle, share in enumerate(cumulative):
         lowest, highest = (ends[-1] if ends else 0) + 1, epochs - (cycles - 1 - cycle)
-        ends.append(min(max(round(epochs * float(share)), lowest), highest))
+        ends.append(min(max(round(length * float(share)), lowest), highest))
+    ends[-1] = epochs
     return ends
+
+
+def settled_ends(before: Sequence[int], after: Sequence[int], done: int) -> list[int]:
+    """Cycle ends after a plan changed ``done`` epochs in: ends already passed stay as they were (their members are
+    saved), and the rest come from the new plan, in the epochs still ahead."""
+    kept = [end for end in before if end <= done]
+    ahead = [end for end in after if end > done]
+    need = len(after) - len(kept)
+    ahead = ahead[len(ahead) - need:] if len(ahead) >= need else ahead
+    spare = [epoch for epoch in range(done + 1, after[-1] + 1) if epoch not in ahead]
+    return kept + sorted(ahead + spare[: need - len(ahead)])
 
 
 def check_cycle_shares(shares: Sequence[float], cycles: int) -> None:
@@ -337,12 +353,15 @@ def check_cycle_shares(shares: Sequence[float], cycles: int) -> None:
 
 
 def _schedule(steps_per_epoch: int, epochs: int, warmup: float, cycles: int = 1, steps: int | None = None,
-              shares: Sequence[float] = (), restart_lr: float = 1.0):
+              shares: Sequence[float] = (), restart_lr: float = 1.0, ends: Sequence[int] | None = None):
     """Learning-rate factor per step: linear warm-up, then cosine decay to zero, restarted ``cycles`` times at
     ``restart_lr`` of the top (cosine annealing with warm restarts, Loshchilov & Hutter 2017; the warm-up is in the
-    first cycle only), the cycles' lengths by ``shares`` (see cycle_ends). ``steps`` (a time budget's plan) ends the
-    last cycle early, inside the last epoch."""
-    bounds = [0] + [end * steps_per_epoch for end in cycle_ends(epochs, cycles, shares)]
+    first cycle only), the cycles' lengths by ``shares`` (see cycle_ends) or ending after the epochs ``ends``.
+    ``steps`` (a time budget's plan) ends the last cycle early, inside the last epoch."""
+    if ends is None:
+        ends = cycle_ends(epochs, cycles, shares, None if steps is None else steps / steps_per_epoch)
+    cycles = len(ends)
+    bounds = [0] + [end * steps_per_epoch for end in ends]
     if steps is not None:
         bounds[-1] = min(bounds[-1], steps)
     warm = max(1, int(bounds[1] * warmup))
@@ -442,14 +461,18 @@ def train_member(
         raise EnclipError(f"the time budget affords {plan.describe()}; a snapshot ensemble of {cycles} members needs "
                           "an epoch per member: raise --time-budget or lower --members")
 
-    def laid_over(plan: StepPlan):
-        """The learning-rate factor per step over ``plan``, and the epochs whose ends are snapshot members."""
-        shares = cfg.cycle_shares if run.snapshots else ()
-        ends = cycle_ends(plan.epochs, cycles, shares) if run.snapshots else []
-        return _schedule(plan.steps_per_epoch, plan.epochs, cfg.warmup, cycles, plan.steps, shares,
-                         cfg.restart_lr), ends
+    def laid_over(plan: StepPlan, ends: Sequence[int] | None = None):
+        """The learning-rate factor per step over ``plan``, and the epochs whose ends are snapshot members (``ends``,
+        or as the plan splits its steps into cycles)."""
+        if ends is None:
+            ends = cycle_ends(plan.epochs, cycles, cfg.cycle_shares, plan.steps / plan.steps_per_epoch)
+        ends = list(ends) if run.snapshots else [plan.epochs]
+        factor = _schedule(plan.steps_per_epoch, plan.epochs, cfg.warmup, steps=plan.steps,
+                           restart_lr=cfg.restart_lr, ends=ends)
+        return factor, ends if run.snapshots else []
 
-    factor, snapshot_epochs = laid_over(plan)
+    # a resumed run keeps the cycle ends it had (a cut may have settled them off the plan's own split)
+    factor, snapshot_epochs = laid_over(plan, saved["state"].get("cycle_ends") if saved is not None else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     step_times: list[float] = []
 
@@ -457,9 +480,10 @@ def train_member(
         """Train to ``new`` from here on: the schedule and the snapshot epochs laid over it, and saved with it."""
         nonlocal plan, snapshot_epochs
         old, plan = plan, new
-        factor, snapshot_epochs = laid_over(plan)
+        ends = cycle_ends(plan.epochs, cycles, cfg.cycle_shares, plan.steps / plan.steps_per_epoch)
+        factor, snapshot_epochs = laid_over(plan, settled_ends(snapshot_epochs, ends, state["epoch"]))
         scheduler.lr_lambdas = [factor] * len(optimizer.param_groups)
-        state["plan"] = plan.to_dict()
+        state["plan"], state["cycle_ends"] = plan.to_dict(), list(snapshot_epochs)
         log.info("member %d: %s: %s (it had %d steps)", member, why, plan.describe(), old.steps)
 
     def after_step(done: int, seconds: float) -> int | None:
@@ -472,14 +496,15 @@ def train_member(
         adopt(replan(plan, float(np.mean(step_times[REPLAN_SKIP:])), done, cfg.epochs, cycles, validation),
               "planned again from its own steps")
         return plan.steps_in_epoch(0)
-    state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": [], "done": False, "plan": plan.to_dict()}
+    state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": [], "done": False, "plan": plan.to_dict(),
+             "cycle_ends": list(snapshot_epochs)}
     if saved is not None:
         heads.load_state_dict(saved["member"])
         if aux is not None:
             aux.load_state_dict(saved["aux"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        state = {**saved["state"], "plan": plan.to_dict()}
+        state = {**saved["state"], "plan": plan.to_dict(), "cycle_ends": list(snapshot_epochs)}
         log.info("member %d: resuming after epoch %d", member, state["epoch"])
     if state["done"]:
         ensemble.load_member(member, run.model_dirs[-1])
