@@ -53,6 +53,24 @@ def test_cycle_shares_set_each_cycles_length_and_restarts_can_peak_lower():
             trainer.cycle_ends(4, 2, shares)
 
 
+def test_a_budgets_short_last_epoch_does_not_become_a_cycle_of_its_own():
+    # 553 steps of 138 are 4 epochs and 1 step: split by steps, not into 5 epochs' worth
+    assert trainer.cycle_ends(5, 2, (0.75, 0.25), length=553 / 138) == [3, 5]
+    assert trainer.cycle_ends(5, 2, (0.75, 0.25)) == [4, 5], "counted in whole epochs, the last cycle is 1 step"
+    assert trainer.cycle_ends(5, 3, length=553 / 138) == [1, 3, 5]
+    assert trainer.cycle_ends(6, 3, length=6.0) == trainer.cycle_ends(6, 3) == [2, 4, 6]
+    factor = trainer._schedule(steps_per_epoch=138, epochs=5, warmup=0.05, cycles=2, steps=553, shares=(0.75, 0.25),
+                               restart_lr=0.5)
+    assert factor(414) == pytest.approx(0.5) and factor(552) < 0.01  # the restart spans the last 139 steps
+
+
+def test_cycle_ends_already_passed_stay_put_when_a_cut_moves_the_split():
+    assert trainer.settled_ends([3, 5], [2, 5], done=3) == [3, 5]  # member 0 was saved at epoch 3
+    assert trainer.settled_ends([1, 3, 5], [2, 4, 5], done=1) == [1, 4, 5]
+    assert trainer.settled_ends([2, 4, 6], [1, 2, 6], done=2) == [2, 3, 6], "a missing end takes the next epoch"
+    assert trainer.settled_ends([], [2, 4], done=0) == [2, 4]
+
+
 def test_cycle_settings_are_refused_outside_a_snapshot_ensemble(tmp_path, catalogue):
     with pytest.raises(EnclipError, match="--strategy snapshot"):
         train_system(catalogue, tmp_path / "a", tiny_run_cfg(members=1, cycle_shares=(1.0,)))
@@ -66,6 +84,8 @@ def test_a_snapshot_ensemble_with_a_long_first_cycle_saves_members_at_its_cycle_
     cfg = tiny_run_cfg(members=2, strategy="snapshot", epochs=4, cycle_shares=(0.75, 0.25), restart_lr=0.25)
     out = train_system(catalogue, tmp_path / "fge", cfg)
     assert [read_json(out / "members" / str(i) / "model.json")["epoch"] for i in range(2)] == [3, 4]
+    trajectory = torch.load(out / "members/trajectory/checkpoint.pt", weights_only=False)
+    assert trajectory["state"]["cycle_ends"] == [3, 4], "a resumed run reads its cycle ends back"
 
 
 def test_a_snapshot_ensemble_keeps_each_cycles_end_as_a_member(tmp_path, catalogue):
