@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from enclip.cli import build_parser
+from enclip.artifacts import read_json
 from enclip.errors import EnclipError
 from enclip.train import trainer
 from enclip.train.budget import (
@@ -287,9 +288,14 @@ def test_an_epoch_end_cuts_the_plan_to_what_still_fits_at_the_latest_costs_and_n
     # on pace, or faster: the same plan, not a longer one
     assert trim(plan, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10) is plan
     assert trim(plan, spent=5.0, step_seconds=0.1, validation_seconds=0.1, done_steps=10) is plan
-    # out of time: stop after the epoch just run; a snapshot ensemble keeps its last cycle's epoch, cut to a step
+    # out of time: stop after the epoch just run; a snapshot ensemble keeps an epoch for each cycle still to end, the
+    # last cut to a step
     assert trim(plan, spent=99.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10).steps == 10
-    assert trim(plan, spent=99.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, keep_epochs=True).steps == 21
+    assert trim(plan, spent=99.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=3).steps == 21
+    assert trim(plan, spent=99.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=2).steps == 11
+    # a snapshot may now lose whole epochs when they do not fit, as long as each pending cycle keeps one
+    assert trim(plan, spent=80.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=2).steps == 16
+    assert trim(plan, spent=80.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=3).steps == 21
     # no budget, or nothing left to run: unchanged
     assert trim(full_plan(3, 10), spent=1e6, step_seconds=9.0, validation_seconds=9.0, done_steps=10).steps == 30
     assert trim(plan, spent=1e6, step_seconds=9.0, validation_seconds=9.0, done_steps=30) is plan
@@ -320,16 +326,16 @@ def test_a_budgeted_run_cuts_its_plan_at_an_epoch_end_with_its_own_costs_and_sto
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0, 1.0))
     calls, seen = _validations_counted(monkeypatch), []
 
-    def out_of_time(plan, spent, step_seconds, validation_seconds, done_steps, keep_epochs=False, validations=None):
-        seen.append((plan.steps, spent, step_seconds, validation_seconds, done_steps, keep_epochs, validations))
-        return trim(plan, plan.seconds, step_seconds, validation_seconds, done_steps, keep_epochs, validations)
+    def out_of_time(plan, spent, step_seconds, validation_seconds, done_steps, min_epochs=0, validations=None):
+        seen.append((plan.steps, spent, step_seconds, validation_seconds, done_steps, min_epochs, validations))
+        return trim(plan, plan.seconds, step_seconds, validation_seconds, done_steps, min_epochs, validations)
 
     monkeypatch.setattr(trainer, "trim", out_of_time)
     # 6 steps planned over 2 epochs of 4 (as above); the first epoch's end finds the member's seconds spent
     cfg = replace(tiny_run_cfg(epochs=2, patience=5, validate=validate), time_budget=75.0)
     out = train_system(catalogue, tmp_path / "m", cfg)
     (planned, spent, step_seconds, validation_seconds, done, keep, validations), = seen
-    assert (planned, done, keep) == (6, 4, False) and spent > 0 and step_seconds > 0  # this run's epoch, not the probe
+    assert (planned, done, keep) == (6, 4, 0) and spent > 0 and step_seconds > 0  # this run's epoch, not the probe
     saved = torch.load(out / "members/0/checkpoint.pt", weights_only=False)
     assert saved["state"]["plan"]["steps"] == 4 and len(saved["state"]["history"]) == 1 and saved["state"]["done"]
     # the epoch the cut made the last one is validated once, whether or not it was to be (its member is saved)
@@ -358,3 +364,19 @@ def test_timing_a_validation_leaves_the_member_training_with_its_weights_and_nor
     seconds = trainer._validation_seconds(member, cache, cfg.train, ensemble.device, 22000, 2000)
     assert seconds > 0 and member.training
     assert all(torch.equal(value, member.state_dict()[key]) for key, value in before.items())  # running stats too
+
+
+def test_a_snapshot_out_of_time_drops_whole_epochs_yet_saves_every_member(tmp_path, catalogue, monkeypatch):
+    monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(1.0, 0.1))
+
+    def out_of_time(plan, spent, step_seconds, validation_seconds, done_steps, min_epochs=0, validations=None):
+        return trim(plan, plan.seconds, step_seconds, validation_seconds, done_steps, min_epochs, validations)
+
+    monkeypatch.setattr(trainer, "trim", out_of_time)
+    # 4 steps an epoch, 4 epochs planned in 2 cycles (ends after epochs 2 and 4); out of time after epoch 1, the plan
+    # keeps an epoch for each cycle: 2 more epochs, the last of one step, and the cycles end after epochs 2 and 3
+    cfg = replace(tiny_run_cfg(members=2, strategy="snapshot", epochs=4), time_budget=200.0)
+    out = train_system(catalogue, tmp_path / "snap", cfg)
+    trajectory = torch.load(out / "members/trajectory/checkpoint.pt", weights_only=False)
+    assert trajectory["state"]["plan"]["steps"] == 9 and trajectory["state"]["cycle_ends"] == [2, 3]
+    assert [read_json(out / "members" / str(i) / "model.json")["epoch"] for i in range(2)] == [2, 3]

@@ -136,11 +136,12 @@ def typical_validation(seconds: list[float | None], planned: float = 0.0) -> flo
 
 
 def trim(plan: StepPlan, spent: float, step_seconds: float, validation_seconds: float, done_steps: int,
-         keep_epochs: bool = False, validations: int | None = None) -> StepPlan:
+         min_epochs: int = 0, validations: int | None = None) -> StepPlan:
     """At an epoch's end, ``spent`` seconds into the member's share: ``plan`` cut to the steps that still fit, at the
     costs the member's latest epoch showed (``step_seconds`` a step, ``validation_seconds`` a validation). A plan
     that still fits comes back as it is: it is never lengthened, since its learning rate is already past the top.
-    ``keep_epochs`` (a snapshot ensemble, whose cycles end on epochs) cuts inside the last epoch only.
+    ``min_epochs``: epochs the plan keeps, its last cut to a step if need be (a snapshot ensemble keeps an epoch for
+    each cycle still to end, since its members are saved at epoch ends).
     ``validations``: those still to pay in all (a plan that validates only at its end); None: one every epoch to
     come, this epoch's being paid already."""
     if plan.seconds is None or done_steps >= plan.steps:
@@ -152,8 +153,8 @@ def trim(plan: StepPlan, spent: float, step_seconds: float, validation_seconds: 
     except EnclipError:  # not one more step fits
         fit = 0
     steps = min(plan.steps, done_steps + fit)
-    if keep_epochs:
-        steps = max(steps, (plan.epochs - 1) * plan.steps_per_epoch + 1)
+    if min_epochs:
+        steps = max(steps, (min_epochs - 1) * plan.steps_per_epoch + 1)
     if steps == plan.steps:
         return plan
     return replace(plan, steps=steps, step_seconds=round(step_seconds, 4),

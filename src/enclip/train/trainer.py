@@ -335,6 +335,12 @@ def cycle_ends(epochs: int, cycles: int, shares: Sequence[float] = (), length: f
     return ends
 
 
+def _epochs_kept(done: int, snapshot_epochs: Sequence[int]) -> int:
+    """Epochs a cut must leave a snapshot ensemble: those done, and one for each cycle still to end (0: no
+    snapshot, no floor)."""
+    return done + sum(end > done for end in snapshot_epochs) if snapshot_epochs else 0
+
+
 def settled_ends(before: Sequence[int], after: Sequence[int], done: int) -> list[int]:
     """Cycle ends after a plan changed ``done`` epochs in: ends already passed stay as they were (their members are
     saved), and the rest come from the new plan, in the epochs still ahead."""
@@ -535,7 +541,8 @@ def train_member(
         pending = None if every else len({e for e in snapshot_epochs if e > epoch + 1} | {plan.epochs})
         trimmed = trim(plan, sum(entry["seconds"] for entry in state["history"]) + time.perf_counter() - started,
                        steps_seconds / plan.steps_in_epoch(epoch), typical_validation(timed, plan.validation_seconds),
-                       done_steps, keep_epochs=bool(run.snapshots), validations=pending)
+                       done_steps, min_epochs=_epochs_kept(epoch + 1, snapshot_epochs),
+                       validations=pending)
         if trimmed is not plan:
             adopt(trimmed, f"cut to what still fits after epoch {epoch + 1}")
         if recall is None and state["epoch"] >= plan.epochs:  # the cut ended the plan here: its one validation
