@@ -62,6 +62,10 @@ class SearchCfg:
     hubness: float = 0.5  # weight of the items' hubness penalty for text queries (0: plain cosines); validation-fit
     hybrid: HybridCfg = field(default_factory=HybridCfg)  # how channels are fused
 
+    def __post_init__(self) -> None:
+        if not self.hubness >= 0:  # also refuses NaN
+            raise EnclipError(f"hubness is the weight of the items' hubness penalty: 0 or more, got {self.hubness}")
+
 
 @dataclass
 class Hit:
@@ -109,8 +113,6 @@ class Searcher:
         self.live = LiveIndex(index_dir, self.members)
         self.catalogue, self.centroids = self.live.catalogue, self.live.centroids
         self.index, self.text_index, self.keywords = self.live.vectors, self.live.text_vectors, self.live.keywords
-        if self.cfg.hubness < 0:
-            raise EnclipError(f"hubness is the weight of the items' hubness penalty: 0 or more, got {self.cfg.hubness}")
         self.filters = FilterIndex(self.catalogue)
         self.channels = tuple(c for c, part in (("image", self.index), ("text", self.text_index),
                                                 ("keyword", self.keywords)) if part is not None)

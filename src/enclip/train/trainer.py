@@ -56,10 +56,10 @@ class TrainCfg:
     block_lr: float = 2e-3
     weight_decay: float = 0.05  # AdamW decoupled weight decay (not applied to norms, biases, temperature)
     warmup: float = 0.05  # share of the steps spent warming up linearly
-    # a snapshot ensemble's learning-rate cycles: each one's share of the plan's epochs (empty: as even as whole epochs
-    # allow), and the peak learning-rate factor of every cycle after the first. A long first cycle and short, low
-    # restarts (e.g. 0.75 0.25 at 0.25) is the fast geometric ensembling of Garipov et al. (2018): one near-complete
-    # model, and members that explore around it
+    # a snapshot ensemble's learning-rate cycles: each one's share of the plan's steps, rounded to epoch ends (empty:
+    # even), and the peak learning-rate factor of every cycle after the first. A long first cycle and short, lower
+    # restarts (e.g. 0.75 0.25 at 0.5) is the fast geometric ensembling of Garipov et al. (2018): one near-complete
+    # model, and members that explore around it (RESULTS.md, issue 14, fourteenth pass)
     cycle_shares: tuple[float, ...] = ()
     restart_lr: float = 1.0
     heads: HeadCfg = field(default_factory=HeadCfg)  # what is trained
