@@ -18,10 +18,9 @@ import numpy as np  # noqa: E402
 
 from bench.quality import compare, member_diversity  # noqa: E402
 from enclip.data.split import split_indices  # noqa: E402
-from enclip.embed.item_text import encode_title_bank  # noqa: E402
 from enclip.eval.evaluate import EvalCfg, evaluate_index  # noqa: E402
+from enclip.indexing import title_hubness  # noqa: E402
 from enclip.search import load_searcher  # noqa: E402
-from enclip.store.hubness import TitleHubness  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,10 +57,8 @@ def _searcher(index: Path, hubness_k: int | None, work_dir: Path):
     """The index's searcher; with ``hubness_k``, its items' hubness penalties measured here, in memory."""
     searcher = load_searcher(index)
     if hubness_k is not None:
-        titles, bank = encode_title_bank(searcher.model, searcher.catalogue, work_dir)
         vectors = searcher.index.reconstruct(np.arange(len(searcher.catalogue)))
-        searcher.live.hubness = TitleHubness.build(vectors, searcher.catalogue.titles, bank, titles,
-                                                   searcher.members, hubness_k)
+        searcher.live.hubness = title_hubness(searcher.model, searcher.catalogue, vectors, work_dir, hubness_k)
     return searcher
 
 

@@ -107,7 +107,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="when validation recall is measured: every epoch (early stopping, best epoch kept) or "
                         "only the last (and a snapshot's cycle ends); auto: last under --time-budget, else every")
     parser.add_argument("--cycle-shares", type=float, nargs="+", default=list(t.cycle_shares), metavar="SHARE",
-                        help="snapshot: each member's learning-rate cycle's share of the epochs (default: even)")
+                        help="snapshot: each member's learning-rate cycle's share of the steps (default: even)")
     parser.add_argument("--restart-lr", type=float, default=t.restart_lr, metavar="FACTOR",
                         help="snapshot: peak learning rate of the cycles after the first, as a share of the first's")
     parser.add_argument("--batch-size", type=int, default=t.batch_size)

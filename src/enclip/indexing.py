@@ -117,15 +117,22 @@ def build_index(model_dir: str | Path, catalogue: Catalogue, out_dir: str | Path
                                          dtype=cfg.index.dtype, job=job)
     hubness = None
     if cfg.hubness_k:
-        titles, bank = encode_title_bank(ensemble, catalogue, work_dir / "title-bank", batch_size=cfg.batch_size,
-                                         job=job)
-        hubness = TitleHubness.build(vectors, catalogue.titles, bank, titles, len(info.members), cfg.hubness_k)
+        hubness = title_hubness(ensemble, catalogue, vectors, work_dir / "title-bank", cfg.hubness_k,
+                                batch_size=cfg.batch_size, job=job)
     write_index(model_dir, catalogue, vectors, out_dir, cfg, skip_report=skip_report, text_vectors=text_vectors,
                 hubness=hubness,
                 embed_items_per_second=round(times.items / max(1e-9, times.encode + times.read), 1),
                 build_seconds=round(time.perf_counter() - started, 1))
     shutil.rmtree(work_dir, ignore_errors=True)
     return out_dir
+
+
+def title_hubness(ensemble, catalogue: Catalogue, vectors: np.ndarray, work_dir: Path, k: int, *,
+                  batch_size: int = 256, job: dict | None = None) -> TitleHubness:
+    """Each item's hubness penalty: its (n, K*d) stored ``vectors`` against the catalogue's title bank, encoded
+    resumably in ``work_dir`` by ``ensemble``."""
+    titles, bank = encode_title_bank(ensemble, catalogue, work_dir, batch_size=batch_size, job=job)
+    return TitleHubness.build(vectors, catalogue.titles, bank, titles, len(ensemble), k)
 
 
 def _encode_on_ray(model_dir: Path, catalogue: Catalogue, work_dir: Path, cfg: IndexBuildCfg, job: dict,
