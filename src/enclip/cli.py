@@ -120,6 +120,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="text layers trained from the top: 0 = projection only, N, or 'all'")
     parser.add_argument("--colour-branch", action=argparse.BooleanOptionalAction, default=h.colour,
                         help="give the image head a colour thumbnail of each photo beside the frozen trunk's features")
+    parser.add_argument("--text-adapter", type=int, default=h.text_adapter, metavar="WIDTH",
+                        help="hidden units of a residual MLP on each text embedding (0: none); with "
+                        "--trainable-text 0, a text head that costs almost nothing a step")
     parser.add_argument("--frozen-depthwise", action=argparse.BooleanOptionalAction, default=t.frozen_depthwise,
                         help="keep the image head's depthwise convolutions as pretrained (a cheaper backward pass)")
     parser.add_argument("--frozen-norms", action=argparse.BooleanOptionalAction, default=t.frozen_norms,
@@ -179,7 +182,8 @@ def run_cfg(args):
                            image_size=args.image_size, image_width=args.image_width)
     train = TrainCfg(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, block_lr=args.block_lr,
                      views=args.views, seed=args.seed,
-                     heads=HeadCfg(args.trainable_image, args.trainable_text, args.colour_branch), device=args.device,
+                     heads=HeadCfg(args.trainable_image, args.trainable_text, args.colour_branch,
+                                   args.text_adapter), device=args.device,
                      captions=CaptionCfg(use_attributes=args.attribute_captions),
                      aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight,
                      aux_prototypes=args.aux_prototypes, aux_rank_photos=args.aux_rank_photos,

@@ -22,7 +22,7 @@ def _ensemble(heads: HeadCfg | None = None, **backbone) -> Ensemble:
 
 
 def test_repeated_captions_get_the_rows_of_encoding_each_caption_alone(tmp_path):
-    ensemble = _ensemble()
+    ensemble = _ensemble(HeadCfg(trainable_text=1))  # a trained text layer: token states and masks are cached
     texts = ["navy check shirt", "red dress", "navy check shirt", "a longer title for a pair of shoes", "red dress"]
     cached = _cache_texts(ensemble, texts, tmp_path / "texts", batch_size=2)
     assert len(list((tmp_path / "texts").glob("shard-*.npz"))) == 1
@@ -34,9 +34,18 @@ def test_repeated_captions_get_the_rows_of_encoding_each_caption_alone(tmp_path)
     np.testing.assert_array_equal(cached["hidden"][0], cached["hidden"][2])
 
 
+def test_a_frozen_text_tower_caches_one_pooled_vector_per_caption(tmp_path):
+    ensemble = _ensemble(HeadCfg(trainable_text=0))  # the default: the head is the projection only
+    texts = ["navy check shirt", "a longer title for a pair of shoes", "navy check shirt"]
+    cached = _cache_texts(ensemble, texts, tmp_path / "texts", batch_size=2)
+    assert set(cached) == {"pooled"}
+    for row, text in enumerate(texts):
+        np.testing.assert_allclose(cached["pooled"][row], ensemble.text_features([text])[0].numpy(), atol=2e-3)
+
+
 def test_image_cache_key_follows_the_image_trunk_and_preprocessing_only():
     base = _ensemble()
-    assert _ensemble(HeadCfg(trainable_text=0)).image_cache_key() == base.image_cache_key()  # same image cut
+    assert _ensemble(HeadCfg(trainable_text=1)).image_cache_key() == base.image_cache_key()  # same image cut
     assert _ensemble(image_size=48).image_cache_key() != base.image_cache_key()
     assert _ensemble(image_width=24).image_cache_key() != base.image_cache_key()
     assert _ensemble(HeadCfg(trainable_image=0)).image_cache_key() != base.image_cache_key()

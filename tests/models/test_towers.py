@@ -326,3 +326,35 @@ def test_a_colour_branch_on_a_trunk_output_of_another_shape_is_refused_with_the_
     tokens = TowerSplit(torch.nn.Flatten(2), torch.nn.Identity(), 1)  # (N, C, H*W): token-like, neither map nor vector
     with pytest.raises(EnclipError, match="feature map or a pooled vector.*--no-colour-branch"):
         with_colour(tokens, torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("trainable_text", [0, 1])
+def test_a_text_adapter_starts_as_the_plain_head_and_is_saved_and_rebuilt(tmp_path, trainable_text):
+    backbone = tiny_backbone()
+    plain = Ensemble(backbone, HeadCfg(trainable_image=0, trainable_text=trainable_text, colour=False)).eval()
+    adapted = Ensemble(backbone, HeadCfg(trainable_image=0, trainable_text=trainable_text, colour=False,
+                                         text_adapter=8)).eval()
+    # the MLP's last layer starts at zero: the same text embeddings until it trains; photos are untouched
+    np.testing.assert_allclose(adapted.encode_texts(TEXTS), plain.encode_texts(TEXTS), atol=1e-6)
+    adapter = adapted.members[0].text_head.text_adapter
+    assert [tuple(p.shape) for p in adapter.parameters()] == [(8, 16), (8,), (16, 8), (16,)]
+    with torch.no_grad():  # stands in for training: the output layer moves off zero
+        adapter[-1].weight.normal_(generator=torch.Generator().manual_seed(0))
+    moved = adapted.encode_texts(TEXTS)
+    assert not np.allclose(moved, plain.encode_texts(TEXTS), atol=1e-3)
+    np.testing.assert_allclose(np.linalg.norm(moved, axis=-1), 1.0, atol=1e-5)
+    adapted.save_member(0, tmp_path / "member")
+    loaded, _ = load_model(tmp_path / "member")
+    assert loaded.head_cfg.text_adapter == 8
+    np.testing.assert_array_equal(loaded.encode_texts(TEXTS), moved)
+
+
+def test_a_text_adapter_trains_at_the_new_layers_rate_and_a_negative_width_is_refused():
+    from enclip.train.trainer import TrainCfg, _param_groups
+
+    member = Ensemble(tiny_backbone(), HeadCfg(trainable_image=0, trainable_text=0, colour=False,
+                                               text_adapter=8)).members[0]
+    new_layers = {id(p) for p in _param_groups(member, TrainCfg())[0]["params"]}
+    assert {id(adapter[i].weight) for adapter in [member.text_head.text_adapter] for i in (0, 2)} <= new_layers
+    with pytest.raises(EnclipError, match="--text-adapter takes 0"):
+        HeadCfg(text_adapter=-1)

@@ -42,11 +42,22 @@ class HeadCfg:
     # image tower blocks trained from the top (0 = projection only, -1 = all); two stages of EfficientNet-Lite0
     # learn far more per epoch than one (validation R@10 0.30 against 0.25 in 5 epochs: RESULTS.md, issue 14)
     trainable_image: int = 2
-    trainable_text: int = 1  # text tower layers trained from the top (0 = projection only, -1 = all)
+    # text tower layers trained from the top (0 = projection only, -1 = all). The whole text tower frozen: a trained
+    # transformer layer was some 45% of a CPU training step, and in the same 420 s the frozen tower's cheaper steps
+    # (448 against 333) won on validation: title R@10 0.3175 against 0.2855, both2img 0.899 against 0.836 (RESULTS.md,
+    # issue 14, fifteenth pass)
+    trainable_text: int = 0
     # a colour thumbnail of the photo beside the image trunk's output, read by a small MLP in the image head
     # (towers.ColourTrunk): with it and a block learning rate of 2e-3, validation R@10 0.317 against 0.288 in the same
     # 450 s (RESULTS.md, issue 14, ninth pass). Models saved without the field have no such branch
     colour: bool = True
+    # hidden units of a residual MLP on each text embedding (towers.AdaptedHead; 0 = none): non-linear capacity for a
+    # frozen or shallow text head at the cost of two small matrix products
+    text_adapter: int = 0
+
+    def __post_init__(self):
+        if self.text_adapter < 0:
+            raise EnclipError(f"--text-adapter takes 0 (none) or a number of hidden units, got {self.text_adapter}")
 
 
 class Member(nn.Module):
@@ -87,6 +98,8 @@ class Ensemble(nn.Module):
             folded = image_split.trunk
         self.image_trunk = folded
         self._loaded_image_trunk = (loaded,)  # fingerprints hash the weights as loaded (a tuple: not a submodule)
+        if head_cfg.text_adapter:
+            text_split = towers.with_text_adapter(text_split, backbone.tokenizer(["a"]), head_cfg.text_adapter)
         self.text_trunk = text_split.trunk.eval().requires_grad_(False)
         base_scale = float(getattr(backbone.model, "logit_scale", torch.tensor(np.log(1 / 0.07))).detach())
         self.members = nn.ModuleList(

@@ -285,6 +285,40 @@ def with_colour(split: TowerSplit, probe: torch.Tensor) -> TowerSplit:
     return TowerSplit(ColourTrunk(split.trunk), ColourHead(head, dim), split.blocks)
 
 
+class AdaptedHead(nn.Module):
+    """A head followed by a residual two-layer MLP on its output embedding (CLIP-Adapter; Gao et al. 2021,
+    arXiv 2110.04544). The MLP's last layer starts at zero, so training starts from the wrapped head's outputs.
+
+    Over a frozen text tower (``--trainable-text 0``, whose head is a linear projection) it gives the text side some
+    non-linear capacity for the cost of two small matrix products, where a trained transformer layer costs some 45%
+    of a training step on the CPU (RESULTS.md, issue 14, fifteenth pass)."""
+
+    def __init__(self, head: nn.Module, dim: int, hidden: int):
+        super().__init__()
+        self.head = head
+        self.text_adapter = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.text_adapter[-1].weight)
+        nn.init.zeros_(self.text_adapter[-1].bias)
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        out = self.head(*features)
+        return out + self.text_adapter(out).to(out.dtype)
+
+
+def with_text_adapter(split: TowerSplit, probe: torch.Tensor, hidden: int) -> TowerSplit:
+    """``split`` (a text tower's) with an :class:`AdaptedHead` of ``hidden`` units; ``probe`` is one batch of token
+    ids, run once through the trunk and head (in eval mode) to learn the embedding size."""
+    if hidden < 1:
+        raise EnclipError(f"a text adapter needs at least one hidden unit, got {hidden}")
+    head = split.head
+    training = head.training
+    with torch.no_grad():
+        features = split.trunk(probe)
+        out = head.eval()(*features) if isinstance(features, tuple) else head.eval()(features)
+    head.train(training)
+    return TowerSplit(split.trunk, AdaptedHead(head, out.shape[-1], hidden), split.blocks)
+
+
 def clone_head(head: nn.Module) -> nn.Module:
     """An independent copy of a head (ensemble members start from the same pretrained weights), its depthwise
     convolutions run as :class:`SmallMapDepthwiseConv2d`."""
