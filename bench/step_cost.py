@@ -1,12 +1,13 @@
-"""What the auxiliary attribute losses and frozen depthwise filters change in a training step, in one process.
+"""What the text layer, the auxiliary attribute losses and frozen depthwise filters change in a training step.
 
-One default head (two image stages, one text layer) takes training steps of 256 catalogue items (real titles and
+One default head (two image stages, the text tower frozen) takes training steps of 256 catalogue items (real titles and
 labels; image-trunk outputs are random, which costs the same) with: no auxiliary loss, free ("learned") class
 vectors, class-name vectors over the batch's classes (``names``), class-name vectors over every class, ``names``
 with the image head's depthwise filters frozen (``--frozen-depthwise``), ``names`` with the text head in bfloat16
 (``--cpu-amp``, on a CPU with AMX tiles), ``names`` with the image head in bfloat16 as well, and ``names`` with the
 image head's depthwise convolutions as plain ``nn.Conv2d`` (before ``SmallMapDepthwiseConv2d``), and ``names`` with the
-image head compiled by ``torch.compile`` (``--compile on``; its compile time is printed apart). The variants
+image head compiled by ``torch.compile`` (``--compile on``; its compile time is printed apart), and ``names`` with
+the last text layer trained (``--trainable-text 1``, the default until issue 14's fifteenth pass). The variants
 alternate, so a machine that slows down or speeds up during the run affects them all alike;
 the figure is the median over repeats of the mean of 3 steps (forward and backward, no optimiser step).
 
@@ -31,9 +32,11 @@ from enclip.data.catalogue import load_catalogue  # noqa: E402
 from enclip.models.device import cpu_has_bfloat16_tiles  # noqa: E402
 from enclip.models.ensemble import Ensemble, HeadCfg  # noqa: E402
 from enclip.models.registry import BackboneCfg, create_backbone  # noqa: E402
+from enclip.models.towers import SmallMapDepthwiseConv2d  # noqa: E402
 from enclip.train import trainer  # noqa: E402
 
 COMPILED = "names, batch classes, image head compiled (--compile on)"
+TEXT_LAYER = "names, batch classes, last text layer trained (--trainable-text 1)"
 COLUMNS = ("gender", "articleType", "baseColour", "usage", "season")
 
 
@@ -74,10 +77,17 @@ def main(argv=None) -> int:
     names = {c: ensemble.text_features(values) for c, values in classes.items()}
     dim = member.encode_text(texts).shape[-1]
     batch_names = trainer.AttributeHeads(dim, {}, 0, names=names)
+    # the same step with the last text layer trained: token states are cached, and the layer runs every step
+    layer = Ensemble(create_backbone(BackboneCfg()), HeadCfg(trainable_text=1)).train()
+    layer_texts = layer.text_features([catalogue.titles[i] for i in rows])
+    layer_names = trainer.AttributeHeads(dim, {}, 0, names={c: layer.text_features(values)
+                                                            for c, values in classes.items()})
     # name -> (auxiliary heads, depthwise frozen, text head in bfloat16, image head in bfloat16, image head)
     small_map = member.image_head
-    plain = copy.deepcopy(ensemble.backbone.split_image(HeadCfg().trainable_image).head).train()
-    plain.load_state_dict(small_map.state_dict())
+    plain = copy.deepcopy(small_map).train()  # the same head (colour branch included), depthwise as nn.Conv2d
+    for module in plain.modules():
+        if isinstance(module, SmallMapDepthwiseConv2d):
+            module.__class__ = torch.nn.Conv2d
     variants = {"no auxiliary loss": (None, False, False, False, small_map),
                 "learned": (trainer.AttributeHeads(dim, {c: len(v) for c, v in classes.items()}, 0), False, False,
                             False, small_map),
@@ -88,9 +98,10 @@ def main(argv=None) -> int:
                                                                             small_map),
                 "names, batch classes, image head in bfloat16 too": (batch_names, False, True, True, small_map),
                 "names, batch classes, depthwise as nn.Conv2d (before)": (batch_names, False, False, False, plain),
-                COMPILED: (batch_names, False, False, False, torch.compile(small_map))}
+                COMPILED: (batch_names, False, False, False, torch.compile(small_map)),
+                TEXT_LAYER: (layer_names, False, False, False, small_map)}
 
-    def step(aux, text_bfloat16: bool, image_bfloat16: bool) -> None:
+    def step(aux, text_bfloat16: bool, image_bfloat16: bool, member, texts) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=image_bfloat16):
             image = member.encode_image(images)
         text = member.encode_text(texts, bfloat16=text_bfloat16)
@@ -106,15 +117,16 @@ def main(argv=None) -> int:
     first_call: dict[str, float] = {}
     for _ in range(args.repeats):
         for name, (aux, frozen, text_bfloat16, image_bfloat16, image_head) in variants.items():
-            member.image_head = image_head
+            stepping, step_texts = (layer.members[0], layer_texts) if name == TEXT_LAYER else (member, texts)
+            stepping.image_head = image_head
             for weight in trainer.depthwise_weights(image_head):
                 weight.requires_grad_(not frozen)
             started = time.perf_counter()
-            step(aux, text_bfloat16, image_bfloat16)  # warm-up (the compiled variant compiles here, once)
+            step(aux, text_bfloat16, image_bfloat16, stepping, step_texts)  # warm-up (compiles here, once)
             first_call.setdefault(name, time.perf_counter() - started)
             started = time.perf_counter()
             for _ in range(3):
-                step(aux, text_bfloat16, image_bfloat16)
+                step(aux, text_bfloat16, image_bfloat16, stepping, step_texts)
             seconds[name].append((time.perf_counter() - started) / 3)
     print(f"ms per training step of 256 items, {args.threads} threads, median of {args.repeats}; "
           f"bfloat16 tiles (AMX): {'yes' if cpu_has_bfloat16_tiles() else 'no (bfloat16 rows are emulated)'}")

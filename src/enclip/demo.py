@@ -25,9 +25,10 @@ def _show(title: str, result) -> None:
 
 
 DEMO_BUDGET = 600.0  # seconds of training, trunk caching included (issue 14: the demo trains in 10 minutes)
-# at most this many epochs fit in the budget: on the 2-core machines here 2-3 do; a faster machine trains longer, and
-# longer pays (6 epochs of the default recipe: test title2img R@10 0.227 against 0.181 for 3; RESULTS.md, issue 14)
-DEMO_MAX_EPOCHS = 6
+# at most this many epochs fit in the budget: on the 2-core machines here 4-5 do (the text tower frozen; 2-3 with a
+# trained text layer); a faster machine trains longer, and longer has paid at every budget measured (RESULTS.md, issue
+# 14: 30 minutes of the recipe gave test title2img R@10 0.287 where 10 gave 0.226)
+DEMO_MAX_EPOCHS = 10
 
 
 def _show_training(model_dir: Path, budget: float | None) -> None:

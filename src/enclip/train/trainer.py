@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainCfg:
-    epochs: int = 3  # passes over a member's items (the demo's 10-minute budget, trunk caching included)
+    epochs: int = 3  # passes over a member's items (under a time budget: at most this many)
     batch_size: int = 256  # contrastive batch (the negatives each item sees)
     lr: float = 2e-3  # peak learning rate of new layers (projections, adapters) and the temperature
     # peak learning rate of unfrozen pretrained blocks: with two image stages trained, 3 epochs at 1e-3 beat 4 at 3e-4
