@@ -10,6 +10,7 @@ from pathlib import Path
 from enclip.data.catalogue import Catalogue, SkipReport
 from enclip.data.degrade import degrade
 from enclip.data.split import split_indices
+from enclip.errors import EnclipError
 from enclip.train.run import RunCfg
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,18 @@ def run_demo(catalogue: Catalogue, cfg: DemoCfg, report: SkipReport | None = Non
     from enclip.eval.evaluate import EvalCfg, evaluate_index
     from enclip.indexing import IndexBuildCfg, build_index
     from enclip.search import load_searcher
-    from enclip.train.run import train_system
+    from enclip.train.run import SettingsChanged, train_system
 
     started = time.perf_counter()
     out = Path(cfg.out)
     run_cfg = demo_run_cfg(out, cfg.quick, cfg.time_budget)
-    model_dir = train_system(catalogue, out / "model", run_cfg, resume=True)
+    try:
+        model_dir = train_system(catalogue, out / "model", run_cfg, resume=True)
+    except SettingsChanged as error:  # a demo folder left by a version with other defaults: say so, touch nothing
+        raise EnclipError(f"{out} holds a demo trained with other settings than this version's defaults "
+                          f"({error.changed}). It is left as it is: delete it to run the demo there again, or run "
+                          f"it into another folder (enclip demo --out {out}-new, or make demo "
+                          f"ARGS=\"--out {out}-new\")") from error
     _show_training(model_dir, run_cfg.time_budget)
     index_dir = build_index(model_dir, catalogue, out / "index", IndexBuildCfg(trunk_cache=run_cfg.trunk_cache),
                             resume=True, skip_report=report)

@@ -125,3 +125,20 @@ def test_a_colour_branch_model_trains_indexes_and_finds_a_catalogue_photo(tmp_pa
     capsys.readouterr()
     assert main(["search", "--index", str(tmp_path / "index"), "--image", str(photo), "--k", "3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["hits"][0]["id"] == items[7].id  # its own photo, embedded alike
+
+
+def test_a_demo_folder_left_by_other_defaults_is_refused_by_name_and_left_untouched(tmp_path, capsys):
+    from tests.data.conftest import write_kaggle
+
+    data = write_kaggle(tmp_path / "catalogue", make_items(20, seed=4))
+    model = tmp_path / "demo" / "model"
+    model.mkdir(parents=True)
+    earlier = {"train": {"epochs": 6, "heads": {"trainable_text": 1}}}  # what an earlier version's demo recorded
+    (model / "train_config.json").write_text(json.dumps(earlier))
+    assert main(["demo", "--data", str(data), "--out", str(tmp_path / "demo"), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'demo'} holds a demo trained with other settings" in err
+    assert "train.heads.trainable_text 1 (asked 0)" in err and f"--out {tmp_path / 'demo'}-new" in err
+    assert json.loads((model / "train_config.json").read_text()) == earlier
+    assert [p.name for p in model.iterdir()] == ["train_config.json"]  # nothing trained, cached or indexed
+    assert not (tmp_path / "demo" / "index").exists() and not (tmp_path / "demo" / "trunk-cache").exists()

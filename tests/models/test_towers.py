@@ -355,6 +355,7 @@ def test_a_text_adapter_trains_at_the_new_layers_rate_and_a_negative_width_is_re
     member = Ensemble(tiny_backbone(), HeadCfg(trainable_image=0, trainable_text=0, colour=False,
                                                text_adapter=8)).members[0]
     new_layers = {id(p) for p in _param_groups(member, TrainCfg())[0]["params"]}
-    assert {id(adapter[i].weight) for adapter in [member.text_head.text_adapter] for i in (0, 2)} <= new_layers
+    adapter = member.text_head.text_adapter
+    assert {id(adapter[0].weight), id(adapter[2].weight)} <= new_layers
     with pytest.raises(EnclipError, match="--text-adapter takes 0"):
         HeadCfg(text_adapter=-1)

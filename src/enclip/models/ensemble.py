@@ -43,9 +43,9 @@ class HeadCfg:
     # learn far more per epoch than one (validation R@10 0.30 against 0.25 in 5 epochs: RESULTS.md, issue 14)
     trainable_image: int = 2
     # text tower layers trained from the top (0 = projection only, -1 = all). The whole text tower frozen: a trained
-    # transformer layer was some 45% of a CPU training step, and in the same 420 s the frozen tower's cheaper steps
-    # (448 against 333) won on validation: title R@10 0.3175 against 0.2855, both2img 0.899 against 0.836 (RESULTS.md,
-    # issue 14, fifteenth pass)
+    # transformer layer was half of a CPU training step (1,044 against 542 ms, bench/step_cost.py), and in the same
+    # 420 s the frozen tower's cheaper steps (448 against 333) won on validation: title R@10 0.3175 against 0.2855,
+    # both2img 0.899 against 0.836 (RESULTS.md, issue 14, fifteenth pass)
     trainable_text: int = 0
     # a colour thumbnail of the photo beside the image trunk's output, read by a small MLP in the image head
     # (towers.ColourTrunk): with it and a block learning rate of 2e-3, validation R@10 0.317 against 0.288 in the same

@@ -207,6 +207,14 @@ def _batch_groups(train_cache: FeatureCache, rows: np.ndarray, directory: Path, 
     return groups
 
 
+class SettingsChanged(EnclipError):
+    """A run resumed with settings other than its own; ``changed`` lists them ("key saved (asked new)")."""
+
+    def __init__(self, message: str, changed: str):
+        super().__init__(message)
+        self.changed = changed
+
+
 def _check_same_settings(out_dir: Path, cfg: RunCfg) -> None:
     """``--resume`` continues a run with the settings it began with; other settings are refused, not recorded.
 
@@ -219,9 +227,9 @@ def _check_same_settings(out_dir: Path, cfg: RunCfg) -> None:
                if saved[key] != asked[key] and key not in RESUME_MAY_CHANGE]
     if changed:
         listed = ", ".join(f"{key} {saved[key]!r} (asked {asked[key]!r})" for key in changed)
-        raise EnclipError(f"{out_dir} was trained with {listed}; --resume continues a run with its own settings. "
-                          "Repeat the run's original flags to continue it, or train with the new settings into "
-                          "another --out (a finished run cannot be extended to more epochs)")
+        raise SettingsChanged(f"{out_dir} was trained with {listed}; --resume continues a run with its own "
+                              "settings. Repeat the run's original flags to continue it, or train with the new "
+                              "settings into another --out (a finished run cannot be extended to more epochs)", listed)
 
 
 def _flat(config: dict, prefix: str = "") -> dict:
