@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from enclip.cli import build_parser
 from enclip.artifacts import read_json
+from enclip.cli import build_parser
 from enclip.errors import EnclipError
 from enclip.train import trainer
 from enclip.train.budget import (

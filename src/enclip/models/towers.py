@@ -272,17 +272,24 @@ def without_colour(features):
 def with_colour(split: TowerSplit, probe: torch.Tensor) -> TowerSplit:
     """``split`` with a colour branch (:class:`ColourTrunk`, :class:`ColourHead`); ``probe`` is one preprocessed
     image batch, run once through the head (in eval mode) to learn its embedding size."""
-    head = split.head
-    training = head.training
     with torch.no_grad():
         features = split.trunk(probe)
-        if features.dim() not in (2, 4):
-            raise EnclipError("the colour branch needs an image trunk that outputs a feature map or a pooled vector, "
-                              f"and this one outputs shape {tuple(features.shape)}: train the image tower from "
-                              "another block (--trainable-image) or turn the branch off (--no-colour-branch)")
-        dim = head.eval()(features).shape[-1]
+    if features.dim() not in (2, 4):
+        raise EnclipError("the colour branch needs an image trunk that outputs a feature map or a pooled vector, "
+                          f"and this one outputs shape {tuple(features.shape)}: train the image tower from "
+                          "another block (--trainable-image) or turn the branch off (--no-colour-branch)")
+    return TowerSplit(ColourTrunk(split.trunk), ColourHead(split.head, _embedding_size(split.head, features)),
+                      split.blocks)
+
+
+def _embedding_size(head: nn.Module, features) -> int:
+    """The size of ``head``'s embedding of trunk ``features`` (a tensor, or a tuple of them), run once in eval mode;
+    the head's training mode is restored."""
+    training = head.training
+    with torch.no_grad():
+        out = head.eval()(*features) if isinstance(features, tuple) else head.eval()(features)
     head.train(training)
-    return TowerSplit(ColourTrunk(split.trunk), ColourHead(head, dim), split.blocks)
+    return out.shape[-1]
 
 
 class AdaptedHead(nn.Module):
@@ -309,13 +316,10 @@ class AdaptedHead(nn.Module):
 def with_text_adapter(split: TowerSplit, probe: torch.Tensor, hidden: int) -> TowerSplit:
     """``split`` (a text tower's) with an :class:`AdaptedHead` of ``hidden`` units; ``probe`` is one batch of token
     ids, run once through the trunk and head (in eval mode) to learn the embedding size."""
-    head = split.head
-    training = head.training
     with torch.no_grad():
         features = split.trunk(probe)
-        out = head.eval()(*features) if isinstance(features, tuple) else head.eval()(features)
-    head.train(training)
-    return TowerSplit(split.trunk, AdaptedHead(head, out.shape[-1], hidden), split.blocks)
+    return TowerSplit(split.trunk, AdaptedHead(split.head, _embedding_size(split.head, features), hidden),
+                      split.blocks)
 
 
 def clone_head(head: nn.Module) -> nn.Module:
