@@ -7,7 +7,8 @@ with the image head's depthwise filters frozen (``--frozen-depthwise``), ``names
 (``--cpu-amp``, on a CPU with AMX tiles), ``names`` with the image head in bfloat16 as well, and ``names`` with the
 image head's depthwise convolutions as plain ``nn.Conv2d`` (before ``SmallMapDepthwiseConv2d``), and ``names`` with the
 image head compiled by ``torch.compile`` (``--compile on``; its compile time is printed apart), and ``names`` with
-the last text layer trained (``--trainable-text 1``, the default until issue 14's fifteenth pass). The variants
+the last text layer trained (``--trainable-text 1``, the default until issue 14's fifteenth pass), and ``names`` with
+three image stages trained (``--trainable-image 3``: the trunk is cut one stage earlier). The variants
 alternate, so a machine that slows down or speeds up during the run affects them all alike;
 the figure is the median over repeats of the mean of 3 steps (forward and backward, no optimiser step).
 
@@ -37,6 +38,7 @@ from enclip.train import trainer  # noqa: E402
 
 COMPILED = "names, batch classes, image head compiled (--compile on)"
 TEXT_LAYER = "names, batch classes, last text layer trained (--trainable-text 1)"
+THREE_STAGES = "names, batch classes, three image stages trained (--trainable-image 3)"
 COLUMNS = ("gender", "articleType", "baseColour", "usage", "season")
 
 
@@ -82,6 +84,13 @@ def main(argv=None) -> int:
     layer_texts = layer.text_features([catalogue.titles[i] for i in rows])
     layer_names = trainer.AttributeHeads(dim, {}, 0, names={c: layer.text_features(values)
                                                             for c, values in classes.items()})
+    # three image stages: a head one stage deeper, fed the trunk's output at the earlier cut
+    deeper = Ensemble(create_backbone(BackboneCfg()), HeadCfg(trainable_image=3)).train()
+    deeper_features = deeper.image_trunk(deeper.pixels([catalogue.image(0)] * 2))
+    deeper_images = torch.randn(256, *deeper_features.shape[1:]).contiguous(memory_format=torch.channels_last)
+    # the member, captions and trunk outputs a variant steps on, where not the default head's
+    own_inputs = {TEXT_LAYER: (layer.members[0], layer_texts, images),
+                  THREE_STAGES: (deeper.members[0], texts, deeper_images)}
     # name -> (auxiliary heads, depthwise frozen, text head in bfloat16, image head in bfloat16, image head)
     small_map = member.image_head
     plain = copy.deepcopy(small_map).train()  # the same head (colour branch included), depthwise as nn.Conv2d
@@ -99,9 +108,10 @@ def main(argv=None) -> int:
                 "names, batch classes, image head in bfloat16 too": (batch_names, False, True, True, small_map),
                 "names, batch classes, depthwise as nn.Conv2d (before)": (batch_names, False, False, False, plain),
                 COMPILED: (batch_names, False, False, False, torch.compile(small_map)),
-                TEXT_LAYER: (layer_names, False, False, False, small_map)}
+                TEXT_LAYER: (layer_names, False, False, False, small_map),
+                THREE_STAGES: (batch_names, False, False, False, deeper.members[0].image_head)}
 
-    def step(aux, text_bfloat16: bool, image_bfloat16: bool, member, texts) -> None:
+    def step(aux, text_bfloat16: bool, image_bfloat16: bool, member, texts, images) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=image_bfloat16):
             image = member.encode_image(images)
         text = member.encode_text(texts, bfloat16=text_bfloat16)
@@ -117,16 +127,16 @@ def main(argv=None) -> int:
     first_call: dict[str, float] = {}
     for _ in range(args.repeats):
         for name, (aux, frozen, text_bfloat16, image_bfloat16, image_head) in variants.items():
-            stepping, step_texts = (layer.members[0], layer_texts) if name == TEXT_LAYER else (member, texts)
+            stepping, step_texts, step_images = own_inputs.get(name, (member, texts, images))
             stepping.image_head = image_head
             for weight in trainer.depthwise_weights(image_head):
                 weight.requires_grad_(not frozen)
             started = time.perf_counter()
-            step(aux, text_bfloat16, image_bfloat16, stepping, step_texts)  # warm-up (compiles here, once)
+            step(aux, text_bfloat16, image_bfloat16, stepping, step_texts, step_images)  # warm-up (compiles here, once)
             first_call.setdefault(name, time.perf_counter() - started)
             started = time.perf_counter()
             for _ in range(3):
-                step(aux, text_bfloat16, image_bfloat16, stepping, step_texts)
+                step(aux, text_bfloat16, image_bfloat16, stepping, step_texts, step_images)
             seconds[name].append((time.perf_counter() - started) / 3)
     print(f"ms per training step of 256 items, {args.threads} threads, median of {args.repeats}; "
           f"bfloat16 tiles (AMX): {'yes' if cpu_has_bfloat16_tiles() else 'no (bfloat16 rows are emulated)'}")

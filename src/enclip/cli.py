@@ -102,7 +102,8 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="passes over the training items (under --time-budget: at most this many)")
     parser.add_argument("--time-budget", type=_duration, default=None, metavar="DURATION",
                         help="wall-clock time the whole run may take, trunk caching included (600, 10m, 1.5h): "
-                        "the steps are planned from this machine's measured step time to end within it")
+                        "the steps are planned from this machine's measured step time to end within it, and "
+                        "fitted again to the time left at each epoch's end")
     parser.add_argument("--validate", default=t.validate, choices=VALIDATE_MODES,
                         help="when validation recall is measured: every epoch (early stopping, best epoch kept) or "
                         "only the last (and a snapshot's cycle ends); auto: last under --time-budget, else every")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -12,15 +13,16 @@ import torch
 from enclip.artifacts import read_json
 from enclip.cli import build_parser
 from enclip.errors import EnclipError
-from enclip.train import trainer
+from enclip.train import budget, trainer
 from enclip.train.budget import (
+    GROW_MIN,
     SAFETY,
     StepPlan,
     full_plan,
     parse_duration,
     plan_steps,
+    refit,
     replan,
-    trim,
     typical_validation,
 )
 from enclip.train.run import train_system
@@ -80,11 +82,19 @@ def test_the_schedule_over_a_plan_warms_up_and_anneals_within_the_planned_steps(
     assert factor(29) < 0.01  # annealed by the last planned step, half-way through the second epoch
 
 
+@pytest.fixture
+def plans_never_grow(monkeypatch):
+    """Tiny steps take milliseconds, so an epoch's end would lengthen a plan made from a stand-in probe's 10 s a step
+    to all of --epochs; tests of the plan the probe makes keep it (growing is tested on its own)."""
+    monkeypatch.setattr(budget, "GROW_MIN", math.inf)
+
+
 def _fixed_costs(step_seconds: float, validation_seconds: float = 0.0):
     """Stands in for the timed probe, so a plan does not depend on how fast the test machine is."""
     return lambda *args, **kwargs: (step_seconds, validation_seconds)
 
 
+@pytest.mark.usefixtures("plans_never_grow")
 def test_a_budgeted_run_trains_the_planned_steps_and_saves_the_plan(tmp_path, catalogue, monkeypatch):
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
     # 64 training items in batches of 16: 4 steps an epoch, 8 in two epochs; 75 s at 10 s a step affords 6 (and
@@ -109,6 +119,7 @@ def _validations_counted(monkeypatch) -> list[int]:
     return calls
 
 
+@pytest.mark.usefixtures("plans_never_grow")
 def test_a_budgeted_run_validates_only_its_last_epoch_unless_asked_for_every_one(tmp_path, catalogue, monkeypatch):
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0, 5.0))
     calls = _validations_counted(monkeypatch)
@@ -147,6 +158,7 @@ def test_without_a_budget_every_epoch_runs_in_full(tmp_path, catalogue, monkeypa
     assert saved["state"]["plan"]["steps"] == 8 and saved["state"]["plan"]["seconds"] is None
 
 
+@pytest.mark.usefixtures("plans_never_grow")
 def test_members_share_the_budget_and_each_plans_its_own_share(tmp_path, catalogue, monkeypatch):
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
     cfg = replace(tiny_run_cfg(members=2, epochs=2, patience=5), time_budget=140.0)
@@ -275,30 +287,72 @@ def test_a_run_resumed_after_planning_again_keeps_the_new_plan_and_ends_with_the
         assert torch.equal(value, resumed[0][key]), key
 
 
-def test_an_epoch_end_cuts_the_plan_to_what_still_fits_at_the_latest_costs_and_never_lengthens_it():
+def test_an_epoch_end_cuts_the_plan_to_what_still_fits_at_the_latest_costs():
     # 3 epochs of 10 steps planned in 100 s at 2 s a step and 5 s a validation
     plan = StepPlan(steps=30, steps_per_epoch=10, step_seconds=2.0, validation_seconds=5.0, seconds=100.0)
     # the first epoch ran at 4 s a step: 50 s left, of which SAFETY is planned, fit one more epoch (10 steps and
     # a validation: 45 s), not 19 steps over two
-    slow = trim(plan, spent=45.0 + 5.0, step_seconds=4.0, validation_seconds=5.0, done_steps=10)
+    slow = refit(plan, spent=45.0 + 5.0, step_seconds=4.0, validation_seconds=5.0, done_steps=10)
     assert (slow.steps, slow.epochs, slow.step_seconds, slow.measured_steps) == (20, 2, 4.0, 10)
     # a slow validation alone cuts too: at 15 s a validation, 65 s left fit 15 more steps, the last epoch cut short
-    assert trim(plan, spent=20.0 + 15.0, step_seconds=2.0, validation_seconds=15.0, done_steps=10).steps == 10 + 15
+    assert refit(plan, spent=20.0 + 15.0, step_seconds=2.0, validation_seconds=15.0, done_steps=10).steps == 10 + 15
     assert int((SAFETY * 65 - 2 * 15) // 2) == 15
-    # on pace, or faster: the same plan, not a longer one
-    assert trim(plan, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10) is plan
-    assert trim(plan, spent=5.0, step_seconds=0.1, validation_seconds=0.1, done_steps=10) is plan
+    # on pace, or faster with no epoch left to grow into (the plan's own, by default): the same plan
+    assert refit(plan, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10) is plan
+    assert refit(plan, spent=5.0, step_seconds=0.1, validation_seconds=0.1, done_steps=10) is plan
     # out of time: stop after the epoch just run; a snapshot ensemble keeps an epoch for each cycle still to end, the
     # last cut to a step
-    assert trim(plan, spent=99.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10).steps == 10
-    assert trim(plan, spent=99.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=3).steps == 21
-    assert trim(plan, spent=99.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=2).steps == 11
+    assert refit(plan, spent=99.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10).steps == 10
+    assert refit(plan, spent=99.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=3).steps == 21
+    assert refit(plan, spent=99.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=2).steps == 11
     # a snapshot may now lose whole epochs when they do not fit, as long as each pending cycle keeps one
-    assert trim(plan, spent=80.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=2).steps == 16
-    assert trim(plan, spent=80.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=3).steps == 21
+    assert refit(plan, spent=80.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=2).steps == 16
+    assert refit(plan, spent=80.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=3).steps == 21
     # no budget, or nothing left to run: unchanged
-    assert trim(full_plan(3, 10), spent=1e6, step_seconds=9.0, validation_seconds=9.0, done_steps=10).steps == 30
-    assert trim(plan, spent=1e6, step_seconds=9.0, validation_seconds=9.0, done_steps=30) is plan
+    assert refit(full_plan(3, 10), spent=1e6, step_seconds=9.0, validation_seconds=9.0, done_steps=10).steps == 30
+    assert refit(plan, spent=1e6, step_seconds=9.0, validation_seconds=9.0, done_steps=30) is plan
+
+
+def test_an_epoch_end_lengthens_a_plan_whose_steps_ran_faster_up_to_the_epochs_allowed():
+    # 2.5 epochs of 10 steps planned in 100 s at 3 s a step; the first epoch ran at 2 s a step (20 s and a 5 s
+    # validation): the 75 s left, of which SAFETY is planned, fit 27 steps over 3 more epochs and their validations
+    plan = StepPlan(steps=25, steps_per_epoch=10, step_seconds=3.0, validation_seconds=5.0, seconds=100.0)
+    grown = refit(plan, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, max_epochs=4)
+    assert int((SAFETY * 75 - 3 * 5) // 2) == 27
+    assert (grown.steps, grown.epochs, grown.step_seconds, grown.measured_steps) == (10 + 27, 4, 2.0, 10)
+    # never past the epochs allowed (--epochs): 3 epochs in all hold 30 steps
+    assert refit(plan, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, max_epochs=3).steps == 30
+    # a plan already at its epoch cap stays as it is, however fast its steps
+    capped = StepPlan(steps=30, steps_per_epoch=10, step_seconds=3.0, validation_seconds=5.0, seconds=100.0)
+    assert refit(capped, spent=5.0, step_seconds=0.1, validation_seconds=0.1, done_steps=10, max_epochs=3) is capped
+    # a gain of GROW_MIN of the plan or less leaves it as it is: the schedule's horizon does not move for a step
+    near = StepPlan(steps=36, steps_per_epoch=10, step_seconds=2.0, validation_seconds=5.0, seconds=100.0)
+    assert refit(near, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, max_epochs=4) is near
+    assert 36 < 37 <= 36 * (1 + GROW_MIN)
+    # a plan that validates only at its end owes one validation, not one an epoch
+    once = replace(plan, validations=1)
+    grown_once = refit(once, spent=20.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, validations=1,
+                       max_epochs=5)
+    assert grown_once.steps == 10 + int((SAFETY * 80 - 5) // 2) == 44 and grown_once.validations == 1
+
+
+@pytest.mark.parametrize("strategy, members", [("seeds", 1), ("snapshot", 2)])
+def test_a_budgeted_run_whose_steps_ran_faster_than_planned_grows_its_plan_at_an_epoch_end(
+        tmp_path, catalogue, monkeypatch, strategy, members):
+    # the probe reads 10 s a step: 75 s afford 6 steps (1.5 epochs of 4); the real steps take milliseconds, so the
+    # first epoch's end lengthens the plan to the 4 epochs --epochs allows, and the schedule runs over all 16 steps
+    monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0))
+    cfg = replace(tiny_run_cfg(members=members, strategy=strategy, epochs=4, patience=5), time_budget=75.0)
+    out = train_system(catalogue, tmp_path / strategy, cfg)
+    saved = torch.load(next(out.glob("members/*/checkpoint.pt")), weights_only=False)
+    plan = StepPlan(**saved["state"]["plan"])
+    assert (plan.steps, plan.measured_steps) == (16, 4) and plan.step_seconds < 10.0
+    assert len(saved["state"]["history"]) == 4 and saved["state"]["done"]
+    assert max(entry["step"] for entry in saved["optimizer"]["state"].values()) == 16
+    assert saved["scheduler"]["last_epoch"] == 16 and saved["scheduler"]["_last_lr"][0] == pytest.approx(0.0)
+    if strategy == "snapshot":  # the first cycle ended, as first planned, after epoch 1; the second at the new end
+        assert saved["state"]["cycle_ends"] == [1, 4]
+        assert [read_json(out / "members" / str(i) / "model.json")["epoch"] for i in range(2)] == [1, 4]
 
 
 def test_the_next_validation_is_costed_at_the_median_of_the_latest_three_so_one_slow_one_does_not_cut_the_plan():
@@ -315,9 +369,9 @@ def test_a_plan_that_validates_at_its_end_keeps_one_validation_when_it_cuts():
                     validations=1)
     # the first epoch ran at 4 s a step and was not validated: 60 s left, of which SAFETY is planned, less the one
     # validation still owed, fit 12 steps (a validation for each of two epochs to come would have left 11)
-    cut = trim(plan, spent=40.0, step_seconds=4.0, validation_seconds=5.0, done_steps=10, validations=1)
+    cut = refit(plan, spent=40.0, step_seconds=4.0, validation_seconds=5.0, done_steps=10, validations=1)
     assert cut.steps == 10 + int((SAFETY * 60 - 5) // 4) == 22 and cut.validations == 1
-    assert trim(plan, spent=40.0, step_seconds=4.0, validation_seconds=5.0, done_steps=10).steps == 21
+    assert refit(plan, spent=40.0, step_seconds=4.0, validation_seconds=5.0, done_steps=10).steps == 21
 
 
 @pytest.mark.parametrize("validate", ["every", "last"])
@@ -326,11 +380,13 @@ def test_a_budgeted_run_cuts_its_plan_at_an_epoch_end_with_its_own_costs_and_sto
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(10.0, 1.0))
     calls, seen = _validations_counted(monkeypatch), []
 
-    def out_of_time(plan, spent, step_seconds, validation_seconds, done_steps, min_epochs=0, validations=None):
+    def out_of_time(plan, spent, step_seconds, validation_seconds, done_steps, min_epochs=0, validations=None,
+                    max_epochs=None):
         seen.append((plan.steps, spent, step_seconds, validation_seconds, done_steps, min_epochs, validations))
-        return trim(plan, plan.seconds, step_seconds, validation_seconds, done_steps, min_epochs, validations)
+        return refit(plan, plan.seconds, step_seconds, validation_seconds, done_steps, min_epochs, validations,
+                     max_epochs)
 
-    monkeypatch.setattr(trainer, "trim", out_of_time)
+    monkeypatch.setattr(trainer, "refit", out_of_time)
     # 6 steps planned over 2 epochs of 4 (as above); the first epoch's end finds the member's seconds spent
     cfg = replace(tiny_run_cfg(epochs=2, patience=5, validate=validate), time_budget=75.0)
     out = train_system(catalogue, tmp_path / "m", cfg)
@@ -369,10 +425,12 @@ def test_timing_a_validation_leaves_the_member_training_with_its_weights_and_nor
 def test_a_snapshot_out_of_time_drops_whole_epochs_yet_saves_every_member(tmp_path, catalogue, monkeypatch):
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(1.0, 0.1))
 
-    def out_of_time(plan, spent, step_seconds, validation_seconds, done_steps, min_epochs=0, validations=None):
-        return trim(plan, plan.seconds, step_seconds, validation_seconds, done_steps, min_epochs, validations)
+    def out_of_time(plan, spent, step_seconds, validation_seconds, done_steps, min_epochs=0, validations=None,
+                    max_epochs=None):
+        return refit(plan, plan.seconds, step_seconds, validation_seconds, done_steps, min_epochs, validations,
+                     max_epochs)
 
-    monkeypatch.setattr(trainer, "trim", out_of_time)
+    monkeypatch.setattr(trainer, "refit", out_of_time)
     # 4 steps an epoch, 4 epochs planned in 2 cycles (ends after epochs 2 and 4); out of time after epoch 1, the plan
     # keeps an epoch for each cycle: 2 more epochs, the last of one step, and the cycles end after epochs 2 and 3
     cfg = replace(tiny_run_cfg(members=2, strategy="snapshot", epochs=4), time_budget=200.0)

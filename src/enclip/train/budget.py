@@ -7,11 +7,12 @@ share of the time left after trunk caching. The learning-rate schedule is laid o
 still warms up and anneals fully; the last epoch may be cut short. The probe is a sample, though (a step's time
 varied by 10-25% from one process to the next on the 2-core machine), so after its first :data:`REPLAN_AFTER`
 steps a member plans once more from its own steps' time and a validation timed again in its warm process
-(:func:`replan`), while the schedule is still near its top. At each epoch's end it cuts the plan if the rest no
-longer fits at the step cost its latest epoch showed and the median cost of its latest validations (:func:`trim`,
-:func:`typical_validation`): steps slow down as a run goes on, and a validation can cost more than the probe's on a
-busy machine. The plan is saved in the member's checkpoint, so a resumed run continues the same plan and ends with
-the same weights.
+(:func:`replan`), while the schedule is still near its top. At each epoch's end it fits the plan again to the time
+left, at the step cost its latest epoch showed and the median cost of its latest validations (:func:`refit`,
+:func:`typical_validation`): it cuts the plan when steps slowed down (they do as a run goes on, and a validation can
+cost more than the probe's on a busy machine) and lengthens it when they ran faster than planned, so that a budget's
+seconds are spent on steps, not left idle. The plan is saved in the member's checkpoint, so a resumed run continues
+the same plan and ends with the same weights.
 
 A plan validates after every epoch (``validations=None``: early stopping and the best epoch kept), or a fixed number
 of times in all: under a budget, by default, only at its end (and at a snapshot ensemble's cycle ends), because a
@@ -33,6 +34,10 @@ SAFETY = 0.93  # share of a member's seconds planned for: steps and validations 
 # At 24 of some 400 steps the cosine schedule is still at its top, so the new horizon barely moves the learning rate
 REPLAN_AFTER = 24
 REPLAN_SKIP = 4
+# an epoch's end lengthens a plan only by more than this share of its steps: a longer plan moves the cosine schedule's
+# horizon, so a few steps are not worth it. A first real epoch that ran 5-10% faster than the plan's 24 timed steps
+# left 51 of 420 s and 87 of 600 s unused before plans could grow (RESULTS.md, issue 14, sixteenth pass)
+GROW_MIN = 0.03
 
 _UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
 
@@ -122,7 +127,7 @@ def replan(plan: StepPlan, step_seconds: float, measured_steps: int, max_epochs:
     return replace(plan, steps=steps, step_seconds=round(step_seconds, 4), measured_steps=measured_steps)
 
 
-RECENT_VALIDATIONS = 3  # validations whose median :func:`trim` plans the rest with
+RECENT_VALIDATIONS = 3  # validations whose median :func:`refit` plans the rest with
 
 
 def typical_validation(seconds: list[float | None], planned: float = 0.0) -> float:
@@ -135,11 +140,13 @@ def typical_validation(seconds: list[float | None], planned: float = 0.0) -> flo
     return float(statistics.median(timed)) if timed else planned
 
 
-def trim(plan: StepPlan, spent: float, step_seconds: float, validation_seconds: float, done_steps: int,
-         min_epochs: int = 0, validations: int | None = None) -> StepPlan:
-    """At an epoch's end, ``spent`` seconds into the member's share: ``plan`` cut to the steps that still fit, at the
-    costs the member's latest epoch showed (``step_seconds`` a step, ``validation_seconds`` a validation). A plan
-    that still fits comes back as it is: it is never lengthened, since its learning rate is already past the top.
+def refit(plan: StepPlan, spent: float, step_seconds: float, validation_seconds: float, done_steps: int,
+          min_epochs: int = 0, validations: int | None = None, max_epochs: int | None = None) -> StepPlan:
+    """At an epoch's end, ``spent`` seconds into the member's share: ``plan`` fitted to the steps that fit in the time
+    left, at the costs the member's latest epoch showed (``step_seconds`` a step, ``validation_seconds`` a
+    validation). A plan that no longer fits is cut; one whose steps ran faster than planned grows, up to
+    ``max_epochs`` epochs in all (default: its own), when it gains more than :data:`GROW_MIN` of its steps. Otherwise
+    it comes back as it is.
     ``min_epochs``: epochs the plan keeps, its last cut to a step if need be (a snapshot ensemble keeps an epoch for
     each cycle still to end, since its members are saved at epoch ends).
     ``validations``: those still to pay in all (a plan that validates only at its end); None: one every epoch to
@@ -149,10 +156,12 @@ def trim(plan: StepPlan, spent: float, step_seconds: float, validation_seconds: 
     done_epochs = done_steps // plan.steps_per_epoch
     try:
         fit = plan_steps(plan.seconds - spent, step_seconds, validation_seconds, plan.steps_per_epoch,
-                         plan.epochs - done_epochs, validations).steps
+                         max(plan.epochs, max_epochs or 0) - done_epochs, validations).steps
     except EnclipError:  # not one more step fits
         fit = 0
-    steps = min(plan.steps, done_steps + fit)
+    steps = done_steps + fit
+    if plan.steps <= steps <= plan.steps * (1 + GROW_MIN):  # on pace, or too little ahead to move the horizon
+        return plan
     if min_epochs:
         steps = max(steps, (min_epochs - 1) * plan.steps_per_epoch + 1)
     if steps == plan.steps:

@@ -38,7 +38,7 @@ from enclip.train.budget import (
     full_plan,
     plan_steps,
     replan,
-    trim,
+    refit,
     typical_validation,
 )
 from enclip.train.features import FeatureCache
@@ -539,12 +539,13 @@ def train_member(
         done_steps = sum(plan.steps_in_epoch(e) for e in range(epoch + 1))
         timed = [entry.get("validation_seconds") for entry in state["history"]] + [validation_seconds]
         pending = None if every else len({e for e in snapshot_epochs if e > epoch + 1} | {plan.epochs})
-        trimmed = trim(plan, sum(entry["seconds"] for entry in state["history"]) + time.perf_counter() - started,
+        fitted = refit(plan, sum(entry["seconds"] for entry in state["history"]) + time.perf_counter() - started,
                        steps_seconds / plan.steps_in_epoch(epoch), typical_validation(timed, plan.validation_seconds),
-                       done_steps, min_epochs=_epochs_kept(epoch + 1, snapshot_epochs),
-                       validations=pending)
-        if trimmed is not plan:
-            adopt(trimmed, f"cut to what still fits after epoch {epoch + 1}")
+                       done_steps, min_epochs=_epochs_kept(epoch + 1, snapshot_epochs), validations=pending,
+                       max_epochs=cfg.epochs)
+        if fitted is not plan:
+            adopt(fitted, f"{'cut to' if fitted.steps < plan.steps else 'lengthened to'} what fits after epoch "
+                          f"{epoch + 1}")
         if recall is None and state["epoch"] >= plan.epochs:  # the cut ended the plan here: its one validation
             recall, validation_seconds = validate()
         state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall,
