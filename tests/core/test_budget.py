@@ -329,6 +329,13 @@ def test_an_epoch_end_lengthens_a_plan_whose_steps_ran_faster_up_to_the_epochs_a
     near = StepPlan(steps=36, steps_per_epoch=10, step_seconds=2.0, validation_seconds=5.0, seconds=100.0)
     assert refit(near, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, max_epochs=4) is near
     assert 36 < 37 <= 36 * (1 + GROW_MIN)
+    # one fast epoch in a slower run: the plan grows only as far as the run's mean step cost allows (at 3 s a step,
+    # 19 more steps over 2 epochs), and not at all when at that cost it would not gain more than GROW_MIN
+    slower = refit(plan, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, max_epochs=4,
+                   run_step_seconds=3.0)
+    assert (slower.steps, slower.step_seconds) == (10 + int((SAFETY * 75 - 2 * 5) // 3), 3.0) == (29, 3.0)
+    assert refit(plan, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, max_epochs=4,
+                 run_step_seconds=4.0) is plan
     # a plan that validates only at its end owes one validation, not one an epoch
     once = replace(plan, validations=1)
     grown_once = refit(once, spent=20.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, validations=1,
@@ -381,10 +388,10 @@ def test_a_budgeted_run_cuts_its_plan_at_an_epoch_end_with_its_own_costs_and_sto
     calls, seen = _validations_counted(monkeypatch), []
 
     def out_of_time(plan, spent, step_seconds, validation_seconds, done_steps, min_epochs=0, validations=None,
-                    max_epochs=None):
+                    **growth):
         seen.append((plan.steps, spent, step_seconds, validation_seconds, done_steps, min_epochs, validations))
         return refit(plan, plan.seconds, step_seconds, validation_seconds, done_steps, min_epochs, validations,
-                     max_epochs)
+                     **growth)
 
     monkeypatch.setattr(trainer, "refit", out_of_time)
     # 6 steps planned over 2 epochs of 4 (as above); the first epoch's end finds the member's seconds spent
@@ -426,9 +433,9 @@ def test_a_snapshot_out_of_time_drops_whole_epochs_yet_saves_every_member(tmp_pa
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(1.0, 0.1))
 
     def out_of_time(plan, spent, step_seconds, validation_seconds, done_steps, min_epochs=0, validations=None,
-                    max_epochs=None):
+                    **growth):
         return refit(plan, plan.seconds, step_seconds, validation_seconds, done_steps, min_epochs, validations,
-                     max_epochs)
+                     **growth)
 
     monkeypatch.setattr(trainer, "refit", out_of_time)
     # 4 steps an epoch, 4 epochs planned in 2 cycles (ends after epochs 2 and 4); out of time after epoch 1, the plan

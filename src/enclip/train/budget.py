@@ -141,30 +141,42 @@ def typical_validation(seconds: list[float | None], planned: float = 0.0) -> flo
 
 
 def refit(plan: StepPlan, spent: float, step_seconds: float, validation_seconds: float, done_steps: int,
-          min_epochs: int = 0, validations: int | None = None, max_epochs: int | None = None) -> StepPlan:
+          min_epochs: int = 0, validations: int | None = None, max_epochs: int | None = None,
+          run_step_seconds: float | None = None) -> StepPlan:
     """At an epoch's end, ``spent`` seconds into the member's share: ``plan`` fitted to the steps that fit in the time
     left, at the costs the member's latest epoch showed (``step_seconds`` a step, ``validation_seconds`` a
-    validation). A plan that no longer fits is cut; one whose steps ran faster than planned grows, up to
-    ``max_epochs`` epochs in all (default: its own), when it gains more than :data:`GROW_MIN` of its steps. Otherwise
-    it comes back as it is.
+    validation). A plan that no longer fits is cut. One whose steps ran faster than planned grows, up to
+    ``max_epochs`` epochs in all (default: its own), when it gains more than :data:`GROW_MIN` of its steps at the
+    slower of the latest epoch's step cost and ``run_step_seconds`` (the mean over the member's steps so far): one
+    fast epoch is not a trend, and a plan that grew on it would be cut at the next epoch's end, its learning rate
+    moved up and down (a 50%-data run swung 690 → 828 → 695 steps so, RESULTS.md, sixteenth pass). Otherwise it
+    comes back as it is.
     ``min_epochs``: epochs the plan keeps, its last cut to a step if need be (a snapshot ensemble keeps an epoch for
     each cycle still to end, since its members are saved at epoch ends).
     ``validations``: those still to pay in all (a plan that validates only at its end); None: one every epoch to
     come, this epoch's being paid already."""
     if plan.seconds is None or done_steps >= plan.steps:
         return plan
-    done_epochs = done_steps // plan.steps_per_epoch
-    try:
-        fit = plan_steps(plan.seconds - spent, step_seconds, validation_seconds, plan.steps_per_epoch,
-                         max(plan.epochs, max_epochs or 0) - done_epochs, validations).steps
-    except EnclipError:  # not one more step fits
-        fit = 0
-    steps = done_steps + fit
-    if plan.steps <= steps <= plan.steps * (1 + GROW_MIN):  # on pace, or too little ahead to move the horizon
-        return plan
+    epochs_left = max(plan.epochs, max_epochs or 0) - done_steps // plan.steps_per_epoch
+
+    def fitting(cost: float) -> int:
+        """Steps in all, those run included, that fit the time left at ``cost`` a step."""
+        try:
+            return done_steps + plan_steps(plan.seconds - spent, cost, validation_seconds, plan.steps_per_epoch,
+                                           epochs_left, validations).steps
+        except EnclipError:  # not one more step fits
+            return done_steps
+
+    cost = step_seconds
+    steps = fitting(cost)
+    if steps >= plan.steps:  # on pace or ahead: it grows as far as the run's mean step cost allows too
+        cost = max(step_seconds, run_step_seconds or 0.0)
+        steps = fitting(cost)
+        if steps <= plan.steps * (1 + GROW_MIN):
+            return plan
     if min_epochs:
         steps = max(steps, (min_epochs - 1) * plan.steps_per_epoch + 1)
     if steps == plan.steps:
         return plan
-    return replace(plan, steps=steps, step_seconds=round(step_seconds, 4),
-                   validation_seconds=round(validation_seconds, 2), measured_steps=done_steps)
+    return replace(plan, steps=steps, step_seconds=round(cost, 4), validation_seconds=round(validation_seconds, 2),
+                   measured_steps=done_steps)

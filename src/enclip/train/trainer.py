@@ -539,10 +539,13 @@ def train_member(
         done_steps = sum(plan.steps_in_epoch(e) for e in range(epoch + 1))
         timed = [entry.get("validation_seconds") for entry in state["history"]] + [validation_seconds]
         pending = None if every else len({e for e in snapshot_epochs if e > epoch + 1} | {plan.epochs})
+        # the steps' own seconds so far: each epoch's less its validation (its replanning at step 24 counted in)
+        run_steps_seconds = steps_seconds + sum(entry["seconds"] - (entry.get("validation_seconds") or 0.0)
+                                                for entry in state["history"])
         fitted = refit(plan, sum(entry["seconds"] for entry in state["history"]) + time.perf_counter() - started,
                        steps_seconds / plan.steps_in_epoch(epoch), typical_validation(timed, plan.validation_seconds),
                        done_steps, min_epochs=_epochs_kept(epoch + 1, snapshot_epochs), validations=pending,
-                       max_epochs=cfg.epochs)
+                       max_epochs=cfg.epochs, run_step_seconds=run_steps_seconds / done_steps)
         if fitted is not plan:
             adopt(fitted, f"{'cut to' if fitted.steps < plan.steps else 'lengthened to'} what fits after epoch "
                           f"{epoch + 1}")
