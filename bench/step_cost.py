@@ -132,7 +132,8 @@ def main(argv=None) -> int:
             for weight in trainer.depthwise_weights(image_head):
                 weight.requires_grad_(not frozen)
             started = time.perf_counter()
-            step(aux, text_bfloat16, image_bfloat16, stepping, step_texts, step_images)  # warm-up (compiles here, once)
+            # a warm-up step (the compiled variant compiles here, once)
+            step(aux, text_bfloat16, image_bfloat16, stepping, step_texts, step_images)
             first_call.setdefault(name, time.perf_counter() - started)
             started = time.perf_counter()
             for _ in range(3):

@@ -37,8 +37,8 @@ from enclip.train.budget import (
     StepPlan,
     full_plan,
     plan_steps,
-    replan,
     refit,
+    replan,
     typical_validation,
 )
 from enclip.train.features import FeatureCache
