@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -230,13 +231,49 @@ def test_the_probe_times_batches_across_the_spread_of_title_lengths(monkeypatch)
     assert len(trainer._probe_batches(batches[:2], lengths)) == trainer.PROBE_STEPS + 1  # fewer batches than steps
 
 
+class _Clock:
+    """The trainer's clock: real time plus the seconds stand-ins say they took, so a test can make a probe or a
+    validation "take" minutes without waiting for them."""
+
+    def __init__(self):
+        self.skipped = 0.0
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() + self.skipped
+
+
+def _taking(seconds: float, clock: _Clock, stand_in):
+    """``stand_in`` as it is, except that it takes ``seconds`` more on ``clock``."""
+    def slow(*args, **kwargs):
+        clock.skipped += seconds
+        return stand_in(*args, **kwargs)
+    return slow
+
+
 def test_a_member_that_overruns_its_share_says_so(tmp_path, catalogue, monkeypatch, caplog):
+    clock = _Clock()
+    monkeypatch.setattr(trainer, "time", clock)
     monkeypatch.setattr(trainer, "_measure_costs", _fixed_costs(0.001))
-    # a plan made for no time at all: whatever the steps really take is over it
-    monkeypatch.setattr(trainer, "plan_steps", lambda *args, **kwargs: StepPlan(8, 4, 0.001, 0.0, 0.0))
+    # the one validation, at the end, takes 1,000 s of a 600 s budget
+    monkeypatch.setattr(trainer, "validation_recall", _taking(1000.0, clock, trainer.validation_recall))
     with caplog.at_level("WARNING", logger="enclip.train.trainer"):
         train_system(catalogue, tmp_path / "m", replace(tiny_run_cfg(epochs=2, patience=5), time_budget=600.0))
     assert "slower than planned" in caplog.text and "larger --time-budget" in caplog.text
+
+
+def test_a_member_within_its_share_does_not_warn_though_its_probe_took_most_of_it(tmp_path, catalogue, monkeypatch,
+                                                                                 caplog):
+    clock = _Clock()
+    monkeypatch.setattr(trainer, "time", clock)
+    # the probe takes 500 s of a 600 s budget: the plan is made for the rest, and the member, probe included, ends
+    # within its share (its plan's own seconds, which leave the probe out, are not what it is held to)
+    monkeypatch.setattr(trainer, "_measure_costs", _taking(500.0, clock, _fixed_costs(0.001)))
+    with caplog.at_level("INFO", logger="enclip.train.trainer"):
+        train_system(catalogue, tmp_path / "m", replace(tiny_run_cfg(epochs=2, patience=5), time_budget=600.0))
+    planned = StepPlan(**torch.load(tmp_path / "m/members/0/checkpoint.pt", weights_only=False)["state"]["plan"])
+    assert planned.seconds < 100, "the plan is made for what the probe left"
+    assert "share of the time budget" not in caplog.text
+    assert "member 0 epoch 2" in caplog.text, "it trained to its end"
 
 
 def test_a_plan_made_again_from_real_steps_is_the_plan_the_probe_would_have_made_with_them():
@@ -290,13 +327,14 @@ def test_a_run_resumed_after_planning_again_keeps_the_new_plan_and_ends_with_the
 def test_an_epoch_end_cuts_the_plan_to_what_still_fits_at_the_latest_costs():
     # 3 epochs of 10 steps planned in 100 s at 2 s a step and 5 s a validation
     plan = StepPlan(steps=30, steps_per_epoch=10, step_seconds=2.0, validation_seconds=5.0, seconds=100.0)
-    # the first epoch ran at 4 s a step: 50 s left, of which SAFETY is planned, fit one more epoch (10 steps and
-    # a validation: 45 s), not 19 steps over two
+    # the first epoch ran at 4 s a step: of the SAFETY * 100 s the plan was made for, the 43 s left fit 9 more steps
+    # and a validation, not 8 over two epochs and their validations
     slow = refit(plan, spent=45.0 + 5.0, step_seconds=4.0, validation_seconds=5.0, done_steps=10)
-    assert (slow.steps, slow.epochs, slow.step_seconds, slow.measured_steps) == (20, 2, 4.0, 10)
-    # a slow validation alone cuts too: at 15 s a validation, 65 s left fit 15 more steps, the last epoch cut short
-    assert refit(plan, spent=20.0 + 15.0, step_seconds=2.0, validation_seconds=15.0, done_steps=10).steps == 10 + 15
-    assert int((SAFETY * 65 - 2 * 15) // 2) == 15
+    assert (slow.steps, slow.epochs, slow.step_seconds, slow.measured_steps) == (19, 2, 4.0, 10)
+    assert int((SAFETY * 100 - 50 - 5) // 4) == 9
+    # a slow validation alone cuts too: at 15 s a validation, the 58 s left fit 14 more steps, the last epoch cut
+    assert refit(plan, spent=20.0 + 15.0, step_seconds=2.0, validation_seconds=15.0, done_steps=10).steps == 10 + 14
+    assert int((SAFETY * 100 - 35 - 2 * 15) // 2) == 14
     # on pace, or faster with no epoch left to grow into (the plan's own, by default): the same plan
     assert refit(plan, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10) is plan
     assert refit(plan, spent=5.0, step_seconds=0.1, validation_seconds=0.1, done_steps=10) is plan
@@ -306,7 +344,7 @@ def test_an_epoch_end_cuts_the_plan_to_what_still_fits_at_the_latest_costs():
     assert refit(plan, spent=99.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=3).steps == 21
     assert refit(plan, spent=99.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=2).steps == 11
     # a snapshot may now lose whole epochs when they do not fit, as long as each pending cycle keeps one
-    assert refit(plan, spent=80.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=2).steps == 16
+    assert refit(plan, spent=80.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=2).steps == 14
     assert refit(plan, spent=80.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, min_epochs=3).steps == 21
     # no budget, or nothing left to run: unchanged
     assert refit(full_plan(3, 10), spent=1e6, step_seconds=9.0, validation_seconds=9.0, done_steps=10).steps == 30
@@ -315,32 +353,40 @@ def test_an_epoch_end_cuts_the_plan_to_what_still_fits_at_the_latest_costs():
 
 def test_an_epoch_end_lengthens_a_plan_whose_steps_ran_faster_up_to_the_epochs_allowed():
     # 2.5 epochs of 10 steps planned in 100 s at 3 s a step; the first epoch ran at 2 s a step (20 s and a 5 s
-    # validation): the 75 s left, of which SAFETY is planned, fit 27 steps over 3 more epochs and their validations
+    # validation): what is left of the SAFETY * 100 s planned for fits 26 steps over 3 more epochs and their
+    # validations
     plan = StepPlan(steps=25, steps_per_epoch=10, step_seconds=3.0, validation_seconds=5.0, seconds=100.0)
     grown = refit(plan, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, max_epochs=4)
-    assert int((SAFETY * 75 - 3 * 5) // 2) == 27
-    assert (grown.steps, grown.epochs, grown.step_seconds, grown.measured_steps) == (10 + 27, 4, 2.0, 10)
+    assert int((SAFETY * 100 - 25 - 3 * 5) // 2) == 26
+    assert (grown.steps, grown.epochs, grown.step_seconds, grown.measured_steps) == (10 + 26, 4, 2.0, 10)
     # never past the epochs allowed (--epochs): 3 epochs in all hold 30 steps
     assert refit(plan, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, max_epochs=3).steps == 30
     # a plan already at its epoch cap stays as it is, however fast its steps
     capped = StepPlan(steps=30, steps_per_epoch=10, step_seconds=3.0, validation_seconds=5.0, seconds=100.0)
     assert refit(capped, spent=5.0, step_seconds=0.1, validation_seconds=0.1, done_steps=10, max_epochs=3) is capped
     # a gain of GROW_MIN of the plan or less leaves it as it is: the schedule's horizon does not move for a step
-    near = StepPlan(steps=36, steps_per_epoch=10, step_seconds=2.0, validation_seconds=5.0, seconds=100.0)
+    near = StepPlan(steps=35, steps_per_epoch=10, step_seconds=2.0, validation_seconds=5.0, seconds=100.0)
     assert refit(near, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, max_epochs=4) is near
-    assert 36 < 37 <= 36 * (1 + GROW_MIN)
+    assert 35 < 36 <= 35 * (1 + GROW_MIN)
+    # a plan whose epochs run exactly as planned stays as it is at every epoch's end: the margin it keeps for a slow
+    # last epoch is not grown into (a margin taken of the time left would have grown it to 39 steps after epoch 3)
+    on_pace = plan_steps(100.0, 2.0, 5.0, steps_per_epoch=10, max_epochs=6)
+    assert on_pace.steps == 36
+    for epoch, spent in [(1, 25.0), (2, 50.0), (3, 75.0)]:
+        assert refit(on_pace, spent=spent, step_seconds=2.0, validation_seconds=5.0, done_steps=10 * epoch,
+                     max_epochs=6) is on_pace
     # one fast epoch in a slower run: the plan grows only as far as the run's mean step cost allows (at 3 s a step,
     # 19 more steps over 2 epochs), and not at all when at that cost it would not gain more than GROW_MIN
     slower = refit(plan, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, max_epochs=4,
                    run_step_seconds=3.0)
-    assert (slower.steps, slower.step_seconds) == (10 + int((SAFETY * 75 - 2 * 5) // 3), 3.0) == (29, 3.0)
+    assert (slower.steps, slower.step_seconds) == (10 + int((SAFETY * 100 - 25 - 2 * 5) // 3), 3.0) == (29, 3.0)
     assert refit(plan, spent=25.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, max_epochs=4,
                  run_step_seconds=4.0) is plan
     # a plan that validates only at its end owes one validation, not one an epoch
     once = replace(plan, validations=1)
     grown_once = refit(once, spent=20.0, step_seconds=2.0, validation_seconds=5.0, done_steps=10, validations=1,
                        max_epochs=5)
-    assert grown_once.steps == 10 + int((SAFETY * 80 - 5) // 2) == 44 and grown_once.validations == 1
+    assert grown_once.steps == 10 + int((SAFETY * 100 - 20 - 5) // 2) == 44 and grown_once.validations == 1
 
 
 @pytest.mark.parametrize("strategy, members", [("seeds", 1), ("snapshot", 2)])
@@ -374,11 +420,11 @@ def test_the_next_validation_is_costed_at_the_median_of_the_latest_three_so_one_
 def test_a_plan_that_validates_at_its_end_keeps_one_validation_when_it_cuts():
     plan = StepPlan(steps=30, steps_per_epoch=10, step_seconds=2.0, validation_seconds=5.0, seconds=100.0,
                     validations=1)
-    # the first epoch ran at 4 s a step and was not validated: 60 s left, of which SAFETY is planned, less the one
-    # validation still owed, fit 12 steps (a validation for each of two epochs to come would have left 11)
+    # the first epoch ran at 4 s a step and was not validated: what is left of the SAFETY * 100 s planned for, less
+    # the one validation still owed, fits 12 steps (a validation for each of two epochs to come would leave 10)
     cut = refit(plan, spent=40.0, step_seconds=4.0, validation_seconds=5.0, done_steps=10, validations=1)
-    assert cut.steps == 10 + int((SAFETY * 60 - 5) // 4) == 22 and cut.validations == 1
-    assert refit(plan, spent=40.0, step_seconds=4.0, validation_seconds=5.0, done_steps=10).steps == 21
+    assert cut.steps == 10 + int((SAFETY * 100 - 40 - 5) // 4) == 22 and cut.validations == 1
+    assert refit(plan, spent=40.0, step_seconds=4.0, validation_seconds=5.0, done_steps=10).steps == 20
 
 
 @pytest.mark.parametrize("validate", ["every", "last"])

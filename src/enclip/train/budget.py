@@ -7,8 +7,8 @@ share of the time left after trunk caching. The learning-rate schedule is laid o
 still warms up and anneals fully; the last epoch may be cut short. The probe is a sample, though (a step's time
 varied by 10-25% from one process to the next on the 2-core machine), so after its first :data:`REPLAN_AFTER`
 steps a member plans once more from its own steps' time and a validation timed again in its warm process
-(:func:`replan`), while the schedule is still near its top. At each epoch's end it fits the plan again to the time
-left, at the step cost its latest epoch showed and the median cost of its latest validations (:func:`refit`,
+(:func:`replan`), while the schedule is still near its top. At each epoch's end it fits the plan again to what is
+left of the time it was planned for, at the step cost its latest epoch showed and the median cost of its latest validations (:func:`refit`,
 :func:`typical_validation`): it cuts the plan when steps slowed down (they do as a run goes on, and a validation can
 cost more than the probe's on a busy machine) and lengthens it when they ran faster than planned, so that a budget's
 seconds are spent on steps, not left idle. The plan is saved in the member's checkpoint, so a resumed run continues
@@ -90,10 +90,11 @@ def full_plan(epochs: int, steps_per_epoch: int, validations: int | None = None)
 
 
 def plan_steps(seconds: float, step_seconds: float, validation_seconds: float, steps_per_epoch: int,
-               max_epochs: int, validations: int | None = None) -> StepPlan:
+               max_epochs: int, validations: int | None = None, spent: float = 0.0) -> StepPlan:
     """The most steps, at most ``max_epochs`` full epochs, whose steps and validations (one at every epoch's end, or
-    ``validations`` in all) fit in ``SAFETY * seconds``. Raises a clear error when not even one step fits."""
-    usable = SAFETY * seconds
+    ``validations`` in all) fit in ``SAFETY * seconds``, less the ``spent`` seconds of it already used. Raises a clear
+    error when not even one step fits."""
+    usable = SAFETY * seconds - spent
     best = 0
     for epochs in range(1, max_epochs + 1):
         fit = int((usable - (epochs if validations is None else validations) * validation_seconds) // step_seconds)
@@ -143,9 +144,11 @@ def typical_validation(seconds: list[float | None], planned: float = 0.0) -> flo
 def refit(plan: StepPlan, spent: float, step_seconds: float, validation_seconds: float, done_steps: int,
           min_epochs: int = 0, validations: int | None = None, max_epochs: int | None = None,
           run_step_seconds: float | None = None) -> StepPlan:
-    """At an epoch's end, ``spent`` seconds into the member's share: ``plan`` fitted to the steps that fit in the time
-    left, at the costs the member's latest epoch showed (``step_seconds`` a step, ``validation_seconds`` a
-    validation). A plan that no longer fits is cut. One whose steps ran faster than planned grows, up to
+    """At an epoch's end, ``spent`` seconds into the member's share: ``plan`` fitted to the steps that fit in what is
+    left of the time it was made for (``SAFETY`` of the share, so the margin for a slow last epoch stays as large as
+    it was planned; a margin taken of the time left would shrink as the run goes on, and grow a plan that is merely
+    on pace into it), at the costs the member's latest epoch showed (``step_seconds`` a step,
+    ``validation_seconds`` a validation). A plan that no longer fits is cut. One whose steps ran faster than planned grows, up to
     ``max_epochs`` epochs in all (default: its own), when it gains more than :data:`GROW_MIN` of its steps at the
     slower of the latest epoch's step cost and ``run_step_seconds`` (the mean over the member's steps so far): one
     fast epoch is not a trend, and a plan that grew on it would be cut at the next epoch's end, its learning rate
@@ -162,8 +165,8 @@ def refit(plan: StepPlan, spent: float, step_seconds: float, validation_seconds:
     def fitting(cost: float) -> int:
         """Steps in all, those run included, that fit the time left at ``cost`` a step."""
         try:
-            return done_steps + plan_steps(plan.seconds - spent, cost, validation_seconds, plan.steps_per_epoch,
-                                           epochs_left, validations).steps
+            return done_steps + plan_steps(plan.seconds, cost, validation_seconds, plan.steps_per_epoch, epochs_left,
+                                           validations, spent=spent).steps
         except EnclipError:  # not one more step fits
             return done_steps
 

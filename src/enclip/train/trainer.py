@@ -573,11 +573,12 @@ def train_member(
         if recall is not None:
             log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", member, epoch + 1, loss, recall)
         _save_checkpoint(checkpoint, heads, optimizer, scheduler, state, aux)
+    # against the share this call was given: the plan's own seconds leave out what its probe took of it
     took = time.perf_counter() - member_started
-    if plan.seconds is not None and took > plan.seconds:
+    if seconds is not None and took > seconds:
         log.warning("member %d took %.0f s of its %.0f s share of the time budget: its steps ran slower than "
                     "planned (%.2f s); a few steps fewer next time, or a larger --time-budget", member, took,
-                    plan.seconds, plan.step_seconds)
+                    seconds, plan.step_seconds)
     ensemble.load_member(member, run.model_dirs[-1])
     return state
 
