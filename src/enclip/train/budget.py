@@ -8,11 +8,11 @@ still warms up and anneals fully; the last epoch may be cut short. The probe is 
 varied by 10-25% from one process to the next on the 2-core machine), so after its first :data:`REPLAN_AFTER`
 steps a member plans once more from its own steps' time and a validation timed again in its warm process
 (:func:`replan`), while the schedule is still near its top. At each epoch's end it fits the plan again to what is
-left of the time it was planned for, at the step cost its latest epoch showed and the median cost of its latest validations (:func:`refit`,
-:func:`typical_validation`): it cuts the plan when steps slowed down (they do as a run goes on, and a validation can
-cost more than the probe's on a busy machine) and lengthens it when they ran faster than planned, so that a budget's
-seconds are spent on steps, not left idle. The plan is saved in the member's checkpoint, so a resumed run continues
-the same plan and ends with the same weights.
+left of the time it was planned for, at the step cost its latest epoch showed and the median cost of its latest
+validations (:func:`refit`, :func:`typical_validation`): it cuts the plan when steps slowed down (they do as a run
+goes on, and a validation can cost more than the probe's on a busy machine) and lengthens it when they ran faster
+than planned, so that a budget's seconds are spent on steps, not left idle. The plan is saved in the member's
+checkpoint, so a resumed run continues the same plan and ends with the same weights.
 
 A plan validates after every epoch (``validations=None``: early stopping and the best epoch kept), or a fixed number
 of times in all: under a budget, by default, only at its end (and at a snapshot ensemble's cycle ends), because a
@@ -148,11 +148,11 @@ def refit(plan: StepPlan, spent: float, step_seconds: float, validation_seconds:
     left of the time it was made for (``SAFETY`` of the share, so the margin for a slow last epoch stays as large as
     it was planned; a margin taken of the time left would shrink as the run goes on, and grow a plan that is merely
     on pace into it), at the costs the member's latest epoch showed (``step_seconds`` a step,
-    ``validation_seconds`` a validation). A plan that no longer fits is cut. One whose steps ran faster than planned grows, up to
-    ``max_epochs`` epochs in all (default: its own), when it gains more than :data:`GROW_MIN` of its steps at the
-    slower of the latest epoch's step cost and ``run_step_seconds`` (the mean over the member's steps so far): one
-    fast epoch is not a trend, and a plan that grew on it would be cut at the next epoch's end, its learning rate
-    moved up and down (a 50%-data run swung 690 → 828 → 695 steps so, RESULTS.md, sixteenth pass). Otherwise it
+    ``validation_seconds`` a validation). A plan that no longer fits is cut. One whose steps ran faster than planned
+    grows, up to ``max_epochs`` epochs in all (default: its own), when it gains more than :data:`GROW_MIN` of its
+    steps at the slower of the latest epoch's step cost and ``run_step_seconds`` (the mean over the member's steps so
+    far): one fast epoch is not a trend, and a plan that grew on it would be cut at the next epoch's end, its learning
+    rate moved up and down (a 50%-data run swung 690 → 828 → 695 steps so, RESULTS.md, sixteenth pass). Otherwise it
     comes back as it is.
     ``min_epochs``: epochs the plan keeps, its last cut to a step if need be (a snapshot ensemble keeps an epoch for
     each cycle still to end, since its members are saved at epoch ends).
