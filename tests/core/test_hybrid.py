@@ -4,9 +4,11 @@ reference, filters in every channel, live changes in every channel across a kill
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,8 @@ from enclip import load_searcher
 from enclip.errors import EnclipError
 from enclip.search.channels import HybridCfg
 from enclip.serve.app import ServeCfg, create_app
+from enclip.store.index_dir import KEYWORDS
+from enclip.store.keywords import WORK_PREFIX, KeywordIndex
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "h" * 32
@@ -190,3 +194,23 @@ def test_a_photo_with_words_keeps_the_photos_candidates_and_the_words_reorder_th
     assert keyword.max() > 0 and list(keyword) == sorted(keyword, reverse=True)  # the words decide the order
     assert all(h.channels["image"] for h in by_words.hits)
     assert [bool(h.channels["keyword"]) for h in by_words.hits] == [bool(s > 0) for s in keyword]
+
+
+def test_a_killed_processs_keyword_working_copy_is_removed_when_the_next_one_opens(tmp_path, tiny_index_dir,
+                                                                                   monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the working copies go, for this test
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    orphan = tmp_path / f"{WORK_PREFIX}{int(ended.stdout)}-abc"  # left by a process killed before its finalizer ran
+    orphan.mkdir()
+    (orphan / "meta.json").write_text("{}")
+    running = tmp_path / f"{WORK_PREFIX}{os.getpid()}-def"  # another index's copy in a process still running
+    running.mkdir()
+    unnamed = tmp_path / f"{WORK_PREFIX}nopid"  # not named by this scheme: not ours to judge
+    unnamed.mkdir()
+    keywords = KeywordIndex(tiny_index_dir / KEYWORDS)
+    assert not orphan.exists() and running.exists() and unnamed.exists()
+    assert keywords._work.parent == tmp_path and keywords._work.name.startswith(f"{WORK_PREFIX}{os.getpid()}-")
+    assert keywords.search("shirt", k=3)[0].size  # the copy searches
+    keywords.close()
+    assert not keywords._work.exists()

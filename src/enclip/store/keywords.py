@@ -3,11 +3,13 @@ engine with add and delete; chosen over bm25s by ``bench/keywords.py``, see docs
 
 The index directory holds the built keyword index read-only. Opening it makes a private working copy, so that
 live changes (applied again from the change log at every start) never alter the built artefact, exactly as the
-vector index is changed only in memory.
+vector index is changed only in memory. The copy lives in the temp folder, named by its process; it is removed when
+the index is closed or collected, and a copy whose process was killed is removed by the next index opened.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -63,13 +65,36 @@ def build_keywords(directory: Path, catalogue: Catalogue) -> None:
     (directory / "attributes.txt").write_text("\n".join(names), encoding="utf-8")
 
 
+WORK_PREFIX = "enclip-keywords-"  # working copies: enclip-keywords-<pid of their process>-<random>
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_orphans(root: Path) -> None:
+    """Working copies left by processes that ended without their finalizer (killed): a copy is removed only when
+    the process its name records no longer runs."""
+    for work in root.glob(f"{WORK_PREFIX}*-*"):
+        pid = work.name[len(WORK_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(work, ignore_errors=True)
+
+
 class KeywordIndex:
     """BM25 search over the items' text, filtered like the vector channels; positions are the index's rows."""
 
     def __init__(self, built: Path) -> None:
         import tantivy
 
-        self._work = Path(tempfile.mkdtemp(prefix="enclip-keywords-"))
+        _remove_orphans(Path(tempfile.gettempdir()))
+        self._work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._work, True)
         shutil.copytree(built, self._work, dirs_exist_ok=True)
         self.names = (self._work / "attributes.txt").read_text(encoding="utf-8").split("\n")
