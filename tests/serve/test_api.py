@@ -343,7 +343,7 @@ def test_load_bench_reports_every_level_without_errors(live_server, served_searc
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[1:]]
     assert [row[0] for row in rows] == ["1", "2"]
-    assert all(int(row[1]) > 0 and row[2] == "0" for row in rows)
+    assert all(int(row[1]) > 0 and row[2] == "0" for row in rows), table
     if hasattr(served_searcher, "calls"):  # the FakeSearcher records what it was asked
         assert {call["image"] for call in served_searcher.calls} == {None, "Image", "bytes"}  # all three kinds
 
