@@ -163,7 +163,7 @@ def refit(plan: StepPlan, spent: float, step_seconds: float, validation_seconds:
     epochs_left = max(plan.epochs, max_epochs or 0) - done_steps // plan.steps_per_epoch
 
     def fitting(cost: float) -> int:
-        """Steps in all, those run included, that fit the time left at ``cost`` a step."""
+        """Steps in all, those run included, that fit what is left of the planned time at ``cost`` a step."""
         try:
             return done_steps + plan_steps(plan.seconds, cost, validation_seconds, plan.steps_per_epoch, epochs_left,
                                            validations, spent=spent).steps
