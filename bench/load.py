@@ -2,7 +2,7 @@
 
 Each client is a thread with its own HTTP connection that sends searches back to back for a fixed time, mixing
 text queries (JSON), photo uploads (multipart) and "similar" queries (JSON with an image_id). Prints a markdown
-table on stdout.
+table on stdout, then what the failed requests got (an HTTP status or a connection error), level by level.
 
     python bench/load.py http://127.0.0.1:8000 --duration 20 --clients 1,4,16
 """
@@ -16,6 +16,7 @@ import random
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
@@ -33,13 +34,18 @@ class Tally:
     """Latencies and errors collected by all clients of one run."""
 
     latencies_ms: list[float] = field(default_factory=list)
-    errors: int = 0
+    causes: Counter = field(default_factory=Counter)  # what the failed requests got: "HTTP 500", "ReadError", ...
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, millis: float, ok: bool) -> None:
+    @property
+    def errors(self) -> int:
+        return sum(self.causes.values())
+
+    def add(self, millis: float, failure: str | None = None) -> None:
         with self.lock:
             self.latencies_ms.append(millis)
-            self.errors += 0 if ok else 1
+            if failure:
+                self.causes[failure] += 1
 
 
 def synthetic_photos(count: int, seed: int) -> list[bytes]:
@@ -77,34 +83,41 @@ def one_request(client: httpx.Client, kind: str, rng: random.Random, photos: lis
     return client.post("/search", json={"text": rng.choice(TEXT_QUERIES), "k": k})
 
 
-def client_loop(url: str, deadline: float, worker: int, tally: Tally, photos: list[bytes], ids: list[str],
-                k: int) -> None:
+def client_loop(url: str, start: threading.Barrier, duration: float, worker: int, tally: Tally,
+                photos: list[bytes], ids: list[str], k: int) -> None:
+    """Send searches back to back from the moment every client is ready until `duration` has passed (at least one)."""
     rng = random.Random(worker)
     kinds = itertools.cycle(KINDS[worker % len(KINDS):] + KINDS[:worker % len(KINDS)])
     with httpx.Client(base_url=url, timeout=60) as client:
-        while time.perf_counter() < deadline:
+        start.wait()
+        deadline = time.perf_counter() + duration
+        while True:
             started = time.perf_counter()
             try:
-                ok = one_request(client, next(kinds), rng, photos, ids, k).status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            tally.add((time.perf_counter() - started) * 1000, ok)
+                status = one_request(client, next(kinds), rng, photos, ids, k).status_code
+                failure = None if status == 200 else f"HTTP {status}"
+            except httpx.HTTPError as error:
+                failure = type(error).__name__
+            tally.add((time.perf_counter() - started) * 1000, failure)
+            if time.perf_counter() >= deadline:
+                break
 
 
 def run_level(url: str, clients: int, duration: float, photos: list[bytes], ids: list[str], k: int) -> dict:
     """Run `clients` concurrent clients for `duration` seconds; returns the row of the table."""
     tally = Tally()
-    started = time.perf_counter()
-    deadline = started + duration
-    threads = [threading.Thread(target=client_loop, args=(url, deadline, w, tally, photos, ids, k))
+    start = threading.Barrier(clients + 1)  # the clock starts when every client has its connection ready
+    threads = [threading.Thread(target=client_loop, args=(url, start, duration, w, tally, photos, ids, k))
                for w in range(clients)]
     for thread in threads:
         thread.start()
+    start.wait()
+    started = time.perf_counter()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
     latencies = tally.latencies_ms
-    return {"clients": clients, "requests": len(latencies), "errors": tally.errors,
+    return {"clients": clients, "requests": len(latencies), "errors": tally.errors, "causes": dict(tally.causes),
             "throughput": len(latencies) / elapsed if elapsed else 0.0,
             "p50": percentile(latencies, 50), "p99": percentile(latencies, 99)}
 
@@ -137,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Load test of {url}: {args.duration:g} s per level, k={args.k}, queries cycle text / photo upload / "
           f"similar ({health.json().get('items', '?')} items)\n")
     print(markdown_table(rows))
+    for row in rows:
+        if row["causes"]:
+            causes = ", ".join(f"{cause} × {count}" for cause, count in sorted(row["causes"].items()))
+            print(f"\n{row['clients']} clients, failed requests: {causes}")
     return 0
 
 

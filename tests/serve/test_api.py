@@ -15,8 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from enclip.errors import EnclipError
 from enclip.serve.app import ServeCfg, attach_searcher, create_app, percentile, serve
-from tests.serve.conftest import image_bytes
+from tests.serve.conftest import free_port, image_bytes, running_server
 from tests.serve.fake_searcher import COLOURS, FILTER_KEYS, FUSION_RULES, FakeSearcher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -334,18 +335,45 @@ def test_browser_form_without_a_chosen_file_is_a_text_search(client, fake):
     assert response.status_code == 200 and fake.calls[-1]["image"] is None
 
 
-def test_load_bench_reports_every_level_without_errors(live_server, served_searcher, capsys, monkeypatch):
+def _load_bench(monkeypatch):
     spec = importlib.util.spec_from_file_location("enclip_bench_load", REPO / "bench" / "load.py")
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up there
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_load_bench_reports_every_level_without_errors(live_server, served_searcher, capsys, monkeypatch):
+    bench = _load_bench(monkeypatch)
     assert bench.main([live_server, "--duration", "0.3", "--clients", "1,2"]) == 0
-    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("| ")]
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[1:]]
     assert [row[0] for row in rows] == ["1", "2"]
-    assert all(int(row[1]) > 0 and row[2] == "0" for row in rows), table
+    assert all(int(row[1]) >= int(row[0]) and row[2] == "0" for row in rows), out  # each client sent one or more
     if hasattr(served_searcher, "calls"):  # the FakeSearcher records what it was asked
         assert {call["image"] for call in served_searcher.calls} == {None, "Image", "bytes"}  # all three kinds
+
+
+class _RefusesPhotos(FakeSearcher):
+    """A searcher that refuses every photo search: the server answers those 400."""
+
+    def search(self, text=None, image=None, **options):
+        if image is not None:
+            raise EnclipError("no photo search here")
+        return super().search(text=text, **options)
+
+
+def test_load_bench_names_what_failed_requests_got(tmp_path, capsys, monkeypatch):
+    bench = _load_bench(monkeypatch)
+    cfg = ServeCfg(port=free_port(), changelog_path=tmp_path / "changelog.jsonl")
+    with running_server(create_app(_RefusesPhotos(n=30, seed=1), cfg), cfg.port) as url:
+        assert bench.main([url, "--duration", "0.3", "--clients", "1"]) == 0
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.startswith("| 1 ")][0].split("|")
+    failed = int(row[3])
+    assert 0 < failed < int(row[2])  # text queries still succeed
+    assert f"1 clients, failed requests: HTTP 400 × {failed}" in out
 
 
 def test_the_fake_and_the_real_searcher_conform_to_the_service_protocol(tiny_index_dir):
