@@ -41,8 +41,8 @@ def time_steps(data: str, feature_cache: str, trunk_cache: str, steps: int) -> l
     from enclip.train.trainer import _param_groups, _step, training_image_encoder
 
     member = load_default_member(data, feature_cache, trunk_cache)
-    heads, (aux, labels), cfg = member.heads, member.auxiliary, member.cfg
-    optimizer = torch.optim.AdamW(_param_groups(heads, cfg.train) + [{"params": list(aux.parameters())}])
+    heads, objective, cfg = member.heads, member.objective, member.cfg
+    optimizer = torch.optim.AdamW(_param_groups(heads, cfg.train) + [{"params": objective.parameters()}])
     encode_image = training_image_encoder(heads.image_head, "off", 0)
     rng = np.random.default_rng([0, 0, 3])
     heads.train()
@@ -50,7 +50,7 @@ def time_steps(data: str, feature_cache: str, trunk_cache: str, steps: int) -> l
     for rows in member.batches[:steps]:
         started = time.perf_counter()
         _step(heads, encode_image, member.train, member.groups, rows, rng, optimizer, cfg.train,
-              member.ensemble.device, (aux, labels))
+              member.ensemble.device, objective)
         times.append(time.perf_counter() - started)
     return times
 

@@ -53,7 +53,7 @@ def one_process(data: str, feature_cache: str, trunk_cache: str, validations: in
 
     sample = np.arange(4 * HEAD_CHUNK)
     cold, warm = per_image(sample[: 2 * HEAD_CHUNK]), per_image(sample[2 * HEAD_CHUNK :])
-    _, probe = _measure_costs(heads, member.auxiliary, train, member.groups, member.batches, cfg.train,
+    _, probe = _measure_costs(heads, member.objective, train, member.groups, member.batches, cfg.train,
                               ensemble.device, images, len(val_rows))
     real = []
     for _ in range(validations):

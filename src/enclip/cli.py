@@ -82,7 +82,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     from enclip.models.ensemble import HeadCfg
     from enclip.models.registry import BackboneCfg
     from enclip.train.run import STRATEGIES, EnsembleCfg
-    from enclip.train.trainer import COMPILE_MIN_STEPS, COMPILE_MODES, PROTOTYPES, VALIDATE_MODES, TrainCfg
+    from enclip.train.trainer import COMPILE_MIN_STEPS, COMPILE_MODES, PAIR_LOSSES, PROTOTYPES, VALIDATE_MODES, TrainCfg
 
     b, t, h, e = BackboneCfg(), TrainCfg(), HeadCfg(), EnsembleCfg()
     parser.add_argument("--backbone", default=b.name,
@@ -139,6 +139,8 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                         help="share of each step's photos shown degraded, the rest clean (default: every cached view "
                         "equally likely, so half with one degraded view)")
     parser.add_argument("--attribute-captions", action="store_true", help="also train on attribute sentences")
+    parser.add_argument("--loss", default=t.loss, choices=PAIR_LOSSES,
+                        help="contrastive loss: CLIP's 'softmax' over the batch, or SigLIP's per-pair 'sigmoid'")
     parser.add_argument("--aux-columns", nargs="*", default=list(t.aux_columns),
                         help="attribute columns both embeddings learn to classify (auxiliary losses)")
     parser.add_argument("--aux-weight", type=float, default=t.aux_weight,
@@ -186,7 +188,7 @@ def run_cfg(args):
                      heads=HeadCfg(args.trainable_image, args.trainable_text, args.colour_branch,
                                    args.text_adapter), device=args.device,
                      captions=CaptionCfg(use_attributes=args.attribute_captions),
-                     aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight,
+                     loss=args.loss, aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight,
                      aux_prototypes=args.aux_prototypes, aux_rank_photos=args.aux_rank_photos,
                      mirror=args.mirror, degraded_share=args.degraded_share,
                      batch_clusters=args.batch_clusters,

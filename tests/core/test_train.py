@@ -53,6 +53,35 @@ def test_contrastive_loss_does_not_penalise_confusing_items_with_the_same_title(
     assert trainer.title_groups(["Red Shirt", "red  shirt", "Blue Shirt"]).tolist() == [0, 0, 1]
 
 
+def test_sigmoid_pair_loss_scores_each_pair_as_a_match_by_title_group():
+    unit = lambda rows: torch.nn.functional.normalize(torch.tensor(rows), dim=1)  # noqa: E731
+    text = unit([[1.0, 0.2, 0.0], [1.0, 0.0, 0.2], [0.0, 1.0, 0.0]])
+    image, scale = text.clone(), torch.tensor(np.log(10.0))
+    pair = trainer.PairLoss("sigmoid", bias=-2.0)
+    groups = torch.tensor([0, 0, 1])
+    logits = 10.0 * image @ text.T - 2.0
+    signs = torch.tensor([[1.0, 1.0, -1.0], [1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])  # same title group: a match
+    expected = -torch.nn.functional.logsigmoid(signs * logits).sum() / 3
+    assert pair(image, text, scale, groups).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert pair(image[[1, 0, 2]], text, scale, groups).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert pair(image[[2, 1, 0]], text, scale, groups).item() > expected.item() + 1.0  # a mismatch costs
+    softmax = trainer.PairLoss("softmax")
+    assert list(softmax.parameters()) == [] and list(pair.parameters()) == [pair.bias]  # only sigmoid has a bias
+    assert softmax(image, text, scale, groups).item() == trainer.contrastive_loss(image, text, scale, groups).item()
+    with pytest.raises(EnclipError, match="softmax, sigmoid"):
+        trainer.PairLoss("hinge")
+
+
+def test_training_with_the_sigmoid_loss_learns_its_bias_and_checkpoints_it(tmp_path, catalogue):
+    out = train_system(catalogue, tmp_path / "m", tiny_run_cfg(epochs=2, lr=5e-3, patience=5, loss="sigmoid"))
+    checkpoint = torch.load(out / "members/0/checkpoint.pt", weights_only=False)
+    losses = [h["loss"] for h in checkpoint["state"]["history"]]
+    assert losses[-1] < losses[0]
+    assert set(checkpoint["pair"]) == {"bias"} and checkpoint["pair"]["bias"].item() != -10.0
+    ensemble, _ = load_model(out)
+    assert not any("bias" == name for name, _ in ensemble.members[0].named_parameters())  # not part of the model
+
+
 def test_training_writes_a_loadable_model_that_beats_its_start(tmp_path, catalogue):
     out = train_system(catalogue, tmp_path / "m", tiny_run_cfg(epochs=3, lr=5e-3, patience=5))
     ensemble, info = load_model(out)

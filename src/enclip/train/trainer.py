@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,10 @@ class TrainCfg:
     # batches drawn within one of this many k-means clusters of the train images, so the negatives an item meets
     # look alike (hard negatives; a reading of the paper's clustering that serves every member); 0 = random batches
     batch_clusters: int = 0
+    # the contrastive loss over a batch's photo-caption pairs: "softmax", CLIP's symmetric cross-entropy over each row
+    # and column, or "sigmoid", SigLIP's independent binary loss per pair with a learned bias (Zhai et al. 2023,
+    # "Sigmoid loss for language image pre-training"), reported better than softmax at small batches
+    loss: str = "softmax"
     # attribute columns both embeddings learn to classify (columns the catalogue lacks are skipped)
     aux_columns: tuple[str, ...] = ("gender", "articleType", "baseColour", "usage", "season")
     aux_weight: float = 0.5  # weight of those auxiliary classification losses beside the contrastive loss (0 = off)
@@ -168,6 +173,31 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tenso
     positives = (groups[:, None] == groups[None, :]).float()
     targets = positives / positives.sum(dim=1, keepdim=True)
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T))
+
+
+PAIR_LOSSES = ("softmax", "sigmoid")  # TrainCfg.loss
+
+
+class PairLoss(nn.Module):
+    """The contrastive loss of a batch (TrainCfg.loss): ``softmax`` is :func:`contrastive_loss`; ``sigmoid`` scores
+    every photo-caption pair as a binary match, positive where the two share a title group, with a learned bias
+    (SigLIP's initial -10) that offsets the many negatives. Used in training only, never saved with the model: a
+    constant shift of the scores leaves every ranking as it is."""
+
+    def __init__(self, kind: str = "softmax", bias: float = -10.0):
+        super().__init__()
+        if kind not in PAIR_LOSSES:
+            raise EnclipError(f"unknown --loss {kind!r}; choose one of {', '.join(PAIR_LOSSES)}")
+        self.kind = kind
+        self.bias = nn.Parameter(torch.tensor(float(bias))) if kind == "sigmoid" else None
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
+                groups: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return contrastive_loss(image, text, scale, groups)
+        logits = scale.exp().clamp(max=100) * image @ text.T + self.bias
+        signs = 2.0 * (groups[:, None] == groups[None, :]).to(logits.dtype) - 1.0
+        return -F.logsigmoid(signs * logits).sum() / len(image)
 
 
 MISSING_LABELS = ("", "NA")  # attribute values that say nothing about the item
@@ -287,6 +317,32 @@ def _attribute_heads(ensemble: Ensemble, member, train: FeatureCache, cfg: Train
                            rank_photos=cfg.aux_rank_photos)
     tensors = {name: torch.from_numpy(codes).to(device) for name, (_, codes) in encoded.items()}
     return heads.to(device), tensors
+
+
+class Objective(NamedTuple):
+    """What a member's steps minimise, beside its own weights: the contrastive loss and the auxiliary attribute heads
+    with the items' labels (None and {} when off). Both hold training-only parameters, checkpointed with the run."""
+
+    pair: PairLoss
+    aux: AttributeHeads | None
+    labels: dict[str, torch.Tensor]
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.pair.parameters()) + ([] if self.aux is None else list(self.aux.parameters()))
+
+    def state_dict(self) -> dict:
+        return {"pair": self.pair.state_dict(), "aux": None if self.aux is None else self.aux.state_dict()}
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Load what `state_dict` saved (a checkpoint from before the pair loss held any has only "aux")."""
+        self.pair.load_state_dict(saved.get("pair") or {})
+        if self.aux is not None:
+            self.aux.load_state_dict(saved["aux"])
+
+
+def _objective(ensemble: Ensemble, member, train: FeatureCache, cfg: TrainCfg, seed: int) -> Objective:
+    aux, labels = _attribute_heads(ensemble, member, train, cfg, seed)
+    return Objective(PairLoss(cfg.loss).to(ensemble.device), aux, labels)
 
 
 def depthwise_weights(head: nn.Module) -> list[nn.Parameter]:
@@ -443,13 +499,13 @@ def train_member(
     device = ensemble.device
     heads = ensemble.members[member]
     member_started = time.perf_counter()
-    aux, labels = _attribute_heads(ensemble, heads, train, cfg, run.seed)
+    objective = _objective(ensemble, heads, train, cfg, run.seed)
     if cfg.frozen_depthwise:
         for weight in depthwise_weights(heads.image_head):
             weight.requires_grad_(False)
     groups_of_params = _param_groups(heads, cfg)
-    if aux is not None:
-        groups_of_params.append({"params": list(aux.parameters()), "lr": cfg.lr, "weight_decay": 0.0})
+    if objective.parameters():
+        groups_of_params.append({"params": objective.parameters(), "lr": cfg.lr, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups_of_params)
     checkpoint = run.out_dir / "checkpoint.pt"
     run.out_dir.mkdir(parents=True, exist_ok=True)
@@ -460,7 +516,7 @@ def train_member(
     val_images = len(val_rows) + (0 if distractors is None else len(distractors[1]))  # what a validation embeds
     cycles = max(1, len(run.snapshots))
     plan = StepPlan(**saved["state"]["plan"]) if saved is not None and "plan" in saved["state"] else _plan(
-        heads, (aux, labels), train, group_tensor, _epoch_batches(run, 0, cfg.batch_size, train.title_lengths()),
+        heads, objective, train, group_tensor, _epoch_batches(run, 0, cfg.batch_size, train.title_lengths()),
         cfg, device, val_images, len(val_rows), seconds, _validations(cfg, cycles, seconds is not None))
     log.info("member %d: %s", member, plan.describe())
     if run.snapshots and plan.epochs < cycles:
@@ -506,8 +562,7 @@ def train_member(
              "cycle_ends": list(snapshot_epochs)}
     if saved is not None:
         heads.load_state_dict(saved["member"])
-        if aux is not None:
-            aux.load_state_dict(saved["aux"])
+        objective.load_state_dict(saved)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state = {**saved["state"], "plan": plan.to_dict(), "cycle_ends": list(snapshot_epochs)}
@@ -529,7 +584,7 @@ def train_member(
         epoch, started = state["epoch"], time.perf_counter()
         torch.manual_seed(int(np.random.default_rng([run.seed, epoch, 2]).integers(2**31)))
         loss = _run_epoch(ensemble, heads, encode_image, train, group_tensor, run, epoch, optimizer, scheduler, cfg,
-                          member, (aux, labels), plan.steps_in_epoch(epoch), after_step if epoch == 0 else None)
+                          member, objective, plan.steps_in_epoch(epoch), after_step if epoch == 0 else None)
         steps_seconds = time.perf_counter() - started
         every = plan.validations is None
         recall, validation_seconds = None, None
@@ -572,7 +627,7 @@ def train_member(
             state["done"] = state["bad_epochs"] >= cfg.patience or state["epoch"] >= plan.epochs
         if recall is not None:
             log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", member, epoch + 1, loss, recall)
-        _save_checkpoint(checkpoint, heads, optimizer, scheduler, state, aux)
+        _save_checkpoint(checkpoint, heads, optimizer, scheduler, state, objective)
     # against the share this call was given: the plan's own seconds leave out what its probe took of it
     took = time.perf_counter() - member_started
     if seconds is not None and took > seconds:
@@ -584,7 +639,7 @@ def train_member(
 
 
 def _run_epoch(ensemble, heads, encode_image, train, groups, run, epoch, optimizer, scheduler, cfg, member,
-               auxiliary, steps: int, after_step=None) -> float:
+               objective: Objective, steps: int, after_step=None) -> float:
     """One pass over ``steps`` of the epoch's batches (fewer than all in a time budget's last epoch).
     ``after_step(steps done, its seconds)`` may return a new step count for the epoch (a budget planned again)."""
     rng = np.random.default_rng([run.seed, epoch, 3])
@@ -600,7 +655,7 @@ def _run_epoch(ensemble, heads, encode_image, train, groups, run, epoch, optimiz
             if len(losses) >= steps:
                 break
             step_started = time.perf_counter()
-            losses.append(_step(heads, encode_image, train, groups, rows, rng, optimizer, cfg, device, auxiliary))
+            losses.append(_step(heads, encode_image, train, groups, rows, rng, optimizer, cfg, device, objective))
             scheduler.step()
             if after_step is not None:
                 steps = after_step(len(losses), time.perf_counter() - step_started) or steps
@@ -619,7 +674,8 @@ def _freeze_norms(heads, cfg: TrainCfg) -> None:
                 module.eval()
 
 
-def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCfg, device, auxiliary) -> float:
+def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCfg, device,
+          objective: Objective) -> float:
     """One optimiser step on the batch ``rows`` (a degraded or clean view and a caption drawn per item)."""
     if cfg.degraded_share is None:
         views = rng.integers(0, len(train.images), size=len(rows))
@@ -633,12 +689,11 @@ def _step(heads, encode_image, train, groups, rows, rng, optimizer, cfg: TrainCf
     with autocast:
         image = encode_image(train.image_batch(rows, views, device, mirrored))
         text = heads.encode_text(train.text_batch(captions, device), bfloat16=text_bfloat16)
-        loss = contrastive_loss(image, text, heads.logit_scale, groups[rows].to(device))
-        aux, labels = auxiliary
-        if aux is not None:
+        loss = objective.pair(image, text, heads.logit_scale, groups[rows].to(device))
+        if objective.aux is not None:
             picked = torch.from_numpy(rows).to(device)
-            loss = loss + cfg.aux_weight * aux.loss(image, text, {n: v[picked] for n, v in labels.items()},
-                                                    heads, text_bfloat16)
+            labels = {name: values[picked] for name, values in objective.labels.items()}
+            loss = loss + cfg.aux_weight * objective.aux.loss(image, text, labels, heads, text_bfloat16)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -653,13 +708,13 @@ def _validations(cfg: TrainCfg, cycles: int, budgeted: bool) -> int | None:
     return None if cfg.validate == "every" or (cfg.validate == "auto" and not budgeted) else cycles
 
 
-def _plan(heads, auxiliary, train, groups, batches, cfg: TrainCfg, device, val_images: int, val_texts: int,
+def _plan(heads, objective: Objective, train, groups, batches, cfg: TrainCfg, device, val_images: int, val_texts: int,
           seconds: float | None, validations: int | None) -> StepPlan:
     """Every epoch in full, or under a budget of ``seconds`` the most steps that fit at this machine's costs."""
     if seconds is None:
         return full_plan(cfg.epochs, len(batches), validations)
     started = time.perf_counter()
-    step_seconds, validation_seconds = _measure_costs(heads, auxiliary, train, groups, batches, cfg, device,
+    step_seconds, validation_seconds = _measure_costs(heads, objective, train, groups, batches, cfg, device,
                                                       val_images, val_texts)
     return plan_steps(seconds - (time.perf_counter() - started), step_seconds, validation_seconds, len(batches),
                       cfg.epochs, validations)
@@ -679,14 +734,13 @@ def _probe_batches(batches: list[np.ndarray], lengths: np.ndarray | None) -> lis
     return [batches[picks[PROBE_STEPS // 2]]] + [batches[i] for i in picks]
 
 
-def _measure_costs(heads, auxiliary, train, groups, batches, cfg: TrainCfg, device, val_images: int,
+def _measure_costs(heads, objective: Objective, train, groups, batches, cfg: TrainCfg, device, val_images: int,
                    val_texts: int) -> tuple[float, float]:
     """Seconds of one training step and of one end-of-epoch validation on this machine, timed on throwaway copies
     of the heads (the member's weights, and the random streams training draws from, are left as they were)."""
     probe = copy.deepcopy(heads)
-    aux, labels = auxiliary
-    aux = copy.deepcopy(aux)
-    params = [p for p in probe.parameters() if p.requires_grad] + ([] if aux is None else list(aux.parameters()))
+    objective = Objective(copy.deepcopy(objective.pair), copy.deepcopy(objective.aux), objective.labels)
+    params = [p for p in probe.parameters() if p.requires_grad] + objective.parameters()
     optimizer = torch.optim.AdamW(params, lr=0.0)
     encode_image = training_image_encoder(probe.image_head, "off", 0)
     rng = np.random.default_rng(0)
@@ -697,7 +751,7 @@ def _measure_costs(heads, auxiliary, train, groups, batches, cfg: TrainCfg, devi
         times = []
         for rows in picks:
             started = time.perf_counter()
-            _step(probe, encode_image, train, groups, rows, rng, optimizer, cfg, device, (aux, labels))
+            _step(probe, encode_image, train, groups, rows, rng, optimizer, cfg, device, objective)
             times.append(time.perf_counter() - started)
     return float(np.mean(times[1:])), _validation_seconds(probe, train, cfg, device, val_images, val_texts)
 
@@ -778,8 +832,7 @@ def validation_recall(ensemble: Ensemble, member: int, val: FeatureCache, rows: 
     return evaluator.primary_score(best.tolist())
 
 
-def _save_checkpoint(path: Path, member, optimizer, scheduler, state: dict, aux: nn.Module | None = None) -> None:
+def _save_checkpoint(path: Path, member, optimizer, scheduler, state: dict, objective: Objective) -> None:
     with atomic_file(path) as handle:
         torch.save({"member": member.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "state": state,
-                    "aux": None if aux is None else aux.state_dict()}, handle)
+                    "scheduler": scheduler.state_dict(), "state": state, **objective.state_dict()}, handle)
