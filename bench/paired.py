@@ -2,6 +2,8 @@
 
     python bench/paired.py --baseline runs/demo/index --index runs/k5/index-flat [--tasks title2img title2img_dup]
 
+``--split val`` compares them on validation queries instead, to choose between settings.
+
 Also prints the member diversity of ``--index`` when it is an ensemble (200 validation titles).
 """
 
@@ -34,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
                         "titles, computed here (for indexes built before the penalty; default: what each index has)")
     parser.add_argument("--severities", type=int, nargs="+", help="degradation severities of img2img_lq and "
                         "both2img (default: EvalCfg's, 1-5; both2img's headline is severity 3 either way)")
+    parser.add_argument("--split", default="test", choices=("val", "test"),
+                        help="whose items the queries come from (choose settings on val; report test)")
     args = parser.parse_args(argv)
-    cfg = EvalCfg(tasks=tuple(args.tasks), **({"severities": tuple(args.severities)} if args.severities else {}))
+    cfg = EvalCfg(tasks=tuple(args.tasks), split=args.split,
+                  **({"severities": tuple(args.severities)} if args.severities else {}))
     with tempfile.TemporaryDirectory() as tmp:
         base = evaluate_index(args.baseline, cfg, out=Path(tmp) / "baseline.json",
                               searcher=_searcher(args.baseline, args.hubness_k, Path(tmp) / "bank-baseline"))

@@ -141,6 +141,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attribute-captions", action="store_true", help="also train on attribute sentences")
     parser.add_argument("--loss", default=t.loss, choices=PAIR_LOSSES,
                         help="contrastive loss: CLIP's 'softmax' over the batch, or SigLIP's per-pair 'sigmoid'")
+    parser.add_argument("--temperature", type=float, default=t.temperature,
+                        help="the contrastive loss's starting temperature, learned from there (default: the "
+                        "backbone's, 0.07 for new projections)")
     parser.add_argument("--aux-columns", nargs="*", default=list(t.aux_columns),
                         help="attribute columns both embeddings learn to classify (auxiliary losses)")
     parser.add_argument("--aux-weight", type=float, default=t.aux_weight,
@@ -188,7 +191,7 @@ def run_cfg(args):
                      heads=HeadCfg(args.trainable_image, args.trainable_text, args.colour_branch,
                                    args.text_adapter), device=args.device,
                      captions=CaptionCfg(use_attributes=args.attribute_captions),
-                     loss=args.loss, aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight,
+                     loss=args.loss, temperature=args.temperature, aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight,
                      aux_prototypes=args.aux_prototypes, aux_rank_photos=args.aux_rank_photos,
                      mirror=args.mirror, degraded_share=args.degraded_share,
                      batch_clusters=args.batch_clusters,

@@ -82,6 +82,27 @@ def test_training_with_the_sigmoid_loss_learns_its_bias_and_checkpoints_it(tmp_p
     assert not any("bias" == name for name, _ in ensemble.members[0].named_parameters())  # not part of the model
 
 
+def test_a_starting_temperature_sets_the_members_scale_before_its_first_step(tmp_path, catalogue, monkeypatch):
+    seen = []
+    real = trainer._step
+
+    def spy(heads, *args, **kwargs):
+        seen.append(float(heads.logit_scale.detach().exp()))
+        return real(heads, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_step", spy)
+    train_system(catalogue, tmp_path / "m", tiny_run_cfg(epochs=1, temperature=0.02))
+    assert seen[0] == pytest.approx(50.0, rel=1e-5) and seen[-1] != seen[0]  # a start, then learned
+
+
+@pytest.mark.parametrize(("setting", "message"), [({"loss": "hinge"}, "unknown --loss 'hinge'; choose one of softmax"),
+                                                  ({"temperature": 0.0}, "--temperature is above 0")])
+def test_bad_loss_settings_are_refused_before_anything_is_written(tmp_path, catalogue, setting, message):
+    with pytest.raises(EnclipError, match=message):
+        train_system(catalogue, tmp_path / "m", tiny_run_cfg(**setting))
+    assert not (tmp_path / "m").exists()
+
+
 def test_training_writes_a_loadable_model_that_beats_its_start(tmp_path, catalogue):
     out = train_system(catalogue, tmp_path / "m", tiny_run_cfg(epochs=3, lr=5e-3, patience=5))
     ensemble, info = load_model(out)

@@ -16,8 +16,8 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -85,6 +85,10 @@ class TrainCfg:
     # and column, or "sigmoid", SigLIP's independent binary loss per pair with a learned bias (Zhai et al. 2023,
     # "Sigmoid loss for language image pre-training"), reported better than softmax at small batches
     loss: str = "softmax"
+    # the temperature a member's contrastive loss starts from, learned from there (None: the backbone's own, CLIP's
+    # 0.07 for new projections). It moves about one learning rate's worth in log space a step, so a budget's few
+    # hundred steps leave it near where it started
+    temperature: float | None = None
     # attribute columns both embeddings learn to classify (columns the catalogue lacks are skipped)
     aux_columns: tuple[str, ...] = ("gender", "articleType", "baseColour", "usage", "season")
     aux_weight: float = 0.5  # weight of those auxiliary classification losses beside the contrastive loss (0 = off)
@@ -500,6 +504,9 @@ def train_member(
     heads = ensemble.members[member]
     member_started = time.perf_counter()
     objective = _objective(ensemble, heads, train, cfg, run.seed)
+    if cfg.temperature is not None:  # a resumed run loads its own over it
+        with torch.no_grad():
+            heads.logit_scale.fill_(math.log(1.0 / cfg.temperature))
     if cfg.frozen_depthwise:
         for weight in depthwise_weights(heads.image_head):
             weight.requires_grad_(False)
