@@ -82,6 +82,16 @@ def test_training_with_the_sigmoid_loss_learns_its_bias_and_checkpoints_it(tmp_p
     assert not any("bias" == name for name, _ in ensemble.members[0].named_parameters())  # not part of the model
 
 
+def test_an_objective_reads_checkpoints_written_before_the_pair_loss_had_a_part():
+    softmax = trainer.Objective(trainer.PairLoss("softmax"), None, {})
+    softmax.load_state_dict({"aux": None})  # what a checkpoint held before: no "pair" entry
+    sigmoid = trainer.Objective(trainer.PairLoss("sigmoid"), None, {})
+    saved = sigmoid.state_dict()
+    saved["pair"]["bias"] = torch.tensor(-3.0)
+    sigmoid.load_state_dict(saved)
+    assert sigmoid.pair.bias.item() == -3.0 and softmax.parameters() == []
+
+
 def test_a_starting_temperature_sets_the_members_scale_before_its_first_step(tmp_path, catalogue, monkeypatch):
     seen = []
     real = trainer._step

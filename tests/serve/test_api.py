@@ -355,25 +355,43 @@ def test_load_bench_reports_every_level_without_errors(live_server, served_searc
         assert {call["image"] for call in served_searcher.calls} == {None, "Image", "bytes"}  # all three kinds
 
 
-class _RefusesPhotos(FakeSearcher):
-    """A searcher that refuses every photo search: the server answers those 400."""
+class _FailsOnPhotos(FakeSearcher):
+    """A searcher that raises ``error`` on every photo search (an EnclipError: the server answers 400; anything else:
+    500) and answers text searches."""
+
+    def __init__(self, error: Exception):
+        super().__init__(n=30, seed=1)
+        self.error = error
 
     def search(self, text=None, image=None, **options):
         if image is not None:
-            raise EnclipError("no photo search here")
+            raise self.error
         return super().search(text=text, **options)
 
 
 def test_load_bench_names_what_failed_requests_got(tmp_path, capsys, monkeypatch):
     bench = _load_bench(monkeypatch)
     cfg = ServeCfg(port=free_port(), changelog_path=tmp_path / "changelog.jsonl")
-    with running_server(create_app(_RefusesPhotos(n=30, seed=1), cfg), cfg.port) as url:
+    with running_server(create_app(_FailsOnPhotos(EnclipError("no photo search here")), cfg), cfg.port) as url:
         assert bench.main([url, "--duration", "0.3", "--clients", "1"]) == 0
     out = capsys.readouterr().out
     row = [line for line in out.splitlines() if line.startswith("| 1 ")][0].split("|")
     failed = int(row[3])
     assert 0 < failed < int(row[2])  # text queries still succeed
     assert f"1 clients, failed requests: HTTP 400 × {failed}" in out
+
+
+def test_a_request_after_an_internal_error_is_served_on_a_new_connection(tmp_path, capsys, monkeypatch):
+    bench = _load_bench(monkeypatch)
+    cfg = ServeCfg(port=free_port(), changelog_path=tmp_path / "changelog.jsonl")
+    with running_server(create_app(_FailsOnPhotos(RuntimeError("broken photo encoder")), cfg), cfg.port) as url:
+        assert bench.main([url, "--duration", "0.5", "--clients", "1"]) == 0
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.startswith("| 1 ")][0].split("|")
+    failed = int(row[3])
+    assert 0 < failed < int(row[2])
+    # every failure is the 500 itself: the text query sent next, on a new connection, succeeds (no ReadError)
+    assert f"1 clients, failed requests: HTTP 500 × {failed}\n" in out
 
 
 def test_the_fake_and_the_real_searcher_conform_to_the_service_protocol(tiny_index_dir):

@@ -251,7 +251,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        return error(500, "internal error; the server log has the details")  # uvicorn logs the traceback
+        # the exception goes on to uvicorn, which logs its traceback and drops the connection after this response;
+        # saying so lets a client open a new connection for its next request instead of failing on the dropped one
+        return error(500, "internal error; the server log has the details", {"Connection": "close"})
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
