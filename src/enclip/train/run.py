@@ -36,7 +36,7 @@ from enclip.models.ensemble import Ensemble
 from enclip.models.registry import BackboneCfg, create_backbone
 from enclip.train.features import FeatureCache, cache_features
 from enclip.train.specialists import member_clusters
-from enclip.train.trainer import PAIR_LOSSES, MemberRun, TrainCfg, cycle_ends, title_groups, train_member
+from enclip.train.trainer import MemberRun, TrainCfg, check_loss, cycle_ends, title_groups, train_member
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,7 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
     if (cfg.train.cycle_shares or cfg.train.restart_lr != 1.0) and ens.strategy != "snapshot":
         raise EnclipError("--cycle-shares and --restart-lr shape a snapshot ensemble's learning-rate cycles; use them "
                           "with --strategy snapshot")
-    if cfg.train.loss not in PAIR_LOSSES:
-        raise EnclipError(f"unknown --loss {cfg.train.loss!r}; choose one of {', '.join(PAIR_LOSSES)}")
+    check_loss(cfg.train.loss)
     if cfg.train.temperature is not None and not cfg.train.temperature > 0:
         raise EnclipError(f"--temperature is above 0 (CLIP starts from 0.07), got {cfg.train.temperature}")
     if not cfg.train.restart_lr > 0:

@@ -182,6 +182,11 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tenso
 PAIR_LOSSES = ("softmax", "sigmoid")  # TrainCfg.loss
 
 
+def check_loss(kind: str) -> None:
+    if kind not in PAIR_LOSSES:
+        raise EnclipError(f"unknown --loss {kind!r}; choose one of {', '.join(PAIR_LOSSES)}")
+
+
 class PairLoss(nn.Module):
     """The contrastive loss of a batch (TrainCfg.loss): ``softmax`` is :func:`contrastive_loss`; ``sigmoid`` scores
     every photo-caption pair as a binary match, positive where the two share a title group, with a learned bias
@@ -190,8 +195,7 @@ class PairLoss(nn.Module):
 
     def __init__(self, kind: str = "softmax", bias: float = -10.0):
         super().__init__()
-        if kind not in PAIR_LOSSES:
-            raise EnclipError(f"unknown --loss {kind!r}; choose one of {', '.join(PAIR_LOSSES)}")
+        check_loss(kind)
         self.kind = kind
         self.bias = nn.Parameter(torch.tensor(float(bias))) if kind == "sigmoid" else None
 
