@@ -16,7 +16,7 @@ class DefaultMember:
     ensemble: object  # one member, untrained heads
     train: object  # FeatureCache of the train split
     val: object  # FeatureCache of the validation split
-    objective: object  # enclip.train.trainer.Objective: the losses' training-only parts, as a step takes them
+    objective: object  # enclip.train.objective.Objective: the losses' training-only parts, as a step takes them
     groups: object  # torch tensor: title group of each train row
     batches: list[np.ndarray]  # the first epoch's batches of train rows, as the trainer orders them
 
@@ -34,13 +34,14 @@ def load_default_member(data: str, feature_cache: str, trunk_cache: str) -> Defa
     from enclip.models.ensemble import Ensemble
     from enclip.models.registry import create_backbone
     from enclip.train.run import RunCfg, _caches, _split
-    from enclip.train.trainer import MemberRun, _epoch_batches, _objective, title_groups
+    from enclip.train.objective import title_groups
+    from enclip.train.trainer import MemberRun, _epoch_batches, member_objective
 
     catalogue = load_catalogue(data)[0]
     cfg = RunCfg(trunk_cache=trunk_cache)
     ensemble = Ensemble(create_backbone(cfg.backbone), cfg.train.heads, members=1)
     train, val = _caches(ensemble, catalogue, _split(catalogue), Path(feature_cache), cfg)
-    objective = _objective(ensemble, ensemble.members[0], train, cfg.train, 0)
+    objective = member_objective(ensemble, ensemble.members[0], train, cfg.train, 0)
     groups = torch.from_numpy(title_groups([catalogue.titles[p] for p in train.positions]))
     batches = _epoch_batches(MemberRun(np.arange(len(train)), 0, Path("unused")), 0, cfg.train.batch_size,
                              train.title_lengths())

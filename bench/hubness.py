@@ -2,7 +2,10 @@
 against plain cosines on the same queries.
 
     python bench/hubness.py --index runs/demo/index --split val --ks 20 50 100 --weights 0.5 0.75 1.0
+    python bench/hubness.py --index runs/demo/index --split val --ks 100 --weights 0.5 0.75 --against 0.5
     python bench/hubness.py --index runs/demo/index --split test --ks 100 --weights 0.5   # the chosen setting
+
+``--against W`` pairs every setting against weight W instead of plain cosines: a candidate against the default.
 
 The title bank and the queries are encoded once (the bank resumably, in ``--out``), and every (k, weight) reuses
 them and the index's stored photo vectors, so the grid costs rankings only. Choose on ``--split val``; report on ``--split test``.
@@ -38,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", type=int, nargs="+", default=[20, 50, 100])
     parser.add_argument("--weights", type=float, nargs="+", default=[0.5, 0.75, 1.0])
     parser.add_argument("--tasks", nargs="+", default=["title2img", "attrs2img", "attr2img", "both2img"])
+    parser.add_argument("--against", type=float, default=0.0, help="pair every setting against this weight (at the "
+                        "first of --ks) instead of plain cosines, e.g. a candidate against the default")
     args = parser.parse_args(argv)
+    if args.against != 0 and args.against not in args.weights:
+        raise SystemExit(f"--against {args.against} is not one of --weights {args.weights}: pair against a weight "
+                         "the grid measures (or 0, plain cosines)")
+    against = (None, 0.0) if args.against == 0 else (args.ks[0], args.against)
 
     searcher = load_searcher(args.index)
     catalogue = searcher.catalogue
@@ -59,22 +68,27 @@ def main(argv: list[str] | None = None) -> int:
         return {key: np.asarray(per_query[key]) for key in KEYS if key in per_query}
 
     searcher.cfg.hubness = 0.0
-    plain = scores()
-    rows = [{"k": None, "weight": 0.0, **{key: _figure(bootstrap_ci(v)) for key, v in plain.items()}}]
+    grid = {(None, 0.0): scores()}
     for k in args.ks:
         searcher.live.hubness = title_hubness(searcher.model, catalogue, vectors, args.out / "title-bank", k)
         for weight in args.weights:
             searcher.cfg.hubness = weight
-            found = scores()
-            rows.append({"k": k, "weight": weight,
-                         **{key: {**_figure(bootstrap_ci(v)), "diff": _figure(paired_bootstrap_diff(v, plain[key]))}
-                            for key, v in found.items()}})
-            print(_line(rows[-1]), flush=True)
+            grid[k, weight] = scores()
+            print(f"k={k} weight={weight}: " + ", ".join(f"{key} {v.mean():.3f}" for key, v in grid[k, weight].items()),
+                  flush=True)
+    base = grid[against]
+    rows = [{"k": k, "weight": weight,
+             **{key: {**_figure(bootstrap_ci(v)),
+                      **({} if (k, weight) == against else {"diff": _figure(paired_bootstrap_diff(v, base[key]))})}
+                for key, v in found.items()}}
+            for (k, weight), found in grid.items()]
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"hubness-{args.split}.json"
-    path.write_text(json.dumps({"index": str(args.index), "split": args.split, "rows": rows}, indent=2) + "\n")
-    keys = [key for key in KEYS if key in plain]
-    print(f"\n{args.split} split, {args.index}; differences are paired against plain cosines (first row)\n")
+    path.write_text(json.dumps({"index": str(args.index), "split": args.split, "against_weight": args.against,
+                                "rows": rows}, indent=2) + "\n")
+    keys = [key for key in KEYS if key in base]
+    what = "plain cosines (first row)" if args.against == 0 else f"weight {args.against} at k={args.ks[0]}"
+    print(f"\n{args.split} split, {args.index}; differences are paired against {what}\n")
     print("| k | weight | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys))
     for row in rows:
         cells = [_cell(row[key]) for key in keys]
@@ -100,11 +114,6 @@ def _cell(figure: dict) -> str:
         d = figure["diff"]
         text += f" ({d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}])"
     return text
-
-
-def _line(row: dict) -> str:
-    return f"k={row['k']} weight={row['weight']}: " + ", ".join(
-        f"{key} {_cell(row[key])}" for key in KEYS if key in row)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from enclip.models.device import cpu_has_bfloat16_tiles  # noqa: E402
 from enclip.models.ensemble import Ensemble, HeadCfg  # noqa: E402
 from enclip.models.registry import BackboneCfg, create_backbone  # noqa: E402
 from enclip.models.towers import SmallMapDepthwiseConv2d  # noqa: E402
-from enclip.train import trainer  # noqa: E402
+from enclip.train import objective, trainer  # noqa: E402
 
 COMPILED = "names, batch classes, image head compiled (--compile on)"
 TEXT_LAYER = "names, batch classes, last text layer trained (--trainable-text 1)"
@@ -42,7 +42,7 @@ THREE_STAGES = "names, batch classes, three image stages trained (--trainable-im
 COLUMNS = ("gender", "articleType", "baseColour", "usage", "season")
 
 
-class EveryClassName(trainer.AttributeHeads):
+class EveryClassName(objective.AttributeHeads):
     """Name prototypes over every class of a column each step (the first version of ``names``)."""
 
     def loss(self, image, text, labels, member=None, bfloat16=False):
@@ -73,16 +73,16 @@ def main(argv=None) -> int:
     features = ensemble.image_trunk(ensemble.pixels([catalogue.image(0)] * 2))
     images = torch.randn(256, *features.shape[1:]).contiguous(memory_format=torch.channels_last)
     texts = ensemble.text_features([catalogue.titles[i] for i in rows])
-    classes = {c: sorted(set(catalogue.attributes[c]) - set(trainer.MISSING_LABELS)) for c in COLUMNS}
+    classes = {c: sorted(set(catalogue.attributes[c]) - set(objective.MISSING_LABELS)) for c in COLUMNS}
     labels = {c: torch.tensor([classes[c].index(v) if v in classes[c] else -1
                                for v in (catalogue.attributes[c][i] for i in rows)]) for c in COLUMNS}
     names = {c: ensemble.text_features(values) for c, values in classes.items()}
     dim = member.encode_text(texts).shape[-1]
-    batch_names = trainer.AttributeHeads(dim, {}, 0, names=names)
+    batch_names = objective.AttributeHeads(dim, {}, 0, names=names)
     # the same step with the last text layer trained: token states are cached, and the layer runs every step
     layer = Ensemble(create_backbone(BackboneCfg()), HeadCfg(trainable_text=1)).train()
     layer_texts = layer.text_features([catalogue.titles[i] for i in rows])
-    layer_names = trainer.AttributeHeads(dim, {}, 0, names={c: layer.text_features(values)
+    layer_names = objective.AttributeHeads(dim, {}, 0, names={c: layer.text_features(values)
                                                             for c, values in classes.items()})
     # three image stages: a head one stage deeper, fed the trunk's output at the earlier cut
     deeper = Ensemble(create_backbone(BackboneCfg()), HeadCfg(trainable_image=3)).train()
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         if isinstance(module, SmallMapDepthwiseConv2d):
             module.__class__ = torch.nn.Conv2d
     variants = {"no auxiliary loss": (None, False, False, False, small_map),
-                "learned": (trainer.AttributeHeads(dim, {c: len(v) for c, v in classes.items()}, 0), False, False,
+                "learned": (objective.AttributeHeads(dim, {c: len(v) for c, v in classes.items()}, 0), False, False,
                             False, small_map),
                 "names, batch classes": (batch_names, False, False, False, small_map),
                 "names, every class": (EveryClassName(dim, {}, 0, names=names), False, False, False, small_map),
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=image_bfloat16):
             image = member.encode_image(images)
         text = member.encode_text(texts, bfloat16=text_bfloat16)
-        loss = trainer.contrastive_loss(image, text, member.logit_scale, torch.arange(256))
+        loss = objective.contrastive_loss(image, text, member.logit_scale, torch.arange(256))
         if aux is not None:
             loss = loss + 0.5 * aux.loss(image, text, labels, member, text_bfloat16)
         member.zero_grad()

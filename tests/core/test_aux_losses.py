@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from enclip.models.ensemble import load_model
-from enclip.train import trainer
+from enclip.train import objective, trainer
 from enclip.train.features import FeatureCache
 from enclip.train.run import train_system
 from tests.conftest import tiny_run_cfg
@@ -24,14 +24,14 @@ def _cache(labels: dict[str, list[str]]) -> FeatureCache:
 def test_labels_skip_missing_values_absent_columns_and_single_valued_columns():
     cache = _cache({"gender": ["Men", "Women", "Men", ""], "usage": ["Casual", "NA", "Formal", "Casual"],
                     "season": ["Summer"] * 4})
-    labels = trainer.encode_labels(cache, ("gender", "usage", "nope", "season"))
+    labels = objective.encode_labels(cache, ("gender", "usage", "nope", "season"))
     assert set(labels) == {"gender", "usage"}  # "nope" is absent, season has one value: nothing to learn
     assert labels["gender"][0] == ["Men", "Women"] and labels["gender"][1].tolist() == [0, 1, 0, -1]
     assert labels["usage"][0] == ["Casual", "Formal"] and labels["usage"][1].tolist() == [0, -1, 1, 0]
 
 
 def test_attribute_loss_is_low_only_when_both_embeddings_point_at_the_item_class():
-    heads = trainer.AttributeHeads(2, {"gender": 2}, seed=0)
+    heads = objective.AttributeHeads(2, {"gender": 2}, seed=0)
     with torch.no_grad():
         heads.prototypes["gender"].copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
     right = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
@@ -51,7 +51,7 @@ def _name_heads(values: list[str], **train):
     member = ensemble.members[0]
     cache = _cache({"colour": values})
     cache.texts, cache.first_caption = _text_cache(ensemble, ["a"] * len(values)), np.arange(len(values))
-    heads, labels = trainer._attribute_heads(ensemble, member, cache, trainer.TrainCfg(
+    _, heads, labels = trainer.member_objective(ensemble, member, cache, trainer.TrainCfg(
         aux_columns=("colour",), aux_prototypes="names", **train), seed=0)
     return ensemble, member, heads, labels
 
@@ -83,19 +83,19 @@ def test_name_prototypes_contrast_the_classes_present_in_the_batch():
 def test_ranking_photos_by_class_rewards_a_class_whose_own_photos_score_highest():
     target = torch.tensor([0, 0, 1, 1])  # two photos of each class
     right = torch.tensor([[5.0, 0.0], [5.0, 0.0], [0.0, 5.0], [0.0, 5.0]])  # each class scores its own photos
-    best = trainer.photos_ranked_by_class(right, target)
+    best = objective.photos_ranked_by_class(right, target)
     assert best == pytest.approx(float(np.log(2)), abs=0.02)  # the mass is split evenly over the two own photos
-    assert trainer.photos_ranked_by_class(right.flip(0), target) > best + 4  # each class prefers the other's
+    assert objective.photos_ranked_by_class(right.flip(0), target) > best + 4  # each class prefers the other's
     missed = right.clone()
     missed[3, 1] = -5.0  # class 1 no longer finds its photo 3
-    assert trainer.photos_ranked_by_class(missed, target) > best + 1
+    assert objective.photos_ranked_by_class(missed, target) > best + 1
 
 
 def test_ranking_photos_by_class_sees_what_classifying_each_photo_does_not():
     """Each photo can be classified right while a class ranks another class's photo above its own: only the
     photo-ranking direction is penalised for it."""
     prototypes = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    plain, ranked = (trainer.AttributeHeads(3, {"gender": 2}, seed=0, rank_photos=r) for r in (0.0, 0.5))
+    plain, ranked = (objective.AttributeHeads(3, {"gender": 2}, seed=0, rank_photos=r) for r in (0.0, 0.5))
     for h in (plain, ranked):
         with torch.no_grad():
             h.prototypes["gender"].copy_(prototypes)
@@ -105,7 +105,7 @@ def test_ranking_photos_by_class_sees_what_classifying_each_photo_does_not():
     assert scores.argmax(1).tolist() == [0, 1]  # both photos are classified right
     assert scores[1, 0] > scores[0, 0]  # yet class 0 ranks photo 1 above its own photo 0
     extra = ranked.loss(image, image, labels) - plain.loss(image, image, labels)
-    assert torch.allclose(extra, 0.5 * trainer.photos_ranked_by_class(plain.scale * scores, labels["gender"]))
+    assert torch.allclose(extra, 0.5 * objective.photos_ranked_by_class(plain.scale * scores, labels["gender"]))
     grads = []
     for h in (plain, ranked):
         photos = image.clone().requires_grad_(True)
@@ -137,7 +137,7 @@ def _text_cache(ensemble, texts):
 
 
 @pytest.mark.slow  # a resume- or kill-equivalence run: the slow set
-@pytest.mark.parametrize("prototypes", trainer.PROTOTYPES)
+@pytest.mark.parametrize("prototypes", objective.PROTOTYPES)
 def test_training_with_auxiliary_losses_resumes_to_the_same_weights(tmp_path, catalogue, monkeypatch, prototypes):
     cfg = tiny_run_cfg(epochs=3, patience=5, aux_prototypes=prototypes, **AUX)
     reference = load_model(train_system(catalogue, tmp_path / "straight", cfg))[0].members[0].state_dict()
@@ -168,7 +168,7 @@ def test_unknown_prototypes_are_refused_with_the_choices():
     from enclip.errors import EnclipError
 
     with pytest.raises(EnclipError, match="learned, names"):
-        trainer._attribute_heads(None, None, _cache({"gender": ["Men", "Women"]}),
+        trainer.member_objective(None, None, _cache({"gender": ["Men", "Women"]}),
                                  trainer.TrainCfg(aux_prototypes="nope"), seed=0)
 
 

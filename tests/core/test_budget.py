@@ -14,7 +14,7 @@ import torch
 from enclip.artifacts import read_json
 from enclip.cli import build_parser
 from enclip.errors import EnclipError
-from enclip.train import budget, trainer
+from enclip.train import budget, schedule, trainer
 from enclip.train.budget import (
     GROW_MIN,
     SAFETY,
@@ -78,7 +78,7 @@ def test_a_budget_too_small_for_one_step_says_so():
 
 
 def test_the_schedule_over_a_plan_warms_up_and_anneals_within_the_planned_steps():
-    factor = trainer._schedule(steps_per_epoch=20, epochs=2, warmup=0.1, steps=30)
+    factor = schedule.lr_factor(steps_per_epoch=20, epochs=2, warmup=0.1, steps=30)
     assert [factor(s) for s in range(3)] == pytest.approx([1 / 3, 2 / 3, 1.0])  # 10% of the 30 planned steps
     assert factor(29) < 0.01  # annealed by the last planned step, half-way through the second epoch
 

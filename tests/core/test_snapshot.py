@@ -13,14 +13,14 @@ from enclip.cluster.kmeans import Clustering
 from enclip.errors import EnclipError
 from enclip.models.ensemble import load_model
 from enclip.models.soup import average_states, soup
-from enclip.train import trainer
+from enclip.train import schedule, trainer
 from enclip.train.run import train_system
 from tests.conftest import tiny_run_cfg
 from tests.core.test_train import interrupted_then_resumed
 
 
 def test_one_cycle_is_the_plain_warm_up_and_cosine_schedule():
-    factor = trainer._schedule(steps_per_epoch=10, epochs=5, warmup=0.1)
+    factor = schedule.lr_factor(steps_per_epoch=10, epochs=5, warmup=0.1)
     warm = 5  # 10% of 50 steps
     assert [factor(s) for s in range(warm)] == pytest.approx([(s + 1) / warm for s in range(warm)])
     assert factor(warm) == pytest.approx(1.0)
@@ -29,46 +29,46 @@ def test_one_cycle_is_the_plain_warm_up_and_cosine_schedule():
 
 
 def test_cycles_restart_the_learning_rate_at_each_cycle_start():
-    assert trainer.cycle_ends(5, 3) == [2, 3, 5] and trainer.cycle_ends(6, 3) == [2, 4, 6]
-    factor = trainer._schedule(steps_per_epoch=10, epochs=6, warmup=0.1, cycles=3)
+    assert schedule.cycle_ends(5, 3) == [2, 3, 5] and schedule.cycle_ends(6, 3) == [2, 4, 6]
+    factor = schedule.lr_factor(steps_per_epoch=10, epochs=6, warmup=0.1, cycles=3)
     for start, stop in [(20, 40), (40, 60)]:
         assert factor(start) == pytest.approx(1.0)  # restarted at the top, no warm-up after the first cycle
         assert factor(stop - 1) < 0.01  # annealed to nearly zero by the cycle's end
     assert factor(19) < 0.02 and factor(0) < 1  # the first cycle warms up, then anneals
     with pytest.raises(EnclipError, match="--epochs"):
-        trainer.cycle_ends(2, 3)
+        schedule.cycle_ends(2, 3)
 
 
 def test_cycle_shares_set_each_cycles_length_and_restarts_can_peak_lower():
-    assert trainer.cycle_ends(4, 2, (0.75, 0.25)) == [3, 4]
-    assert trainer.cycle_ends(8, 3, (2, 1, 1)) == [4, 6, 8]
-    assert trainer.cycle_ends(3, 3, (0.9, 0.05, 0.05)) == [1, 2, 3], "every cycle keeps an epoch"
-    assert trainer.cycle_ends(5, 2, (0.1, 0.9)) == [1, 5]
-    factor = trainer._schedule(steps_per_epoch=10, epochs=4, warmup=0.1, cycles=2, shares=(0.75, 0.25),
+    assert schedule.cycle_ends(4, 2, (0.75, 0.25)) == [3, 4]
+    assert schedule.cycle_ends(8, 3, (2, 1, 1)) == [4, 6, 8]
+    assert schedule.cycle_ends(3, 3, (0.9, 0.05, 0.05)) == [1, 2, 3], "every cycle keeps an epoch"
+    assert schedule.cycle_ends(5, 2, (0.1, 0.9)) == [1, 5]
+    factor = schedule.lr_factor(steps_per_epoch=10, epochs=4, warmup=0.1, cycles=2, shares=(0.75, 0.25),
                                restart_lr=0.25)
     assert factor(3) == pytest.approx(1.0) and factor(29) < 0.01  # the first cycle: 30 steps, at the full peak
     assert factor(30) == pytest.approx(0.25) and factor(39) < 0.01  # the restart: 10 steps, at a quarter of it
     for shares in ((0.5,), (0.5, 0.0), (1.0, -1.0)):
         with pytest.raises(EnclipError, match="--cycle-shares"):
-            trainer.cycle_ends(4, 2, shares)
+            schedule.cycle_ends(4, 2, shares)
 
 
 def test_a_budgets_short_last_epoch_does_not_become_a_cycle_of_its_own():
     # 553 steps of 138 are 4 epochs and 1 step: split by steps, not into 5 epochs' worth
-    assert trainer.cycle_ends(5, 2, (0.75, 0.25), length=553 / 138) == [3, 5]
-    assert trainer.cycle_ends(5, 2, (0.75, 0.25)) == [4, 5], "counted in whole epochs, the last cycle is 1 step"
-    assert trainer.cycle_ends(5, 3, length=553 / 138) == [1, 3, 5]
-    assert trainer.cycle_ends(6, 3, length=6.0) == trainer.cycle_ends(6, 3) == [2, 4, 6]
-    factor = trainer._schedule(steps_per_epoch=138, epochs=5, warmup=0.05, cycles=2, steps=553, shares=(0.75, 0.25),
+    assert schedule.cycle_ends(5, 2, (0.75, 0.25), length=553 / 138) == [3, 5]
+    assert schedule.cycle_ends(5, 2, (0.75, 0.25)) == [4, 5], "counted in whole epochs, the last cycle is 1 step"
+    assert schedule.cycle_ends(5, 3, length=553 / 138) == [1, 3, 5]
+    assert schedule.cycle_ends(6, 3, length=6.0) == schedule.cycle_ends(6, 3) == [2, 4, 6]
+    factor = schedule.lr_factor(steps_per_epoch=138, epochs=5, warmup=0.05, cycles=2, steps=553, shares=(0.75, 0.25),
                                restart_lr=0.5)
     assert factor(414) == pytest.approx(0.5) and factor(552) < 0.01  # the restart spans the last 139 steps
 
 
 def test_cycle_ends_already_passed_stay_put_when_a_cut_moves_the_split():
-    assert trainer.settled_ends([3, 5], [2, 5], done=3) == [3, 5]  # member 0 was saved at epoch 3
-    assert trainer.settled_ends([1, 3, 5], [2, 4, 5], done=1) == [1, 4, 5]
-    assert trainer.settled_ends([2, 4, 6], [1, 2, 6], done=2) == [2, 3, 6], "a missing end takes the next epoch"
-    assert trainer.settled_ends([], [2, 4], done=0) == [2, 4]
+    assert schedule.settled_ends([3, 5], [2, 5], done=3) == [3, 5]  # member 0 was saved at epoch 3
+    assert schedule.settled_ends([1, 3, 5], [2, 4, 5], done=1) == [1, 4, 5]
+    assert schedule.settled_ends([2, 4, 6], [1, 2, 6], done=2) == [2, 3, 6], "a missing end takes the next epoch"
+    assert schedule.settled_ends([], [2, 4], done=0) == [2, 4]
 
 
 def test_cycle_settings_are_refused_outside_a_snapshot_ensemble(tmp_path, catalogue):

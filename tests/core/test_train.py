@@ -11,7 +11,7 @@ import torch
 from enclip.artifacts import read_json
 from enclip.errors import EnclipError
 from enclip.models.ensemble import HeadCfg, Member, load_model
-from enclip.train import trainer
+from enclip.train import objective, trainer
 from enclip.train.run import train_system
 from tests.conftest import tiny_run_cfg
 
@@ -46,18 +46,18 @@ def test_contrastive_loss_does_not_penalise_confusing_items_with_the_same_title(
     scale = torch.tensor(np.log(50.0))
 
     def loss(images, groups):
-        return trainer.contrastive_loss(images, text, scale, torch.tensor(groups)).item()
+        return objective.contrastive_loss(images, text, scale, torch.tensor(groups)).item()
 
     assert loss(swapped, [0, 0, 1]) == pytest.approx(loss(image, [0, 0, 1]))  # same title: either photo is right
     assert loss(swapped, [0, 1, 2]) > loss(image, [0, 1, 2]) + 0.1  # different titles: the swap is an error
-    assert trainer.title_groups(["Red Shirt", "red  shirt", "Blue Shirt"]).tolist() == [0, 0, 1]
+    assert objective.title_groups(["Red Shirt", "red  shirt", "Blue Shirt"]).tolist() == [0, 0, 1]
 
 
 def test_sigmoid_pair_loss_scores_each_pair_as_a_match_by_title_group():
     unit = lambda rows: torch.nn.functional.normalize(torch.tensor(rows), dim=1)  # noqa: E731
     text = unit([[1.0, 0.2, 0.0], [1.0, 0.0, 0.2], [0.0, 1.0, 0.0]])
     image, scale = text.clone(), torch.tensor(np.log(10.0))
-    pair = trainer.PairLoss("sigmoid", bias=-2.0)
+    pair = objective.PairLoss("sigmoid", bias=-2.0)
     groups = torch.tensor([0, 0, 1])
     logits = 10.0 * image @ text.T - 2.0
     signs = torch.tensor([[1.0, 1.0, -1.0], [1.0, 1.0, -1.0], [-1.0, -1.0, 1.0]])  # same title group: a match
@@ -65,11 +65,11 @@ def test_sigmoid_pair_loss_scores_each_pair_as_a_match_by_title_group():
     assert pair(image, text, scale, groups).item() == pytest.approx(expected.item(), rel=1e-6)
     assert pair(image[[1, 0, 2]], text, scale, groups).item() == pytest.approx(expected.item(), rel=1e-6)
     assert pair(image[[2, 1, 0]], text, scale, groups).item() > expected.item() + 1.0  # a mismatch costs
-    softmax = trainer.PairLoss("softmax")
+    softmax = objective.PairLoss("softmax")
     assert list(softmax.parameters()) == [] and list(pair.parameters()) == [pair.bias]  # only sigmoid has a bias
-    assert softmax(image, text, scale, groups).item() == trainer.contrastive_loss(image, text, scale, groups).item()
+    assert softmax(image, text, scale, groups).item() == objective.contrastive_loss(image, text, scale, groups).item()
     with pytest.raises(EnclipError, match="softmax, sigmoid"):
-        trainer.PairLoss("hinge")
+        objective.PairLoss("hinge")
 
 
 def test_training_with_the_sigmoid_loss_learns_its_bias_and_checkpoints_it(tmp_path, catalogue):
@@ -83,9 +83,9 @@ def test_training_with_the_sigmoid_loss_learns_its_bias_and_checkpoints_it(tmp_p
 
 
 def test_an_objective_reads_checkpoints_written_before_the_pair_loss_had_a_part():
-    softmax = trainer.Objective(trainer.PairLoss("softmax"), None, {})
+    softmax = objective.Objective(objective.PairLoss("softmax"), None, {})
     softmax.load_state_dict({"aux": None})  # what a checkpoint held before: no "pair" entry
-    sigmoid = trainer.Objective(trainer.PairLoss("sigmoid"), None, {})
+    sigmoid = objective.Objective(objective.PairLoss("sigmoid"), None, {})
     saved = sigmoid.state_dict()
     saved["pair"]["bias"] = torch.tensor(-3.0)
     sigmoid.load_state_dict(saved)

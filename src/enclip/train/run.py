@@ -36,7 +36,9 @@ from enclip.models.ensemble import Ensemble
 from enclip.models.registry import BackboneCfg, create_backbone
 from enclip.train.features import FeatureCache, cache_features
 from enclip.train.specialists import member_clusters
-from enclip.train.trainer import MemberRun, TrainCfg, check_loss, cycle_ends, title_groups, train_member
+from enclip.train.objective import check_loss, title_groups
+from enclip.train.schedule import cycle_ends
+from enclip.train.trainer import MemberRun, TrainCfg, train_member
 
 log = logging.getLogger(__name__)
 

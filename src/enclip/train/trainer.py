@@ -1,15 +1,15 @@
 """Contrastive fine-tuning of one ensemble member's heads on cached trunk features.
 
-Symmetric InfoNCE with a learnable temperature; items sharing a title count as positives of each other (the
-catalogue repeats titles, and treating them as negatives would teach the model noise). AdamW, linear warm-up then
-cosine decay. Every epoch ends with an atomic checkpoint, and with validation recall and early stopping (under a time
+The loop: each step minimises the member's objective (train/objective.py: the pair loss, with items sharing a title
+as positives of each other, and the attribute heads) with AdamW on the learning-rate schedule of train/schedule.py
+(warm-up then cosine decay, in K cycles for a snapshot ensemble), in as many steps as a time budget's plan allows
+(train/budget.py). Every epoch ends with an atomic checkpoint, and with validation recall and early stopping (under a time
 budget, by default, only the last epoch and a snapshot ensemble's cycle ends are validated); a run interrupted at
 any point resumes from the last finished epoch and ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import bisect
 import copy
 import logging
 import math
@@ -17,7 +17,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -43,6 +42,8 @@ from enclip.train.budget import (
     typical_validation,
 )
 from enclip.train.features import FeatureCache
+from enclip.train.objective import Objective, build_objective
+from enclip.train.schedule import cycle_ends, epochs_kept, lr_factor, settled_ends
 
 log = logging.getLogger(__name__)
 
@@ -164,193 +165,10 @@ def training_image_encoder(head: nn.Module, mode: str, steps: int):
     return encode
 
 
-def title_groups(titles: list[str]) -> np.ndarray:
-    """Integer label per item; items with the same normalised title share it."""
-    seen: dict[str, int] = {}
-    return np.array([seen.setdefault(" ".join(t.lower().split()), len(seen)) for t in titles], dtype=np.int64)
-
-
-def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
-                     groups: torch.Tensor) -> torch.Tensor:
-    """Symmetric cross-entropy over the batch similarity matrix with multi-positive soft targets."""
-    logits = scale.exp().clamp(max=100) * image @ text.T
-    positives = (groups[:, None] == groups[None, :]).float()
-    targets = positives / positives.sum(dim=1, keepdim=True)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets.T))
-
-
-PAIR_LOSSES = ("softmax", "sigmoid")  # TrainCfg.loss
-
-
-def check_loss(kind: str) -> None:
-    if kind not in PAIR_LOSSES:
-        raise EnclipError(f"unknown --loss {kind!r}; choose one of {', '.join(PAIR_LOSSES)}")
-
-
-class PairLoss(nn.Module):
-    """The contrastive loss of a batch (TrainCfg.loss): ``softmax`` is :func:`contrastive_loss`; ``sigmoid`` scores
-    every photo-caption pair as a binary match, positive where the two share a title group, with a learned bias
-    (SigLIP's initial -10) that offsets the many negatives. Used in training only, never saved with the model: a
-    constant shift of the scores leaves every ranking as it is."""
-
-    def __init__(self, kind: str = "softmax", bias: float = -10.0):
-        super().__init__()
-        check_loss(kind)
-        self.kind = kind
-        self.bias = nn.Parameter(torch.tensor(float(bias))) if kind == "sigmoid" else None
-
-    def forward(self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
-                groups: torch.Tensor) -> torch.Tensor:
-        if self.bias is None:
-            return contrastive_loss(image, text, scale, groups)
-        logits = scale.exp().clamp(max=100) * image @ text.T + self.bias
-        signs = 2.0 * (groups[:, None] == groups[None, :]).to(logits.dtype) - 1.0
-        return -F.logsigmoid(signs * logits).sum() / len(image)
-
-
-MISSING_LABELS = ("", "NA")  # attribute values that say nothing about the item
-PROTOTYPES = ("learned", "names")  # where the auxiliary losses' class vectors come from (TrainCfg.aux_prototypes)
-
-
-class AttributeHeads(nn.Module):
-    """Auxiliary multi-task heads: per attribute column, class prototypes in the joint space that the image and the
-    text embedding of an item must both point to. They tell the towers what a photo shows (gender, type, colour)
-    without adding text pairs that dilute the title signal; used in training only, never saved with the model.
-
-    ``names`` given (column -> text-trunk features of its class values, e.g. "Navy Blue"), a class's prototype is
-    the member's own text embedding of its name, as in zero-shot CLIP classification: the text head then learns to
-    place a bare attribute word, which is what a shopper types, where the photos showing it are. Otherwise each
-    prototype is a free vector, which teaches the photo side only.
-    """
-
-    def __init__(self, dim: int, classes: dict[str, int], seed: int, scale: float = 16.0,
-                 names: dict[str, object] | None = None, rank_photos: float = 0.0):
-        super().__init__()
-        self.scale = scale
-        self.names = names
-        self.rank_photos = float(rank_photos)  # weight of the class-to-photos direction (TrainCfg.aux_rank_photos)
-        generator = torch.Generator().manual_seed(seed)
-        self.prototypes = nn.ParameterDict() if names is not None else nn.ParameterDict(
-            {name: nn.Parameter(torch.randn(n, dim, generator=generator) * 0.02) for name, n in classes.items()})
-
-    @property
-    def columns(self) -> list[str]:
-        return list(self.names if self.names is not None else self.prototypes)
-
-    def class_vectors(self, column: str, classes: torch.Tensor | None = None,
-                      member: nn.Module | None = None, bfloat16: bool = False) -> torch.Tensor:
-        """Normalised (classes, d) prototypes of one column (only ``classes``, when given); name prototypes run
-        through ``member``'s text head (in bfloat16 autocast when asked)."""
-        if self.names is None:
-            prototypes = self.prototypes[column]
-            return F.normalize(prototypes if classes is None else prototypes[classes], dim=-1)
-        return member.encode_text(_rows(self.names[column], classes), bfloat16=bfloat16)
-
-    def loss(self, image: torch.Tensor, text: torch.Tensor, labels: dict[str, torch.Tensor],
-             member: nn.Module | None = None, bfloat16: bool = False) -> torch.Tensor:
-        total = image.new_zeros(())
-        for column in self.columns:
-            known = labels[column] >= 0
-            if not bool(known.any()):
-                continue
-            target = labels[column][known]
-            if self.names is None:
-                weights = self.class_vectors(column)
-            else:  # the batch's classes only (about 56 of 142 types), as CLIP contrasts in-batch negatives: half the
-                # extra step cost of every class name (+6% a step instead of +12%, bench/step_cost.py)
-                present, target = target.unique(return_inverse=True)
-                weights = self.class_vectors(column, present, member, bfloat16)
-            for embedding in (image, text):
-                total = total + 0.5 * F.cross_entropy(self.scale * embedding[known] @ weights.T, target)
-            if self.rank_photos:
-                total = total + self.rank_photos * photos_ranked_by_class(self.scale * image[known] @ weights.T,
-                                                                          target)
-        return total / max(1, len(self.columns))
-
-
-def photos_ranked_by_class(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over the classes present of -log of the softmax mass, over the batch's photos (``logits``' rows), that
-    each class puts on its own photos' scores, averaged over those photos (a multi-positive softmax per class)."""
-    present, target = target.unique(return_inverse=True)
-    logits = logits[:, present]  # learned prototypes score every class; only those present have photos here
-    own = F.one_hot(target, len(present)).to(logits.dtype)
-    log_share = F.log_softmax(logits, dim=0)  # each column: a class's distribution over the photos
-    return (-(log_share * own).sum(0) / own.sum(0)).mean()
-
-
-def _rows(features, rows: torch.Tensor | None):
-    """Rows of text-trunk features, pooled or (hidden, mask) trimmed to the longest of those rows."""
-    if rows is None:
-        return features
-    if not isinstance(features, tuple):
-        return features[rows]
-    hidden, mask = features[0][rows], features[1][rows]
-    used = int(mask.any(dim=0).nonzero().max()) + 1
-    return hidden[:, :used], mask[:, :used]
-
-
-def encode_labels(cache: FeatureCache, columns: tuple[str, ...]) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Per usable column, its class values (sorted) and the integer class of each item (-1 where missing); columns
-    absent or single-valued are skipped, so one setting serves catalogues with other columns."""
-    encoded = {}
-    for name in columns:
-        if name not in cache.labels:
-            log.warning("auxiliary column %r is not in the catalogue; skipped", name)
-            continue
-        values = cache.labels[name]
-        classes = sorted(set(values.tolist()) - set(MISSING_LABELS))
-        if len(classes) < 2:
-            continue
-        lookup = {value: i for i, value in enumerate(classes)}
-        encoded[name] = (classes, np.array([lookup.get(value, -1) for value in values.tolist()], dtype=np.int64))
-    return encoded
-
-
-def _attribute_heads(ensemble: Ensemble, member, train: FeatureCache, cfg: TrainCfg, seed: int):
-    """(heads, labels) for the auxiliary losses, or (None, {}) when they are off."""
-    if cfg.aux_prototypes not in PROTOTYPES:
-        raise EnclipError(f"unknown auxiliary prototypes {cfg.aux_prototypes!r}; choose one of {', '.join(PROTOTYPES)}")
-    if cfg.aux_rank_photos < 0:
-        raise EnclipError(f"--aux-rank-photos is a weight of 0 (off) or more, got {cfg.aux_rank_photos}")
-    encoded = encode_labels(train, tuple(cfg.aux_columns)) if cfg.aux_weight > 0 else {}
-    if not encoded:
-        return None, {}
-    device = ensemble.device
-    with torch.no_grad():
-        dim = member.encode_text(train.text_batch(train.first_caption[:2], device)).shape[-1]
-    names = None
-    if cfg.aux_prototypes == "names":  # the frozen text trunk runs once over the class names; the head every step
-        names = {name: ensemble.text_features(classes) for name, (classes, _) in encoded.items()}
-    heads = AttributeHeads(dim, {name: len(classes) for name, (classes, _) in encoded.items()}, seed, names=names,
-                           rank_photos=cfg.aux_rank_photos)
-    tensors = {name: torch.from_numpy(codes).to(device) for name, (_, codes) in encoded.items()}
-    return heads.to(device), tensors
-
-
-class Objective(NamedTuple):
-    """What a member's steps minimise, beside its own weights: the contrastive loss and the auxiliary attribute heads
-    with the items' labels (None and {} when off). Both hold training-only parameters, checkpointed with the run."""
-
-    pair: PairLoss
-    aux: AttributeHeads | None
-    labels: dict[str, torch.Tensor]
-
-    def parameters(self) -> list[nn.Parameter]:
-        return list(self.pair.parameters()) + ([] if self.aux is None else list(self.aux.parameters()))
-
-    def state_dict(self) -> dict:
-        return {"pair": self.pair.state_dict(), "aux": None if self.aux is None else self.aux.state_dict()}
-
-    def load_state_dict(self, saved: dict) -> None:
-        """Load what `state_dict` saved (a checkpoint from before the pair loss held any has only "aux")."""
-        self.pair.load_state_dict(saved.get("pair") or {})
-        if self.aux is not None:
-            self.aux.load_state_dict(saved["aux"])
-
-
-def _objective(ensemble: Ensemble, member, train: FeatureCache, cfg: TrainCfg, seed: int) -> Objective:
-    aux, labels = _attribute_heads(ensemble, member, train, cfg, seed)
-    return Objective(PairLoss(cfg.loss).to(ensemble.device), aux, labels)
+def member_objective(ensemble: Ensemble, member, train: FeatureCache, cfg: TrainCfg, seed: int) -> Objective:
+    """The objective ``cfg`` asks for: its pair loss and, when on, its attribute heads."""
+    return build_objective(ensemble, member, train, seed, cfg.loss, cfg.aux_columns, cfg.aux_weight,
+                           cfg.aux_prototypes, cfg.aux_rank_photos)
 
 
 def depthwise_weights(head: nn.Module) -> list[nn.Parameter]:
@@ -375,76 +193,6 @@ def _param_groups(member: torch.nn.Module, cfg: TrainCfg) -> list[dict]:
         {"params": blocks, "lr": cfg.block_lr, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0},
     ]
-
-
-def cycle_ends(epochs: int, cycles: int, shares: Sequence[float] = (), length: float | None = None) -> list[int]:
-    """The epoch after which each learning-rate cycle ends: ``cycles`` cycles as even as whole epochs allow, or in
-    proportion to ``shares``; each keeps at least one epoch, and the last ends with the last epoch.
-
-    ``length``: the training's length in epochs when its last epoch is partial (a time budget's plan of 4 epochs
-    and 1 step is 4.007 long, not 5), so that cycles split the steps, not a count that a short last epoch inflates.
-    """
-    if not 1 <= cycles <= epochs:
-        raise EnclipError(f"{cycles} learning-rate cycles need at least as many epochs (got --epochs {epochs}); "
-                          "a snapshot ensemble of K members needs --epochs K or more")
-    if shares:
-        check_cycle_shares(shares, cycles)
-    cumulative = np.cumsum(shares or [1.0] * cycles) / float(np.sum(shares or [1.0] * cycles))
-    length = float(epochs if length is None else length)
-    ends: list[int] = []
-    for cycle, share in enumerate(cumulative):
-        lowest, highest = (ends[-1] if ends else 0) + 1, epochs - (cycles - 1 - cycle)
-        ends.append(min(max(round(length * float(share)), lowest), highest))
-    ends[-1] = epochs
-    return ends
-
-
-def _epochs_kept(done: int, snapshot_epochs: Sequence[int]) -> int:
-    """Epochs a cut must leave a snapshot ensemble: those done, and one for each cycle still to end (0: no
-    snapshot, no floor)."""
-    return done + sum(end > done for end in snapshot_epochs) if snapshot_epochs else 0
-
-
-def settled_ends(before: Sequence[int], after: Sequence[int], done: int) -> list[int]:
-    """Cycle ends after a plan changed ``done`` epochs in: ends already passed stay as they were (their members are
-    saved), and the rest come from the new plan, in the epochs still ahead."""
-    kept = [end for end in before if end <= done]
-    ahead = [end for end in after if end > done]
-    need = len(after) - len(kept)
-    ahead = ahead[len(ahead) - need:] if len(ahead) >= need else ahead
-    spare = [epoch for epoch in range(done + 1, after[-1] + 1) if epoch not in ahead]
-    return kept + sorted(ahead + spare[: need - len(ahead)])
-
-
-def check_cycle_shares(shares: Sequence[float], cycles: int) -> None:
-    if len(shares) != cycles or any(not share > 0 for share in shares):
-        raise EnclipError(f"--cycle-shares gives each of the {cycles} snapshot members' learning-rate cycles a "
-                          f"positive share of the epochs; got {list(shares)}")
-
-
-def _schedule(steps_per_epoch: int, epochs: int, warmup: float, cycles: int = 1, steps: int | None = None,
-              shares: Sequence[float] = (), restart_lr: float = 1.0, ends: Sequence[int] | None = None):
-    """Learning-rate factor per step: linear warm-up, then cosine decay to zero, restarted ``cycles`` times at
-    ``restart_lr`` of the top (cosine annealing with warm restarts, Loshchilov & Hutter 2017; the warm-up is in the
-    first cycle only), the cycles' lengths by ``shares`` (see cycle_ends) or ending after the epochs ``ends``.
-    ``steps`` (a time budget's plan) ends the last cycle early, inside the last epoch."""
-    if ends is None:
-        ends = cycle_ends(epochs, cycles, shares, None if steps is None else steps / steps_per_epoch)
-    cycles = len(ends)
-    bounds = [0] + [end * steps_per_epoch for end in ends]
-    if steps is not None:
-        bounds[-1] = min(bounds[-1], steps)
-    warm = max(1, int(bounds[1] * warmup))
-
-    def factor(step: int) -> float:
-        cycle = min(bisect.bisect_right(bounds, step) - 1, cycles - 1)
-        if cycle == 0 and step < warm:
-            return (step + 1) / warm
-        begin = warm if cycle == 0 else bounds[cycle]
-        progress = (step - begin) / max(1, bounds[cycle + 1] - begin)
-        return (1.0 if cycle == 0 else restart_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 @dataclass
@@ -507,7 +255,7 @@ def train_member(
     device = ensemble.device
     heads = ensemble.members[member]
     member_started = time.perf_counter()
-    objective = _objective(ensemble, heads, train, cfg, run.seed)
+    objective = member_objective(ensemble, heads, train, cfg, run.seed)
     if cfg.temperature is not None:  # a resumed run loads its own over it
         with torch.no_grad():
             heads.logit_scale.fill_(math.log(1.0 / cfg.temperature))
@@ -540,7 +288,7 @@ def train_member(
         if ends is None:
             ends = cycle_ends(plan.epochs, cycles, cfg.cycle_shares, plan.steps / plan.steps_per_epoch)
         ends = list(ends) if run.snapshots else [plan.epochs]
-        factor = _schedule(plan.steps_per_epoch, plan.epochs, cfg.warmup, steps=plan.steps,
+        factor = lr_factor(plan.steps_per_epoch, plan.epochs, cfg.warmup, steps=plan.steps,
                            restart_lr=cfg.restart_lr, ends=ends)
         return factor, ends if run.snapshots else []
 
@@ -610,7 +358,7 @@ def train_member(
                                                 for entry in state["history"])
         fitted = refit(plan, sum(entry["seconds"] for entry in state["history"]) + time.perf_counter() - started,
                        steps_seconds / plan.steps_in_epoch(epoch), typical_validation(timed, plan.validation_seconds),
-                       done_steps, min_epochs=_epochs_kept(epoch + 1, snapshot_epochs), validations=pending,
+                       done_steps, min_epochs=epochs_kept(epoch + 1, snapshot_epochs), validations=pending,
                        max_epochs=cfg.epochs, run_step_seconds=run_steps_seconds / done_steps)
         if fitted is not plan:
             adopt(fitted, f"{'cut to' if fitted.steps < plan.steps else 'lengthened to'} what fits after epoch "
