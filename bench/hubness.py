@@ -8,7 +8,8 @@ against plain cosines on the same queries.
 ``--against W`` pairs every setting against weight W instead of plain cosines: a candidate against the default.
 
 The title bank and the queries are encoded once (the bank resumably, in ``--out``), and every (k, weight) reuses
-them and the index's stored photo vectors, so the grid costs rankings only. Choose on ``--split val``; report on ``--split test``.
+them and the index's stored photo vectors, so the grid costs rankings only. Choose on ``--split val``; report on
+``--split test``.
 """
 
 from __future__ import annotations

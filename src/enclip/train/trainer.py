@@ -3,9 +3,10 @@
 The loop: each step minimises the member's objective (train/objective.py: the pair loss, with items sharing a title
 as positives of each other, and the attribute heads) with AdamW on the learning-rate schedule of train/schedule.py
 (warm-up then cosine decay, in K cycles for a snapshot ensemble), in as many steps as a time budget's plan allows
-(train/budget.py). Every epoch ends with an atomic checkpoint, and with validation recall and early stopping (under a time
-budget, by default, only the last epoch and a snapshot ensemble's cycle ends are validated); a run interrupted at
-any point resumes from the last finished epoch and ends with the same weights as an uninterrupted one.
+(train/budget.py). Every epoch ends with an atomic checkpoint, and with validation recall and early stopping (under
+a time budget, by default, only the last epoch and a snapshot ensemble's cycle ends are validated); a run
+interrupted at any point resumes from the last finished epoch and ends with the same weights as an uninterrupted
+one.
 """
 
 from __future__ import annotations
