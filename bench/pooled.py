@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -61,12 +62,13 @@ def load_run(out: Path, lq: bool) -> dict[str, dict]:
     """System name -> its evaluated metrics with per-query values, as `bench/equal_budget.py` left them."""
     metrics = {}
     for index in sorted(path for path in (out / "index").glob("*") if (path / "test-metrics.json").exists()):
-        found = cached_evaluation(index / "test-metrics.json", _unfinished(out))
+        found = cached_evaluation(index / "test-metrics.json", lambda: _unfinished(out))
         if lq:
-            found = with_pooled_lq(found, cached_evaluation(index / "lq-metrics.json", _unfinished(out, "--lq")))
+            lq_found = cached_evaluation(index / "lq-metrics.json", lambda: _unfinished(out, " --lq"))
+            found = with_pooled_lq(found, lq_found)
         metrics[index.name] = found
     if BASELINE not in metrics:
-        _unfinished(out)()
+        _unfinished(out)
     return metrics
 
 
@@ -93,11 +95,9 @@ def pool(runs: list[dict[str, dict]], name: str, key: str) -> dict:
             "diff": paired_bootstrap_diff(system, single).to_dict()}
 
 
-def _unfinished(out: Path, flag: str = ""):
-    def fail() -> dict:
-        raise SystemExit(f"{out} has no finished evaluation to pool; run bench/equal_budget.py --out {out} {flag} "
-                         "to the end first".replace("  ", " "))
-    return fail
+def _unfinished(out: Path, flags: str = "") -> NoReturn:
+    raise SystemExit(f"{out} has no finished evaluation to pool; run bench/equal_budget.py --out {out}{flags} to the "
+                     "end first")
 
 
 def _interval(d: dict) -> str:
