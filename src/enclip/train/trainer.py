@@ -253,104 +253,159 @@ def train_member(
     ``seconds``: this member's share of a time budget; the steps are then planned to end within it (at most
     ``cfg.epochs`` epochs), from this machine's measured cost of a step and of a validation.
     """
-    device = ensemble.device
-    heads = ensemble.members[member]
-    member_started = time.perf_counter()
-    objective = member_objective(ensemble, heads, train, cfg, run.seed)
-    if cfg.temperature is not None:  # a resumed run loads its own over it
-        with torch.no_grad():
-            heads.logit_scale.fill_(math.log(1.0 / cfg.temperature))
-    if cfg.frozen_depthwise:
-        for weight in depthwise_weights(heads.image_head):
-            weight.requires_grad_(False)
-    groups_of_params = _param_groups(heads, cfg)
-    if objective.parameters():
-        groups_of_params.append({"params": objective.parameters(), "lr": cfg.lr, "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups_of_params)
-    checkpoint = run.out_dir / "checkpoint.pt"
-    run.out_dir.mkdir(parents=True, exist_ok=True)
-    saved = torch.load(checkpoint, map_location=device, weights_only=False) if resume and checkpoint.exists() else None
-    val_rows = _val_sample(val, cfg)
-    distractors = (train, _distractor_rows(train, cfg)) if cfg.val_distractors else None
-    group_tensor = torch.from_numpy(groups)
-    val_images = len(val_rows) + (0 if distractors is None else len(distractors[1]))  # what a validation embeds
-    cycles = max(1, len(run.snapshots))
-    plan = StepPlan(**saved["state"]["plan"]) if saved is not None and "plan" in saved["state"] else _plan(
-        heads, objective, train, group_tensor, _epoch_batches(run, 0, cfg.batch_size, train.title_lengths()),
-        cfg, device, val_images, len(val_rows), seconds, _validations(cfg, cycles, seconds is not None))
-    log.info("member %d: %s", member, plan.describe())
-    if run.snapshots and plan.epochs < cycles:
-        raise EnclipError(f"the time budget affords {plan.describe()}; a snapshot ensemble of {cycles} members needs "
-                          "an epoch per member: raise --time-budget or lower --members")
+    return _MemberTraining(ensemble, member, train, groups, val, run, cfg, info, seconds).fit(resume)
 
-    def laid_over(plan: StepPlan, ends: Sequence[int] | None = None):
-        """The learning-rate factor per step over ``plan``, and the epochs whose ends are snapshot members (``ends``,
-        or as the plan splits its steps into cycles)."""
+
+class _Schedule:
+    """A member's step plan and what is laid over it: the learning-rate factor of every step, and the epochs whose
+    ends are snapshot members (a snapshot ensemble's cycle ends; none for one model)."""
+
+    def __init__(self, plan: StepPlan, optimizer, cfg: TrainCfg, cycles: int, snapshots: bool,
+                 ends: Sequence[int] | None = None):
+        self.cfg, self.cycles, self.snapshots = cfg, cycles, snapshots
+        self.plan = plan
+        factor, self.snapshot_epochs = self._laid_over(plan, ends)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+    def _laid_over(self, plan: StepPlan, ends: Sequence[int] | None = None):
+        """The learning-rate factor per step over ``plan``, and the snapshot epochs (``ends``, or as the plan splits
+        its steps into cycles)."""
         if ends is None:
-            ends = cycle_ends(plan.epochs, cycles, cfg.cycle_shares, plan.steps / plan.steps_per_epoch)
-        ends = list(ends) if run.snapshots else [plan.epochs]
-        factor = lr_factor(plan.steps_per_epoch, plan.epochs, cfg.warmup, steps=plan.steps,
-                           restart_lr=cfg.restart_lr, ends=ends)
-        return factor, ends if run.snapshots else []
+            ends = cycle_ends(plan.epochs, self.cycles, self.cfg.cycle_shares, plan.steps / plan.steps_per_epoch)
+        ends = list(ends) if self.snapshots else [plan.epochs]
+        factor = lr_factor(plan.steps_per_epoch, plan.epochs, self.cfg.warmup, steps=plan.steps,
+                           restart_lr=self.cfg.restart_lr, ends=ends)
+        return factor, ends if self.snapshots else []
 
-    # a resumed run keeps the cycle ends it had (a cut may have settled them off the plan's own split)
-    factor, snapshot_epochs = laid_over(plan, saved["state"].get("cycle_ends") if saved is not None else None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    step_times: list[float] = []
+    def adopt(self, plan: StepPlan, epochs_done: int) -> None:
+        """Train to ``plan`` from here on: the schedule laid over it anew, and the snapshot epochs too, except those
+        already passed or under way (settled_ends)."""
+        self.plan = plan
+        ends = cycle_ends(plan.epochs, self.cycles, self.cfg.cycle_shares, plan.steps / plan.steps_per_epoch)
+        factor, self.snapshot_epochs = self._laid_over(plan, settled_ends(self.snapshot_epochs, ends, epochs_done))
+        self.scheduler.lr_lambdas = [factor] * len(self.scheduler.optimizer.param_groups)
 
-    def adopt(new: StepPlan, why: str) -> None:
-        """Train to ``new`` from here on: the schedule and the snapshot epochs laid over it, and saved with it."""
-        nonlocal plan, snapshot_epochs
-        old, plan = plan, new
-        ends = cycle_ends(plan.epochs, cycles, cfg.cycle_shares, plan.steps / plan.steps_per_epoch)
-        factor, snapshot_epochs = laid_over(plan, settled_ends(snapshot_epochs, ends, state["epoch"]))
-        scheduler.lr_lambdas = [factor] * len(optimizer.param_groups)
-        state["plan"], state["cycle_ends"] = plan.to_dict(), list(snapshot_epochs)
-        log.info("member %d: %s: %s (it had %d steps)", member, why, plan.describe(), old.steps)
 
-    def after_step(done: int, seconds: float) -> int | None:
-        """Once the member has timed its own first REPLAN_AFTER steps, plan again from them and from a validation
-        timed again in this warm process; returns the steps the first epoch now runs."""
-        step_times.append(seconds)
-        if done != REPLAN_AFTER or plan.seconds is None or plan.measured_steps:
-            return None
-        validation = _validation_seconds(heads, train, cfg, device, val_images, len(val_rows))
-        adopt(replan(plan, float(np.mean(step_times[REPLAN_SKIP:])), done, cfg.epochs, cycles, validation),
-              "planned again from its own steps")
-        return plan.steps_in_epoch(0)
-    state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": [], "done": False, "plan": plan.to_dict(),
-             "cycle_ends": list(snapshot_epochs)}
-    if saved is not None:
-        heads.load_state_dict(saved["member"])
-        objective.load_state_dict(saved)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = {**saved["state"], "plan": plan.to_dict(), "cycle_ends": list(snapshot_epochs)}
-        log.info("member %d: resuming after epoch %d", member, state["epoch"])
-    if state["done"]:
-        ensemble.load_member(member, run.model_dirs[-1])
-        return state
-    # a budget's plan was timed on eager steps and has no room for a compile: "auto" then runs eagerly
-    compile_mode = "off" if plan.seconds is not None and cfg.compile == "auto" else cfg.compile
-    encode_image = training_image_encoder(heads.image_head, compile_mode, plan.steps)
+class _MemberTraining:
+    """One member's training run: its objective, optimiser and schedule, and what starts, steps, ends and saves its
+    epochs. ``state`` (epoch, history, best recall, the plan and cycle ends) is what the checkpoint keeps."""
 
-    def validate() -> tuple[float, float]:
-        """Validation recall of the member as it is now, and the seconds it took."""
-        began = time.perf_counter()
-        recall = validation_recall(ensemble, member, val, val_rows, distractors=distractors)
-        return recall, round(time.perf_counter() - began, 4)
+    def __init__(self, ensemble: Ensemble, member: int, train: FeatureCache, groups: np.ndarray, val: FeatureCache,
+                 run: MemberRun, cfg: TrainCfg, info: dict | None, seconds: float | None):
+        self.started = time.perf_counter()
+        self.ensemble, self.member, self.train, self.val, self.run, self.cfg = ensemble, member, train, val, run, cfg
+        self.info, self.seconds = info or {}, seconds
+        self.heads = ensemble.members[member]
+        self.device = ensemble.device
+        self.objective = member_objective(ensemble, self.heads, train, cfg, run.seed)
+        if cfg.temperature is not None:  # a resumed run loads its own over it
+            with torch.no_grad():
+                self.heads.logit_scale.fill_(math.log(1.0 / cfg.temperature))
+        if cfg.frozen_depthwise:
+            for weight in depthwise_weights(self.heads.image_head):
+                weight.requires_grad_(False)
+        groups_of_params = _param_groups(self.heads, cfg)
+        if self.objective.parameters():
+            groups_of_params.append({"params": self.objective.parameters(), "lr": cfg.lr, "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups_of_params)
+        self.val_rows = _val_sample(val, cfg)
+        self.distractors = (train, _distractor_rows(train, cfg)) if cfg.val_distractors else None
+        self.groups = torch.from_numpy(groups)
+        # what a validation embeds
+        self.val_images = len(self.val_rows) + (0 if self.distractors is None else len(self.distractors[1]))
+        self.cycles = max(1, len(run.snapshots))
+        self.step_times: list[float] = []  # the first epoch's steps, until the plan is made again from them
 
-    while state["epoch"] < plan.epochs and not state["done"]:
+    @property
+    def plan(self) -> StepPlan:
+        return self.schedule.plan
+
+    def fit(self, resume: bool) -> dict:
+        """Train from the start, or from the checkpoint's last epoch (``resume``), to the plan's end or an early stop;
+        returns the state (with the history). The member's saved weights are then loaded into the ensemble."""
+        run, cfg = self.run, self.cfg
+        checkpoint = run.out_dir / "checkpoint.pt"
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        saved = None
+        if resume and checkpoint.exists():
+            saved = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        plan = StepPlan(**saved["state"]["plan"]) if saved is not None and "plan" in saved["state"] else \
+            self._first_plan()
+        log.info("member %d: %s", self.member, plan.describe())
+        if run.snapshots and plan.epochs < self.cycles:
+            raise EnclipError(f"the time budget affords {plan.describe()}; a snapshot ensemble of {self.cycles} "
+                              "members needs an epoch per member: raise --time-budget or lower --members")
+        # a resumed run keeps the cycle ends it had (a cut may have settled them off the plan's own split)
+        self.schedule = _Schedule(plan, self.optimizer, cfg, self.cycles, bool(run.snapshots),
+                                  saved["state"].get("cycle_ends") if saved is not None else None)
+        self.state = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": [], "done": False}
+        if saved is not None:
+            self.heads.load_state_dict(saved["member"])
+            self.objective.load_state_dict(saved)
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.schedule.scheduler.load_state_dict(saved["scheduler"])
+            self.state = saved["state"]
+            log.info("member %d: resuming after epoch %d", self.member, self.state["epoch"])
+        self.state.update(plan=plan.to_dict(), cycle_ends=list(self.schedule.snapshot_epochs))
+        if self.state["done"]:
+            self.ensemble.load_member(self.member, run.model_dirs[-1])
+            return self.state
+        # a budget's plan was timed on eager steps and has no room for a compile: "auto" then runs eagerly
+        compile_mode = "off" if plan.seconds is not None and cfg.compile == "auto" else cfg.compile
+        encode_image = training_image_encoder(self.heads.image_head, compile_mode, plan.steps)
+        while self.state["epoch"] < self.plan.epochs and not self.state["done"]:
+            self._epoch(encode_image)
+            _save_checkpoint(checkpoint, self.heads, self.optimizer, self.schedule.scheduler, self.state,
+                             self.objective)
+        # against the share this call was given: the plan's own seconds leave out what its probe took of it
+        took = time.perf_counter() - self.started
+        if self.seconds is not None and took > self.seconds:
+            log.warning("member %d took %.0f s of its %.0f s share of the time budget: its steps ran slower than "
+                        "planned (%.2f s); a few steps fewer next time, or a larger --time-budget", self.member, took,
+                        self.seconds, self.plan.step_seconds)
+        self.ensemble.load_member(self.member, run.model_dirs[-1])
+        return self.state
+
+    def _first_plan(self) -> StepPlan:
+        """Every epoch in full, or under the member's share of a budget the most steps that fit at the costs of a
+        step and a validation timed here."""
+        batches = _epoch_batches(self.run, 0, self.cfg.batch_size, self.train.title_lengths())
+        return _plan(self.heads, self.objective, self.train, self.groups, batches, self.cfg, self.device,
+                     self.val_images, len(self.val_rows), self.seconds,
+                     _validations(self.cfg, self.cycles, self.seconds is not None))
+
+    def _epoch(self, encode_image) -> None:
+        """One epoch's steps, its validation when the plan has one there, the plan fitted to the time left, and the
+        epoch kept: in the history, and as a snapshot member or the best epoch."""
+        state, plan = self.state, self.plan
         epoch, started = state["epoch"], time.perf_counter()
-        torch.manual_seed(int(np.random.default_rng([run.seed, epoch, 2]).integers(2**31)))
-        loss = _run_epoch(ensemble, heads, encode_image, train, group_tensor, run, epoch, optimizer, scheduler, cfg,
-                          member, objective, plan.steps_in_epoch(epoch), after_step if epoch == 0 else None)
+        torch.manual_seed(int(np.random.default_rng([self.run.seed, epoch, 2]).integers(2**31)))
+        loss = _run_epoch(self.ensemble, self.heads, encode_image, self.train, self.groups, self.run, epoch,
+                          self.optimizer, self.schedule.scheduler, self.cfg, self.member, self.objective,
+                          plan.steps_in_epoch(epoch), self._after_step if epoch == 0 else None)
+        plan = self.plan  # the first epoch may have planned again
         steps_seconds = time.perf_counter() - started
         every = plan.validations is None
         recall, validation_seconds = None, None
-        if every or epoch + 1 in (plan.epochs, *snapshot_epochs):
-            recall, validation_seconds = validate()
+        if every or epoch + 1 in (plan.epochs, *self.schedule.snapshot_epochs):
+            recall, validation_seconds = self._validate()
         state["epoch"] = epoch + 1
+        self._refit(epoch, started, steps_seconds, validation_seconds, every)
+        if recall is None and state["epoch"] >= self.plan.epochs:  # the cut ended the plan here: its one validation
+            recall, validation_seconds = self._validate()
+        state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall,
+                                 "seconds": round(time.perf_counter() - started, 2),  # the epoch and its validation
+                                 "validation_seconds": validation_seconds})
+        if recall is None:  # an epoch inside a plan that validates at its end: the checkpoint alone is written
+            log.info("member %d epoch %d: loss %.4f", self.member, epoch + 1, loss)
+            return
+        self._keep(epoch + 1, recall)
+        log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", self.member, epoch + 1, loss, recall)
+
+    def _refit(self, epoch: int, started: float, steps_seconds: float, validation_seconds: float | None,
+               every: bool) -> None:
+        """At the end of ``epoch`` (0-based), fit the plan to what is left of the member's time (budget.refit)."""
+        state, plan, snapshot_epochs = self.state, self.plan, self.schedule.snapshot_epochs
         done_steps = sum(plan.steps_in_epoch(e) for e in range(epoch + 1))
         timed = [entry.get("validation_seconds") for entry in state["history"]] + [validation_seconds]
         pending = None if every else len({e for e in snapshot_epochs if e > epoch + 1} | {plan.epochs})
@@ -360,42 +415,55 @@ def train_member(
         fitted = refit(plan, sum(entry["seconds"] for entry in state["history"]) + time.perf_counter() - started,
                        steps_seconds / plan.steps_in_epoch(epoch), typical_validation(timed, plan.validation_seconds),
                        done_steps, min_epochs=epochs_kept(epoch + 1, snapshot_epochs), validations=pending,
-                       max_epochs=cfg.epochs, run_step_seconds=run_steps_seconds / done_steps)
+                       max_epochs=self.cfg.epochs, run_step_seconds=run_steps_seconds / done_steps)
         if fitted is not plan:
-            adopt(fitted, f"{'cut to' if fitted.steps < plan.steps else 'lengthened to'} what fits after epoch "
-                          f"{epoch + 1}")
-        if recall is None and state["epoch"] >= plan.epochs:  # the cut ended the plan here: its one validation
-            recall, validation_seconds = validate()
-        state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall,
-                                 "seconds": round(time.perf_counter() - started, 2),  # the epoch and its validation
-                                 "validation_seconds": validation_seconds})
-        if recall is None:  # an epoch inside a plan that validates at its end: the checkpoint alone is written
-            log.info("member %d epoch %d: loss %.4f", member, epoch + 1, loss)
-        elif run.snapshots:  # every cycle's end is a member, whatever its score: no best epoch, no early stop
-            if epoch + 1 in snapshot_epochs:
-                cycle = snapshot_epochs.index(epoch + 1)
-                ensemble.save_member(member, run.snapshots[cycle], **{**(info or {}), "member": cycle},
-                                     val_recall_at_10=recall, epoch=epoch + 1)
-            state["done"] = state["epoch"] >= plan.epochs
+            self._adopt(fitted, f"{'cut to' if fitted.steps < plan.steps else 'lengthened to'} what fits after epoch "
+                                f"{epoch + 1}")
+
+    def _keep(self, epochs_done: int, recall: float) -> None:
+        """A validated epoch: a snapshot member at a cycle's end (every one, whatever its score: no best epoch, no
+        early stop), or for one model the best epoch so far saved, and early stopping counted."""
+        state, run = self.state, self.run
+        if run.snapshots:
+            if epochs_done in self.schedule.snapshot_epochs:
+                cycle = self.schedule.snapshot_epochs.index(epochs_done)
+                self.ensemble.save_member(self.member, run.snapshots[cycle], **{**self.info, "member": cycle},
+                                          val_recall_at_10=recall, epoch=epochs_done)
+            state["done"] = state["epoch"] >= self.plan.epochs
+            return
+        if recall > state["best"]:
+            state["best"], state["bad_epochs"] = recall, 0
+            self.ensemble.save_member(self.member, run.out_dir, **self.info, best_val_recall_at_10=recall,
+                                      epoch=epochs_done)
         else:
-            if recall > state["best"]:
-                state["best"], state["bad_epochs"] = recall, 0
-                ensemble.save_member(member, run.out_dir, **(info or {}), best_val_recall_at_10=recall,
-                                     epoch=epoch + 1)
-            else:
-                state["bad_epochs"] += 1
-            state["done"] = state["bad_epochs"] >= cfg.patience or state["epoch"] >= plan.epochs
-        if recall is not None:
-            log.info("member %d epoch %d: loss %.4f, val R@10 %.4f", member, epoch + 1, loss, recall)
-        _save_checkpoint(checkpoint, heads, optimizer, scheduler, state, objective)
-    # against the share this call was given: the plan's own seconds leave out what its probe took of it
-    took = time.perf_counter() - member_started
-    if seconds is not None and took > seconds:
-        log.warning("member %d took %.0f s of its %.0f s share of the time budget: its steps ran slower than "
-                    "planned (%.2f s); a few steps fewer next time, or a larger --time-budget", member, took,
-                    seconds, plan.step_seconds)
-    ensemble.load_member(member, run.model_dirs[-1])
-    return state
+            state["bad_epochs"] += 1
+        state["done"] = state["bad_epochs"] >= self.cfg.patience or state["epoch"] >= self.plan.epochs
+
+    def _adopt(self, plan: StepPlan, why: str) -> None:
+        """Train to ``plan`` from here on, and save it (with the cycle ends laid over it) in the state."""
+        old = self.plan.steps
+        self.schedule.adopt(plan, self.state["epoch"])
+        self.state.update(plan=plan.to_dict(), cycle_ends=list(self.schedule.snapshot_epochs))
+        log.info("member %d: %s: %s (it had %d steps)", self.member, why, plan.describe(), old)
+
+    def _after_step(self, done: int, seconds: float) -> int | None:
+        """Once the member has timed its own first REPLAN_AFTER steps, plan again from them and from a validation
+        timed again in this warm process; returns the steps the first epoch now runs."""
+        self.step_times.append(seconds)
+        plan = self.plan
+        if done != REPLAN_AFTER or plan.seconds is None or plan.measured_steps:
+            return None
+        validation = _validation_seconds(self.heads, self.train, self.cfg, self.device, self.val_images,
+                                         len(self.val_rows))
+        self._adopt(replan(plan, float(np.mean(self.step_times[REPLAN_SKIP:])), done, self.cfg.epochs, self.cycles,
+                           validation), "planned again from its own steps")
+        return self.plan.steps_in_epoch(0)
+
+    def _validate(self) -> tuple[float, float]:
+        """Validation recall of the member as it is now, and the seconds it took."""
+        began = time.perf_counter()
+        recall = validation_recall(self.ensemble, self.member, self.val, self.val_rows, distractors=self.distractors)
+        return recall, round(time.perf_counter() - began, 4)
 
 
 def _run_epoch(ensemble, heads, encode_image, train, groups, run, epoch, optimizer, scheduler, cfg, member,
