@@ -7,8 +7,10 @@ single model of its own run, averaged over the runs query by query.
 
 One run's interval resamples queries only, so it says nothing of how much another training of the same systems
 would differ. Pooling averages each query's difference over the runs' trainings before resampling queries; it is
-still an interval over queries, drawn from a few trainings, so every run's own difference is printed beside it.
-Every run must be a finished `bench/equal_budget.py` output scored on the same queries (checked).
+still an interval over queries, drawn from a few trainings, so every run's own difference is printed beside it,
+and so is an interval over trainings: the runs' differences as a sample of n trainings, mean ± t(0.975, n − 1) ·
+sd / √n (wide for a few runs: with two, t is 12.7). Every run must be a finished `bench/equal_budget.py` output
+scored on the same queries (checked).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -44,17 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     systems = [name for name in runs[0] if name != BASELINE and all(name in run for run in runs)]
     keys = KEYS + (LQ_KEYS if args.lq else ())
     names = "".join(f"{out}: single → system | − single | " for out in args.runs)
-    print(f"| system | figure | {names}pooled over {len(runs)} runs: single → system, − single |")
-    print("|---|---|" + "---|---|" * len(runs) + "---|")
+    print(f"| system | figure | {names}pooled over {len(runs)} runs: single → system, − single | "
+          f"over the {len(runs)} trainings (t) |")
+    print("|---|---|" + "---|---|" * len(runs) + "---|---|")
     for name in systems:
         for key in keys:
-            cells = []
+            cells, diffs = [], []
             for run in runs:
                 level, d = run[name][key], compare(run[name], run[BASELINE], key)
                 cells += [f"{run[BASELINE][key]['mean']:.3f} → {level['mean']:.3f}", _interval(d)]
+                diffs.append(d["mean"])
             pooled = pool(runs, name, key)
             print(f"| {name} | {key} | " + " | ".join(cells) + f" | {pooled['single']:.3f} → {pooled['system']:.3f}, "
-                  f"{_interval(pooled['diff'])} |")
+                  f"{_interval(pooled['diff'])} | {_interval(over_trainings(diffs))} |")
     return 0
 
 
@@ -93,6 +98,13 @@ def pool(runs: list[dict[str, dict]], name: str, key: str) -> dict:
     single = np.mean([np.asarray(run[BASELINE]["per_query"][key], dtype=np.float64) for run in runs], axis=0)
     return {"system": float(system.mean()), "single": float(single.mean()),
             "diff": paired_bootstrap_diff(system, single).to_dict()}
+
+
+def over_trainings(diffs: list[float], level: float = 0.95) -> dict:
+    """Student's t interval of the mean of the runs' differences, each run one training of both systems."""
+    values = np.asarray(diffs, dtype=np.float64)
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return {"mean": float(values.mean()), "low": float(values.mean() - half), "high": float(values.mean() + half)}
 
 
 def _unfinished(out: Path, flags: str = "") -> NoReturn:

@@ -43,8 +43,17 @@ def test_pooled_difference_is_the_per_query_mean_over_runs(tmp_path, capsys):
     assert cells[6].startswith("0.500 → 0.750, +0.250 [")
     low = float(cells[6].split("[")[1].split(",")[0])
     assert 0.0 <= low < 0.25  # an interval from resampling queries, not a point
+    assert cells[7] == "+0.250 [+0.250, +0.250]"  # two trainings that agree: no spread between them
     both = next(line for line in out.splitlines() if line.startswith("| snapshot | both2img/R@10"))
-    assert both.rstrip().endswith("+0.000 [+0.000, +0.000] |")
+    assert both.rstrip().endswith("+0.000 [+0.000, +0.000] | +0.000 [+0.000, +0.000] |")
+
+
+def test_the_interval_over_trainings_is_students_t():
+    got = pooled.over_trainings([0.019, 0.008, 0.010])
+    # mean 0.01233, sd 0.005859, t(0.975, 2) = 4.3027: half-width 0.014555
+    assert got["mean"] == pytest.approx(0.012333, abs=1e-6)
+    assert got["low"] == pytest.approx(0.012333 - 0.014555, abs=1e-5)
+    assert got["high"] == pytest.approx(0.012333 + 0.014555, abs=1e-5)
 
 
 def test_runs_scored_on_other_queries_are_refused(tmp_path):
