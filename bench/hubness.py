@@ -25,13 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from enclip.eval.bootstrap import bootstrap_ci, paired_bootstrap_diff  # noqa: E402
 from enclip.eval.evaluate import EvalCfg, build_groups, depth_of, encode_rows, score_group  # noqa: E402
-from enclip.eval.tasks import pool_both  # noqa: E402
+from enclip.eval.tasks import pool_both, pool_degradations  # noqa: E402
 from enclip.indexing import title_hubness  # noqa: E402
 from enclip.search import load_searcher  # noqa: E402
 from enclip.search.query import text_shares  # noqa: E402
 
 KEYS = ("title2img/R@10", "title2img/R@1", "attrs2img/P@10", "attr2img/articleType/P@10",
-        "attr2img/subCategory/P@10", "attr2img/baseColour/P@10", "both2img/R@10")
+        "attr2img/subCategory/P@10", "attr2img/baseColour/P@10", "both2img/R@10", "img2img_lq/R@10")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,44 +58,41 @@ def main(argv: list[str] | None = None) -> int:
 
     encoded = [encode_group(searcher, group, cfg.batch_size) for group in groups]  # once: settings only re-rank
 
-    def scores() -> dict[str, np.ndarray]:
-        per_query, labels = {}, {}
-        for group, (vectors, shares) in zip(groups, encoded):
-            hits = searcher.search_batch(vectors, k=depth_of(group), shares=shares)
-            per_query.update(score_group(group, [[hit.id for hit in ranked] for ranked in hits]))
-            labels.update({j.key: list(group.labels) for j in group.judgements})
-        if "both2img" in cfg.tasks:
-            pool_both(per_query, labels, cfg.degradations, cfg.both_severity)
-        return {key: np.asarray(per_query[key]) for key in KEYS if key in per_query}
-
     searcher.cfg.hubness = 0.0
-    grid = {(None, 0.0): scores()}
+    grid = {(None, 0.0): setting_scores(searcher, groups, encoded, cfg)}
     for k in args.ks:
         searcher.live.hubness = title_hubness(searcher.model, catalogue, vectors, args.out / "title-bank", k)
         for weight in args.weights:
             searcher.cfg.hubness = weight
-            grid[k, weight] = scores()
+            grid[k, weight] = setting_scores(searcher, groups, encoded, cfg)
             print(f"k={k} weight={weight}: " + ", ".join(f"{key} {v.mean():.3f}" for key, v in grid[k, weight].items()),
                   flush=True)
-    base = grid[against]
-    rows = [{"k": k, "weight": weight,
-             **{key: {**_figure(bootstrap_ci(v)),
-                      **({} if (k, weight) == against else {"diff": _figure(paired_bootstrap_diff(v, base[key]))})}
-                for key, v in found.items()}}
-            for (k, weight), found in grid.items()]
+    rows = paired_rows(grid, against, ("k", "weight"))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"hubness-{args.split}.json"
     path.write_text(json.dumps({"index": str(args.index), "split": args.split, "against_weight": args.against,
                                 "rows": rows}, indent=2) + "\n")
-    keys = [key for key in KEYS if key in base]
     what = "plain cosines (first row)" if args.against == 0 else f"weight {args.against} at k={args.ks[0]}"
     print(f"\n{args.split} split, {args.index}; differences are paired against {what}\n")
-    print("| k | weight | " + " | ".join(keys) + " |\n|---|---|" + "---|" * len(keys))
-    for row in rows:
-        cells = [_cell(row[key]) for key in keys]
-        print(f"| {row['k'] or '–'} | {row['weight']} | " + " | ".join(cells) + " |")
+    print_table(rows, ("k", "weight"))
     print(f"\nwritten to {path}")
     return 0
+
+
+def setting_scores(searcher, groups, encoded, cfg: EvalCfg) -> dict[str, np.ndarray]:
+    """Per-query figures (``KEYS``) of the searcher's current settings, on groups encoded by ``encode_group``; the
+    degraded-photo tasks pooled over degradations at ``cfg.both_severity``."""
+    per_query, labels = {}, {}
+    for group, (vectors, shares) in zip(groups, encoded):
+        hits = searcher.search_batch(vectors, k=depth_of(group), shares=shares)
+        per_query.update(score_group(group, [[hit.id for hit in ranked] for ranked in hits]))
+        labels.update({j.key: list(group.labels) for j in group.judgements})
+    if "both2img" in cfg.tasks:
+        pool_both(per_query, labels, cfg.degradations, cfg.both_severity)
+    if "img2img_lq" in cfg.tasks:
+        per_query["img2img_lq/R@10"] = pool_degradations(per_query, "img2img_lq", cfg.degradations,
+                                                         cfg.both_severity, "R@10")
+    return {key: np.asarray(per_query[key]) for key in KEYS if key in per_query}
 
 
 def encode_group(searcher, group, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,6 +100,25 @@ def encode_group(searcher, group, batch_size: int) -> tuple[np.ndarray, np.ndarr
     rows = [range(start, min(start + batch_size, len(group))) for start in range(0, len(group), batch_size)]
     vectors = np.concatenate([encode_rows(searcher.encoder, group, r) for r in rows], axis=1)
     return vectors, text_shares(group.texts, group.images, group.weights)
+
+
+def paired_rows(grid: dict[tuple, dict[str, np.ndarray]], against: tuple, names: tuple[str, ...]) -> list[dict]:
+    """One row per setting (named by ``names``): each figure's mean and interval, and its paired difference from
+    the setting ``against``."""
+    base = grid[against]
+    return [{**dict(zip(names, setting)),
+             **{key: {**_figure(bootstrap_ci(v)),
+                      **({} if setting == against else {"diff": _figure(paired_bootstrap_diff(v, base[key]))})}
+                for key, v in found.items()}}
+            for setting, found in grid.items()]
+
+
+def print_table(rows: list[dict], names: tuple[str, ...]) -> None:
+    keys = [key for key in KEYS if key in rows[0]]
+    print("| " + " | ".join(names) + " | " + " | ".join(keys) + " |\n|" + "---|" * (len(names) + len(keys)))
+    for row in rows:
+        settings = ["–" if row[name] is None else str(row[name]) for name in names]
+        print("| " + " | ".join(settings + [_cell(row[key]) for key in keys]) + " |")
 
 
 def _figure(estimate) -> dict:

@@ -90,6 +90,23 @@ def test_hubness_flags_build_without_the_part_and_search_or_evaluate_with_a_chos
     assert "0 or more" in capsys.readouterr().err
 
 
+def test_feedback_flag_searches_and_evaluates_with_a_chosen_weight(cli_run, tmp_path, capsys):
+    index = str(cli_run / "index")
+    runs = {}
+    for weight in ("0", "2"):
+        assert main(["search", "--index", index, "--text", "Men Red Shirts", "--k", "10", "--json",
+                     "--channels", "image", "--feedback", weight]) == 0
+        runs[weight] = [hit["id"] for hit in json.loads(capsys.readouterr().out)["hits"]]
+    assert runs["0"] != runs["2"], "a large feedback weight re-ranks the photo channel"
+    assert main(["eval", "--index", index, "--tasks", "title2img", "--feedback", "0.4", "--max-queries", "5",
+                 "--out", str(tmp_path / "m.json")]) == 0
+    meta = json.loads((tmp_path / "m.json").read_text())["_meta"]
+    assert meta["cfg"]["feedback"] == 0.4 and meta["rescoring"] == {"hubness": 0.5, "feedback": 0.4,
+                                                                    "feedback_depth": 10}
+    assert main(["search", "--index", index, "--text", "x", "--feedback", "-1"]) == 2
+    assert "feedback is the weight of pseudo-relevance feedback" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_demo_trains_indexes_searches_and_reports_held_out_quality(tmp_path, capsys):
     """`enclip demo` end to end with the default (offline, pretrained) backbone, on a small synthetic catalogue."""

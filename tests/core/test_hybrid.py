@@ -35,13 +35,16 @@ def searcher(tiny_index_dir):
 def _reference(searcher, text: str, k: int, hybrid: HybridCfg) -> tuple[list[str], np.ndarray]:
     """Every item scored on every channel by plain numpy over the whole index (depth >= n: the union is
     everything), each channel ranked, fused by the same formula: the ranking hybrid search must reproduce. The photo
-    channel's cosines lose each photo's hubness penalty at its weight (a text query's share is 1)."""
+    channel's member cosines lose each photo's hubness penalty at its weight (a text query's share is 1) and gain
+    pseudo-relevance feedback from each member's best photos."""
     n, members = len(searcher.catalogue), searcher.members
     query = searcher.encode_query(text=text)  # (K, d)
     photos = searcher.index.reconstruct(np.arange(n)).reshape(n, members, -1)
     texts = searcher.text_index.reconstruct(np.arange(n)).reshape(n, members, -1)
-    penalty = searcher.cfg.hubness * searcher.live.hubness.penalty.sum(axis=1)
-    scores = {"image": (np.einsum("nkd,kd->n", photos, query) - penalty) / members,
+    member = np.einsum("nkd,kd->nk", photos, query) - searcher.cfg.hubness * searcher.live.hubness.penalty
+    for m, best in enumerate(np.argsort(-member, axis=0, kind="stable")[:searcher.cfg.feedback_depth].T):
+        member[:, m] += searcher.cfg.feedback * photos[:, m] @ photos[best, m].mean(axis=0)
+    scores = {"image": member.sum(axis=1) / members,
               "text": np.einsum("nkd,kd->n", texts, query) / members,
               "keyword": searcher.keywords.score(text, np.arange(n))}
     fused = np.zeros(n)

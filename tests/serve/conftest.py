@@ -64,35 +64,34 @@ def served_searcher(request):
     return load_searcher(request.getfixturevalue("tiny_index_dir"))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
-def running_server(app, port: int) -> Iterator[str]:
-    """Serve `app` with a real uvicorn server on 127.0.0.1:`port` in a thread; yields its base URL."""
+def running_server(app) -> Iterator[str]:
+    """Serve `app` with a real uvicorn server in a thread; yields its base URL. The server listens on a socket bound
+    here to a free port of 127.0.0.1 and handed over, so no other process can take the port in between."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
+    deadline = time.monotonic() + 30
     try:
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        sock.close()
 
 
 @pytest.fixture
 def live_server(served_searcher, tmp_path: Path) -> Iterator[str]:
     """The web page and API over `served_searcher`, on a real server; yields its base URL."""
-    cfg = ServeCfg(port=free_port(), changelog_path=tmp_path / "changelog.jsonl")
-    with running_server(create_app(served_searcher, cfg), cfg.port) as url:
+    cfg = ServeCfg(changelog_path=tmp_path / "changelog.jsonl")
+    with running_server(create_app(served_searcher, cfg)) as url:
         yield url

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from enclip.errors import EnclipError
 from enclip.serve.app import ServeCfg, create_app, resolve_admin_token
 from enclip.serve.changelog import Changelog, delete_record, net_changes, read_log, replay, upsert_record
-from tests.serve.conftest import ADMIN_TOKEN, free_port, image_bytes, running_server
+from tests.serve.conftest import ADMIN_TOKEN, image_bytes, running_server
 from tests.serve.fake_searcher import FakeSearcher
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -158,7 +158,7 @@ import json, os, sys
 from pathlib import Path
 from fastapi.testclient import TestClient
 from enclip.serve.app import ServeCfg, create_app
-from tests.serve.conftest import ADMIN_TOKEN, free_port, image_bytes, running_server
+from tests.serve.conftest import ADMIN_TOKEN, image_bytes, running_server
 from tests.serve.fake_searcher import FakeSearcher
 
 fake = FakeSearcher(n=4)
@@ -214,7 +214,7 @@ def test_damaged_line_before_the_end_is_an_error(admin_cfg):
 
 def test_concurrent_admin_writes_all_land_with_unique_increasing_seqs(fake, admin_cfg):
     app = create_app(fake, admin_cfg)
-    with running_server(app, free_port()) as url:
+    with running_server(app) as url:
         seqs: list[int] = []
         failures: list[str] = []
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from enclip.errors import EnclipError
 from enclip.serve.app import ServeCfg, attach_searcher, create_app, percentile, serve
-from tests.serve.conftest import free_port, image_bytes, running_server
+from tests.serve.conftest import image_bytes, running_server
 from tests.serve.fake_searcher import COLOURS, FILTER_KEYS, FUSION_RULES, FakeSearcher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -373,8 +373,8 @@ class _FailsOnPhotos(FakeSearcher):
                                                (RuntimeError("broken photo encoder"), 500)])
 def test_load_bench_names_what_failed_requests_got(tmp_path, capsys, monkeypatch, error, status):
     bench = _load_bench(monkeypatch)
-    cfg = ServeCfg(port=free_port(), changelog_path=tmp_path / "changelog.jsonl")
-    with running_server(create_app(_FailsOnPhotos(error), cfg), cfg.port) as url:
+    cfg = ServeCfg(changelog_path=tmp_path / "changelog.jsonl")
+    with running_server(create_app(_FailsOnPhotos(error), cfg)) as url:
         assert bench.main([url, "--duration", "0.5", "--clients", "1"]) == 0
     out = capsys.readouterr().out
     row = [line for line in out.splitlines() if line.startswith("| 1 ")][0].split("|")

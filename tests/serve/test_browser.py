@@ -148,11 +148,11 @@ def test_phone_layout_and_low_confidence_notice(browser, live_server, served_sea
 def test_a_brand_name_finds_that_brands_products_with_a_keyword_badge(browser, tiny_index_dir, tmp_path, shots):
     from enclip.search import load_searcher
     from enclip.serve.app import ServeCfg, create_app
-    from tests.serve.conftest import free_port, running_server
+    from tests.serve.conftest import running_server
 
     searcher = load_searcher(tiny_index_dir)
     brand_title = next(title for title in searcher.catalogue.titles if title.startswith("Brand7 "))
-    with running_server(create_app(searcher, ServeCfg(changelog_path=tmp_path / "log.jsonl")), free_port()) as url:
+    with running_server(create_app(searcher, ServeCfg(changelog_path=tmp_path / "log.jsonl"))) as url:
         page, errors = open_page(browser, url, viewport={"width": 1280, "height": 900})
         assert page.is_checked("[data-testid=product-text]")  # product text is searched by default
         page.fill("[data-testid=query]", "Brand7")

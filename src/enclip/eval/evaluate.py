@@ -53,6 +53,7 @@ class EvalCfg:
     queries_file: str | None = None  # JSONL of your own queries; when set, only the "custom" task runs
     fusion: str | None = None  # fusion rule to rank with (None = the index's default)
     hubness: float | None = None  # weight of the items' hubness penalty (None = SearchCfg's default)
+    feedback: float | None = None  # weight of pseudo-relevance feedback in text queries (None = SearchCfg's default)
     lq_queries: int = 500  # test items sampled (seeded) as photo queries for img2img_lq and both2img
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)  # degradation severities of img2img_lq and both2img
     degradations: tuple[str, ...] = DEGRADATIONS  # degradations used by img2img_lq and both2img
@@ -188,6 +189,8 @@ def _meta(searcher, index_dir: Path, cfg: EvalCfg, labels: dict[str, list[str]],
         "tasks": [CUSTOM] if cfg.queries_file else list(cfg.tasks),
         "queries": {key: len(values) for key, values in labels.items()},
         "fusion": cfg.fusion or getattr(searcher, "default_fusion", None),
+        "rescoring": {name: getattr(searcher.cfg, name) for name in ("hubness", "feedback", "feedback_depth")
+                      if hasattr(getattr(searcher, "cfg", None), name)},
         "seconds": round(seconds, 2),
         "cfg": asdict(cfg),
         "bad_lines": {"count": len(bad), "first": [asdict(b) for b in bad[:10]]},
@@ -234,8 +237,9 @@ def evaluate_index(index_dir: str | Path | None, cfg: EvalCfg | None = None, out
     if searcher is None:
         if index_dir is None:
             raise EnclipError("evaluate_index needs an index directory or a loaded searcher")
-        searcher = load_searcher(index_dir, fusion=cfg.fusion,
-                                 **({} if cfg.hubness is None else {"hubness": cfg.hubness}))
+        rescoring = {name: value for name, value in (("hubness", cfg.hubness), ("feedback", cfg.feedback))
+                     if value is not None}
+        searcher = load_searcher(index_dir, fusion=cfg.fusion, **rescoring)
     index_dir = Path(index_dir if index_dir is not None else searcher.path)
     groups, bad = build_groups(searcher.catalogue, cfg)
     per_query, labels = run_groups(searcher, groups, cfg)

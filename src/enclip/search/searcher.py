@@ -5,7 +5,12 @@ concatenated member vectors: with the member weights on the query side, ``<[w1 q
 exactly the weighted mean of member cosines, for fixed (``mean``) and query-dependent (``routed``) weights alike.
 The top candidates are then re-scored member by member, which gives each hit its member agreement and lets
 ``rrf`` and ``item-routed`` re-rank them. Re-scoring also takes each candidate's hubness penalty off its member
-cosines, in proportion to the query's text share (:mod:`enclip.store.hubness`; ``SearchCfg.hubness``).
+cosines, in proportion to the query's text share (:mod:`enclip.store.hubness`; ``SearchCfg.hubness``), and then
+adds pseudo-relevance feedback to text queries (``SearchCfg.feedback``): each member's scores gain ``feedback`` times
+the candidates' cosines to the mean photo vector of that member's ``feedback_depth`` best candidates. The photos a
+text query ranks first say what else it should find (Rocchio, 1971; "average query expansion" in image retrieval,
+Chum et al., 2007), and photo-to-photo cosines are more telling than text-to-photo ones. A query with a photo is in
+photo space already and loses from it (docs/RESULTS.md), so it gets none.
 """
 
 from __future__ import annotations
@@ -60,11 +65,18 @@ class SearchCfg:
     encoder_threads: int | None = 1  # torch threads encoding one query (None: the process's; see QueryEncoder)
     channels: tuple[str, ...] | None = None  # channels a text query uses by default (None = every one the index has)
     hubness: float = 0.5  # weight of the items' hubness penalty for text queries (0: plain cosines); validation-fit
+    feedback: float = 0.25  # weight of pseudo-relevance feedback in text queries (0: none); validation-fit
+    feedback_depth: int = 10  # best candidates per member whose mean photo vector is the feedback
     hybrid: HybridCfg = field(default_factory=HybridCfg)  # how channels are fused
 
     def __post_init__(self) -> None:
         if not self.hubness >= 0:  # also refuses NaN
             raise EnclipError(f"hubness is the weight of the items' hubness penalty: 0 or more, got {self.hubness}")
+        if not self.feedback >= 0:
+            raise EnclipError(f"feedback is the weight of pseudo-relevance feedback: 0 or more, got {self.feedback}")
+        if isinstance(self.feedback_depth, bool) or not isinstance(self.feedback_depth, int) or self.feedback_depth < 1:
+            raise EnclipError(f"feedback_depth is a number of candidates: a whole number of at least 1, "
+                              f"got {self.feedback_depth!r}")
 
 
 @dataclass
@@ -73,7 +85,7 @@ class Hit:
     score: float
     title: str
     attributes: dict[str, str]
-    member_scores: list[float]  # each member's cosine for this hit, less its hubness penalty (text queries)
+    member_scores: list[float]  # each member's cosine, re-scored for text: less the hubness penalty, plus feedback
     spread: float  # standard deviation of member scores (0 for a single model)
     votes: int  # members ranking this hit in their own top-k
     channels: dict[str, int] = field(default_factory=dict)  # channel -> the hit's rank in that channel's own list
@@ -246,16 +258,23 @@ class Searcher:
         return [self._finish(q, c, k, rule, w, s) for q, c, w, s in zip(queries, candidates, weights, shares)]
 
     def _member_scores(self, query: np.ndarray, candidates: np.ndarray, share: float) -> np.ndarray:
-        """(K, 1, C) member cosines of the candidates, less their hubness penalty at the query's text share."""
+        """(K, 1, C) member cosines of the candidates, less their hubness penalty at the query's text share, plus
+        pseudo-relevance feedback for a text query (share 1)."""
         stored = self.index.reconstruct(candidates).reshape(len(candidates), self.members, self.dim)
         scores = np.einsum("cmd,md->mc", stored, query)
         if self._penalised(share):
             scores = scores - np.float32(self.cfg.hubness * share) * self.live.hubness.penalty[candidates].T
+        if self._fed_back(share):
+            scores = scores + np.float32(self.cfg.feedback) * _feedback(stored, scores, self.cfg.feedback_depth)
         return scores[:, None, :]
 
     def _penalised(self, share: float) -> bool:
         """Whether a query of this text share loses the items' hubness penalty (the index has one, weight > 0)."""
         return bool(share) and bool(self.cfg.hubness) and self.live.hubness is not None
+
+    def _fed_back(self, share: float) -> bool:
+        """Whether a query of this text share gets pseudo-relevance feedback (text alone, weight > 0)."""
+        return share >= 1.0 and bool(self.cfg.feedback)
 
     def _finish(self, query: np.ndarray, candidates: np.ndarray, k: int, rule: str,
                 weights: np.ndarray, share: float) -> tuple[list[Hit], bool]:
@@ -312,7 +331,7 @@ class Searcher:
         found: dict[str, np.ndarray] = {}
         if "image" in channels:
             joint = (query * weights[:, None]).reshape(1, -1)
-            if self._penalised(share):  # the penalty re-ranks a deeper pool, as a photo-channel search does
+            if self._penalised(share) or self._fed_back(share):  # re-scoring ranks a deeper pool, as ranking does
                 pool = _valid(self.index.search(joint, max(depth, self.cfg.candidates), where)[1][0])
                 pool_scores = self._fuse(self._member_scores(query, pool, share), rule, weights, pool)
                 found["image"] = pool[np.argsort(-pool_scores, kind="stable")[:depth]]
@@ -396,6 +415,15 @@ class Searcher:
         with self._lock:
             self.live.remove(ids)
             self.filters.invalidate()
+
+
+def _feedback(stored: np.ndarray, scores: np.ndarray, depth: int) -> np.ndarray:
+    """(K, C) cosines of the candidates (``stored``, (C, K, d)) to the mean vector of each member's ``depth`` best
+    candidates by ``scores`` ((K, C))."""
+    depth = min(depth, scores.shape[1])
+    best = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]  # (K, depth)
+    centroids = np.stack([stored[best[m], m].mean(axis=0) for m in range(len(best))])  # (K, d)
+    return np.einsum("cmd,md->mc", stored, centroids)
 
 
 def _valid(positions: np.ndarray) -> np.ndarray:
