@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -24,6 +26,7 @@ def _reference(stored: np.ndarray, query: np.ndarray, penalty: np.ndarray, weigh
 def test_each_member_gains_the_weighted_cosine_to_the_mean_of_its_best_candidates(tiny_index_dir, catalogue,
                                                                                  hubness):
     searcher = load_searcher(tiny_index_dir, channels=("image",), hubness=hubness, feedback=0.5, feedback_depth=3)
+    assert searcher.stats()["feedback"] == {"weight": 0.5, "depth": 3}  # what the server's /stats reports
     assert len(catalogue) <= searcher.cfg.candidates  # every item is a candidate: the reference ranks them all
     stored = searcher.index.reconstruct(np.arange(len(catalogue))).reshape(len(catalogue), searcher.members, -1)
     for text in ["Men Red Shirts", "Women Black Jeans"]:
@@ -57,6 +60,18 @@ def test_queries_with_a_photo_get_no_feedback_and_product_search_re_scores_text_
     assert image.tolist() == np.argsort(-whole.mean(axis=1), kind="stable")[:len(image)].tolist()
     union = _reference(stored[found.union], query, np.zeros((len(found.union), fed.members)), 1.0, 5)
     np.testing.assert_allclose(found.member_scores[:, 0, :], union.T, atol=1e-5)
+
+
+def test_filters_that_leave_no_candidate_give_no_hits_quietly(tiny_index_dir, catalogue):
+    searcher = load_searcher(tiny_index_dir, feedback=0.5)
+    pairs = set(zip(catalogue.attributes["gender"], catalogue.attributes["articleType"]))
+    gender, kind = next((g, a) for g in sorted(set(catalogue.attributes["gender"]))
+                        for a in sorted(set(catalogue.attributes["articleType"])) if (g, a) not in pairs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no mean over an empty set of candidates
+        for channels in (None, ["image"]):
+            assert searcher.search(text="Red Shirts", filters={"gender": gender, "articleType": kind},
+                                   channels=channels).hits == []
 
 
 def test_bad_feedback_settings_are_refused_with_their_meaning(tiny_index_dir):

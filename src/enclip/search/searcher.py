@@ -264,7 +264,7 @@ class Searcher:
         scores = np.einsum("cmd,md->mc", stored, query)
         if self._penalised(share):
             scores = scores - np.float32(self.cfg.hubness * share) * self.live.hubness.penalty[candidates].T
-        if self._fed_back(share):
+        if self._fed_back(share) and len(candidates):
             scores = scores + np.float32(self.cfg.feedback) * _feedback(stored, scores, self.cfg.feedback_depth)
         return scores[:, None, :]
 
@@ -394,7 +394,8 @@ class Searcher:
                 "index": {**self.manifest.get("index", {}), "vectors": len(self.index)},
                 "data_fingerprint": self.manifest.get("data_fingerprint"),
                 "hubness": None if self.live.hubness is None else {"k": self.live.hubness.k,
-                                                                   "weight": self.cfg.hubness}}
+                                                                   "weight": self.cfg.hubness},
+                "feedback": {"weight": self.cfg.feedback, "depth": self.cfg.feedback_depth}}
 
     # -- live changes ------------------------------------------------------------------------------------------
     def add_items(self, items: Sequence[dict], images: Sequence[bytes]) -> None:
