@@ -45,7 +45,7 @@ from enclip.eval.evaluate import EvalCfg, evaluate_index, summarise  # noqa: E40
 from enclip.eval.tasks import pool_degradations  # noqa: E402
 from enclip.indexing import IndexBuildCfg, build_index  # noqa: E402
 from enclip.models.soup import soup  # noqa: E402
-from enclip.search import load_searcher  # noqa: E402
+from enclip.search import SearchCfg, load_searcher  # noqa: E402
 
 KEYS = ("title2img/R@10", "both2img/R@10")
 LQ_KEYS = tuple(f"img2img_lq/{severity}/R@10" for severity in (1, 3, 5))  # pooled over degradations
@@ -141,8 +141,9 @@ def main(argv=None) -> int:
             build_index(model, catalogue, indexes[name], IndexBuildCfg(trunk_cache=args.trunk_cache,
                                                                          channels=("image",)))
         path = indexes[name] / "test-metrics.json"
-        metrics[name] = cached_evaluation(path, partial(evaluate_index, indexes[name], cfg, out=path))
-        if args.lq:
+        metrics[name] = cached_evaluation(path, partial(evaluate_index, indexes[name], cfg, out=path),
+                                          rescoring=SearchCfg().rescoring())
+        if args.lq:  # photos alone: no re-scoring setting touches them, so an earlier evaluation stands
             path = indexes[name] / "lq-metrics.json"
             metrics[name] = with_pooled_lq(metrics[name], cached_evaluation(
                 path, partial(evaluate_index, indexes[name], LQ, out=path)))

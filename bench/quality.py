@@ -133,7 +133,8 @@ class Bench:
             out.parent.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             self.results[key] = cached_evaluation(out, lambda: evaluate_index(
-                index_dir, eval_cfg, out=out, searcher=self.searcher(index_dir, search_cfg)))
+                index_dir, eval_cfg, out=out, searcher=self.searcher(index_dir, search_cfg)),
+                rescoring=(search_cfg or SearchCfg()).rescoring())
             self.seconds["evaluate"] += time.perf_counter() - started
         return self.results[key]
 
@@ -174,14 +175,23 @@ class RememberedTexts:
         return len(self.model)
 
 
-def cached_evaluation(out: Path, run) -> dict:
-    """Metrics and per-query values from a previous run of the benchmark, or from ``run()`` now."""
+def cached_evaluation(out: Path, run, rescoring: dict | None = None) -> dict:
+    """Metrics and per-query values from a previous run of the benchmark, or from ``run()`` now. With ``rescoring``
+    (``SearchCfg.rescoring()``), a previous run counts only if it ranked with those settings; one that did not
+    (or did not say, as runs before pseudo-relevance feedback) is evaluated again."""
     per_query = out.with_suffix(".npz")
     if out.exists() and per_query.exists():
         result = json.loads(out.read_text())
+        if rescoring is not None and result.get("_meta", {}).get("rescoring") != rescoring:
+            log.info("%s was ranked with other search settings than %s: evaluating again", out, rescoring)
+            return _evaluate(per_query, run)
         with np.load(per_query) as arrays:
             result["per_query"] = {key.replace("|", "/"): arrays[key] for key in arrays.files}
         return result
+    return _evaluate(per_query, run)
+
+
+def _evaluate(per_query: Path, run) -> dict:
     result = run()
     np.savez(per_query, **{key.replace("/", "|"): np.asarray(v) for key, v in result["per_query"].items()})
     return result

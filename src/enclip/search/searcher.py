@@ -78,6 +78,10 @@ class SearchCfg:
             raise EnclipError(f"feedback_depth is a number of candidates: a whole number of at least 1, "
                               f"got {self.feedback_depth!r}")
 
+    def rescoring(self) -> dict:
+        """The settings that re-score a text query's candidates (what an evaluation's figures depend on)."""
+        return {"hubness": self.hubness, "feedback": self.feedback, "feedback_depth": self.feedback_depth}
+
 
 @dataclass
 class Hit:
