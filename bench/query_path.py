@@ -12,6 +12,7 @@ median of ``repeats`` passes.
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 import subprocess
 import sys
@@ -40,9 +41,7 @@ def http_p50(index: Path, texts: list[str], channels, repeats: int) -> float:
     """p50 of POST /search against ``enclip serve`` in its own process (as a shop's front end would call it)."""
     import httpx
 
-    from tests.serve.conftest import free_port
-
-    port = free_port()
+    port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "enclip.cli", "serve", "--index", str(index), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -54,8 +53,8 @@ def http_p50(index: Path, texts: list[str], channels, repeats: int) -> float:
                         break
                 except httpx.TransportError:
                     pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("enclip serve did not start")
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"enclip serve did not start on port {port}")
                 time.sleep(0.2)
             body = {} if channels is None else {"channels": channels}
             client.post("/search", json={"text": "warm up", **body}).raise_for_status()
@@ -64,6 +63,14 @@ def http_p50(index: Path, texts: list[str], channels, repeats: int) -> float:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _free_port() -> int:
+    """A port of 127.0.0.1 free just now, for a server in another process (which binds it a moment later; if some
+    other process takes it first, the server exits and ``http_p50`` says so)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def measure(path: Path, n: int, repeats: int) -> dict:
