@@ -16,32 +16,27 @@ validation titles, without feedback and with the grid's first setting, in altern
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-
-from bench.hubness import encode_group, paired_rows, print_table, setting_scores  # noqa: E402
+from bench.rescoring import Queries, grid_parser, paired_rows, print_progress, print_table  # noqa: E402
 from bench.speed import time_queries  # noqa: E402
 from enclip.data.split import split_indices  # noqa: E402
-from enclip.eval.evaluate import EvalCfg, build_groups  # noqa: E402
 from enclip.search import load_searcher  # noqa: E402
 
 NAMES = ("depth", "weight")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--index", required=True, type=Path)
-    parser.add_argument("--out", type=Path, default=Path("bench/out/feedback"))
-    parser.add_argument("--split", default="val", choices=["val", "test"])
+    parser = grid_parser(__doc__, "bench/out/feedback",
+                         ["title2img", "attrs2img", "attr2img", "img2img_lq", "both2img"])
     parser.add_argument("--depths", type=int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--weights", type=float, nargs="+", default=[0.1, 0.25, 0.5])
-    parser.add_argument("--tasks", nargs="+", default=["title2img", "attrs2img", "attr2img", "img2img_lq", "both2img"])
     parser.add_argument("--latency", type=int, default=0, help="also time N one-query text searches (0: no timing)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
@@ -49,18 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--weights must be above 0 and --depths at least 1 (no feedback is the grid's first row)")
 
     searcher = load_searcher(args.index)
-    cfg = EvalCfg(tasks=tuple(args.tasks), split=args.split, severities=(3,), both_severity=3)
-    groups, _ = build_groups(searcher.catalogue, cfg)
-    encoded = [encode_group(searcher, group, cfg.batch_size) for group in groups]  # once: settings only re-rank
+    queries = Queries.encode(searcher, args.tasks, args.split)  # once: settings only re-rank
 
     searcher.cfg.feedback = 0.0
-    grid = {(None, 0.0): setting_scores(searcher, groups, encoded, cfg)}
+    grid = {(None, 0.0): queries.scores(searcher)}
     for depth in args.depths:
         for weight in args.weights:
             searcher.cfg.feedback, searcher.cfg.feedback_depth = weight, depth
-            grid[depth, weight] = setting_scores(searcher, groups, encoded, cfg)
-            print(f"depth={depth} weight={weight}: "
-                  + ", ".join(f"{key} {v.mean():.3f}" for key, v in grid[depth, weight].items()), flush=True)
+            grid[depth, weight] = queries.scores(searcher)
+            print_progress(f"depth={depth} weight={weight}", grid[depth, weight])
     rows = paired_rows(grid, (None, 0.0), NAMES)
     print(f"\n{args.split} split, {args.index}; hubness weight {searcher.cfg.hubness}; differences are paired "
           "against no feedback (first row)\n")
