@@ -51,7 +51,6 @@ from enclip.store.live import LiveIndex
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class SearchCfg:
     fusion: str | None = None  # default fusion rule (None = the one stored with the index)
