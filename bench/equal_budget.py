@@ -132,7 +132,8 @@ def main(argv=None) -> int:
         models["soup"] = out / "runs" / "soup"
         if not (models["soup"] / "model.json").exists():
             soup(models["snapshot"], models["soup"])
-        results.setdefault("soup", {"epochs_seconds": results["snapshot"]["epochs_seconds"], "flags": "enclip soup"})
+        results.setdefault("soup", {"epochs_seconds": results["snapshot"]["epochs_seconds"],
+                                     "steps": results["snapshot"].get("steps"), "flags": "enclip soup"})
     cfg = EvalCfg(tasks=("title2img", "both2img"), max_queries=args.max_queries, severities=(3,), both_severity=3)
     metrics, indexes = {}, {}
     for name, model in models.items():
@@ -151,8 +152,8 @@ def main(argv=None) -> int:
     p50 = query_p50(indexes, titles)
     keys = KEYS + (LQ_KEYS if args.lq else ())
     header = " | ".join(f"{key} [95%] | vs single [95% paired]" for key in keys)
-    lines = [f"| system | training s (epochs + validation) | {header} | query p50 ms |",
-             "|---|---|" + "---|---|" * len(keys) + "---|"]
+    lines = [f"| system | steps | training s (epochs + validation) | {header} | query p50 ms |",
+             "|---|---|---|" + "---|---|" * len(keys) + "---|"]
     for name in models:
         cells = []
         for key in keys:
@@ -161,10 +162,18 @@ def main(argv=None) -> int:
             cells += [f"{m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]",
                       "–" if name == "single" else f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"]
         seconds = results[name]["epochs_seconds"]
-        lines.append(f"| {name} | {seconds:.0f} | " + " | ".join(cells) + f" | {p50[name]:.1f} |")
+        lines.append(f"| {name} | {_steps(results[name])} | {seconds:.0f} | " + " | ".join(cells)
+                     + f" | {p50[name]:.1f} |")
     print("\n".join(lines))
     (out / "table.md").write_text("\n".join(lines) + "\n")
     return 0
+
+
+def _steps(result: dict) -> str:
+    """The steps a system trained, one figure per run ('1146 + 1164 + 1265' for independent members); '?' for a
+    run whose history did not count them."""
+    steps = result.get("steps") or [None]
+    return " + ".join("?" if count is None else str(count) for count in steps)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,9 @@ def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: s
             "epoch_seconds": [entry["seconds"] for entry in history[0]],
             "train_seconds": manifest.get("train_seconds"),  # caching included
             "epochs_seconds": round(sum(entry["seconds"] for run in history for entry in run), 1),  # every run
+            # steps each run trained (None: a run from before histories counted them)
+            "steps": [sum(entry["steps"] for entry in run) if all("steps" in entry for entry in run) else None
+                      for run in history],
             "wall_seconds_this_call": time.perf_counter() - started}
 
 

@@ -27,6 +27,11 @@ def test_equal_budget_trains_scores_and_resumes(tmp_path, capsys):
     assert [row.split(" | ")[0].strip("| ") for row in rows] == ["single", "seeds", "snapshot", "soup"]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [len(results[name]["val_R@10"]) for name in ("single", "seeds", "snapshot")] == [2, 1, 2]
+    # the steps column: one count per trained run, and independent members' counts joined
+    assert [len(results[name]["steps"]) for name in ("single", "seeds", "snapshot")] == [1, 2, 1]
+    assert [row.split(" | ")[1] for row in rows[:2]] == [
+        str(results["single"]["steps"][0]), " + ".join(str(count) for count in results["seeds"]["steps"])]
+    assert results["single"]["steps"][0] == results["snapshot"]["steps"][0] > 0  # equal epochs, equal steps
     assert json.loads((tmp_path / "out" / "runs" / "soup" / "model.json").read_text())["soup_of"]
     assert "+" in rows[1] or "-" in rows[1]  # a paired difference against the single model
     with pytest.raises(SystemExit, match="multiple"):

@@ -106,6 +106,7 @@ def test_a_budgeted_run_trains_the_planned_steps_and_saves_the_plan(tmp_path, ca
     plan = StepPlan(**saved["state"]["plan"])
     assert (plan.steps, plan.steps_per_epoch, plan.step_seconds) == (6, 4, 10.0)
     assert len(saved["state"]["history"]) == 2, "the second epoch runs, cut short"
+    assert [entry["steps"] for entry in saved["state"]["history"]] == [4, 2], "each epoch counts the steps it ran"
     assert max(entry["step"] for entry in saved["optimizer"]["state"].values()) == 6
 
 
@@ -401,6 +402,7 @@ def test_a_budgeted_run_whose_steps_ran_faster_than_planned_grows_its_plan_at_an
     plan = StepPlan(**saved["state"]["plan"])
     assert (plan.steps, plan.measured_steps) == (16, 4) and plan.step_seconds < 10.0
     assert len(saved["state"]["history"]) == 4 and saved["state"]["done"]
+    assert [entry["steps"] for entry in saved["state"]["history"]] == [4, 4, 4, 4]
     assert max(entry["step"] for entry in saved["optimizer"]["state"].values()) == 16
     assert saved["scheduler"]["last_epoch"] == 16 and saved["scheduler"]["_last_lr"][0] == pytest.approx(0.0)
     if strategy == "snapshot":  # the first cycle ended, as first planned, after epoch 1; the second at the new end

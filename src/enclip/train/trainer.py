@@ -380,7 +380,7 @@ class _MemberTraining:
         state, plan = self.state, self.plan
         epoch, started = state["epoch"], time.perf_counter()
         torch.manual_seed(int(np.random.default_rng([self.run.seed, epoch, 2]).integers(2**31)))
-        loss = _run_epoch(self.ensemble, self.heads, encode_image, self.train, self.groups, self.run, epoch,
+        loss, steps = _run_epoch(self.ensemble, self.heads, encode_image, self.train, self.groups, self.run, epoch,
                           self.optimizer, self.schedule.scheduler, self.cfg, self.member, self.objective,
                           plan.steps_in_epoch(epoch), self._after_step if epoch == 0 else None)
         plan = self.plan  # the first epoch may have planned again
@@ -393,7 +393,7 @@ class _MemberTraining:
         self._refit(epoch, started, steps_seconds, validation_seconds, every)
         if recall is None and state["epoch"] >= self.plan.epochs:  # the cut ended the plan here: its one validation
             recall, validation_seconds = self._validate()
-        state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall,
+        state["history"].append({"epoch": epoch + 1, "loss": loss, "val_R@10": recall, "steps": steps,
                                  "seconds": round(time.perf_counter() - started, 2),  # the epoch and its validation
                                  "validation_seconds": validation_seconds})
         if recall is None:  # an epoch inside a plan that validates at its end: the checkpoint alone is written
@@ -467,9 +467,10 @@ class _MemberTraining:
 
 
 def _run_epoch(ensemble, heads, encode_image, train, groups, run, epoch, optimizer, scheduler, cfg, member,
-               objective: Objective, steps: int, after_step=None) -> float:
-    """One pass over ``steps`` of the epoch's batches (fewer than all in a time budget's last epoch).
-    ``after_step(steps done, its seconds)`` may return a new step count for the epoch (a budget planned again)."""
+               objective: Objective, steps: int, after_step=None) -> tuple[float, int]:
+    """One pass over ``steps`` of the epoch's batches (fewer than all in a time budget's last epoch); returns the
+    mean loss and the steps run. ``after_step(steps done, its seconds)`` may return a new step count for the epoch
+    (a budget planned again)."""
     rng = np.random.default_rng([run.seed, epoch, 3])
     device = ensemble.device
     batches = _epoch_batches(run, epoch, cfg.batch_size, train.title_lengths())
@@ -492,7 +493,7 @@ def _run_epoch(ensemble, heads, encode_image, train, groups, run, epoch, optimiz
             bar.update()
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", items_per_s=f"{rate:.0f}")
     ensemble.eval()
-    return float(np.mean(losses))
+    return float(np.mean(losses)), len(losses)
 
 
 def _freeze_norms(heads, cfg: TrainCfg) -> None:
