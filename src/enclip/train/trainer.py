@@ -381,8 +381,8 @@ class _MemberTraining:
         epoch, started = state["epoch"], time.perf_counter()
         torch.manual_seed(int(np.random.default_rng([self.run.seed, epoch, 2]).integers(2**31)))
         loss, steps = _run_epoch(self.ensemble, self.heads, encode_image, self.train, self.groups, self.run, epoch,
-                          self.optimizer, self.schedule.scheduler, self.cfg, self.member, self.objective,
-                          plan.steps_in_epoch(epoch), self._after_step if epoch == 0 else None)
+                                 self.optimizer, self.schedule.scheduler, self.cfg, self.member, self.objective,
+                                 plan.steps_in_epoch(epoch), self._after_step if epoch == 0 else None)
         plan = self.plan  # the first epoch may have planned again
         steps_seconds = time.perf_counter() - started
         every = plan.validations is None
