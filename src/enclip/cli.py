@@ -82,6 +82,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     from enclip.models.ensemble import HeadCfg
     from enclip.models.registry import BackboneCfg
     from enclip.train.run import STRATEGIES, EnsembleCfg
+    from enclip.train.alignment import PROJECTION_INITS
     from enclip.train.objective import PAIR_LOSSES, PROTOTYPES
     from enclip.train.trainer import COMPILE_MIN_STEPS, COMPILE_MODES, VALIDATE_MODES, TrainCfg
 
@@ -158,6 +159,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aux-prototypes", default=t.aux_prototypes, choices=PROTOTYPES,
                         help="the auxiliary losses' class vectors: free 'learned' vectors, or the 'names' of the "
                         "classes (e.g. 'Navy Blue') through the text head, which also teaches it attribute words")
+    parser.add_argument("--projection-init", default=t.projection_init, choices=PROJECTION_INITS,
+                        help="how new projections start: 'random', or 'cca', fitted to the training pairs in closed "
+                        "form before the first step")
     parser.add_argument("--batch-clusters", type=int, default=t.batch_clusters,
                         help="draw each batch within one of N image clusters (hard negatives; 0 = random batches)")
     parser.add_argument("--seed", type=int, default=t.seed)
@@ -202,7 +206,8 @@ def run_cfg(args):
                      batch_clusters=args.batch_clusters,
                      frozen_depthwise=args.frozen_depthwise, frozen_norms=args.frozen_norms,
                      cpu_amp=args.cpu_amp, compile=args.compile, validate=args.validate,
-                     cycle_shares=tuple(args.cycle_shares), restart_lr=args.restart_lr)
+                     cycle_shares=tuple(args.cycle_shares), restart_lr=args.restart_lr,
+                     projection_init=args.projection_init)
     ensemble = EnsembleCfg(members=args.members, strategy=args.strategy, mix=args.mix, fusion=args.fusion,
                            data_fraction=args.data_fraction)
     return RunCfg(backbone=backbone, train=train, ensemble=ensemble, keep_cache=args.keep_cache,

@@ -34,6 +34,7 @@ from enclip.errors import EnclipError
 from enclip.models.device import resolve_device
 from enclip.models.ensemble import Ensemble
 from enclip.models.registry import BackboneCfg, create_backbone
+from enclip.train.alignment import PROJECTION_INITS
 from enclip.train.features import FeatureCache, cache_features
 from enclip.train.specialists import member_clusters
 from enclip.train.objective import check_loss, title_groups
@@ -142,6 +143,9 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
         raise EnclipError("--cycle-shares and --restart-lr shape a snapshot ensemble's learning-rate cycles; use them "
                           "with --strategy snapshot")
     check_loss(cfg.train.loss)
+    if cfg.train.projection_init not in PROJECTION_INITS:
+        raise EnclipError(f"unknown projection start {cfg.train.projection_init!r}; choose one of "
+                          f"{', '.join(PROJECTION_INITS)}")
     if cfg.train.temperature is not None and not cfg.train.temperature > 0:
         raise EnclipError(f"--temperature is above 0 (CLIP starts from 0.07), got {cfg.train.temperature}")
     if not cfg.train.restart_lr > 0:

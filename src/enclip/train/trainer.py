@@ -32,6 +32,7 @@ from enclip.errors import EnclipError
 from enclip.eval.evaluator import RetrievalEvaluator
 from enclip.models.device import cpu_has_bfloat16_tiles
 from enclip.models.ensemble import HEAD_CHUNK, Ensemble, HeadCfg
+from enclip.train.alignment import PROJECTION_INITS, cca_start
 from enclip.train.budget import (
     REPLAN_AFTER,
     REPLAN_SKIP,
@@ -131,6 +132,9 @@ class TrainCfg:
     # epoch of 138 steps, so the demo's 3 epochs break even and run eagerly (RESULTS.md, issue 14, seventh pass).
     # Only training steps are compiled; saved weights and query-time encoders are the same modules either way.
     compile: str = "auto"
+    # how a member's new projections start: "random", or "cca", fitted in closed form to the training pairs before
+    # the first step (train/alignment.py). Projections a backbone brings pretrained (a real CLIP's) are kept either way
+    projection_init: str = "random"
 
 
 COMPILE_MODES = ("auto", "on", "off")
@@ -329,6 +333,8 @@ class _MemberTraining:
         saved = None
         if resume and checkpoint.exists():
             saved = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        if saved is None:
+            self._start_projections()
         plan = StepPlan(**saved["state"]["plan"]) if saved is not None and "plan" in saved["state"] else \
             self._first_plan()
         log.info("member %d: %s", self.member, plan.describe())
@@ -366,12 +372,18 @@ class _MemberTraining:
         self.ensemble.load_member(self.member, run.model_dirs[-1])
         return self.state
 
+    def _start_projections(self) -> None:
+        """A fresh run's new projections as ``cfg.projection_init`` asks (pretrained ones are kept)."""
+        if self.cfg.projection_init == "cca" and self.ensemble.backbone.new_projections:
+            cca_start(self.heads, self.train, self.run.rows, self.device)
+
     def _first_plan(self) -> StepPlan:
-        """Every epoch in full, or under the member's share of a budget the most steps that fit at the costs of a
-        step and a validation timed here."""
+        """Every epoch in full, or under what is left of the member's share of a budget the most steps that fit at
+        the costs of a step and a validation timed here."""
         batches = _epoch_batches(self.run, 0, self.cfg.batch_size, self.train.title_lengths())
+        seconds = None if self.seconds is None else self.seconds - (time.perf_counter() - self.started)
         return _plan(self.heads, self.objective, self.train, self.groups, batches, self.cfg, self.device,
-                     self.val_images, len(self.val_rows), self.seconds,
+                     self.val_images, len(self.val_rows), seconds,
                      _validations(self.cfg, self.cycles, self.seconds is not None))
 
     def _epoch(self, encode_image) -> None:
