@@ -56,7 +56,8 @@ def _reference(searcher, text: str, k: int, hybrid: HybridCfg) -> tuple[list[str
             rank[order] = np.arange(1, n + 1)
             fused += np.where(found, hybrid.weights[channel] / (hybrid.rrf_k + rank), 0.0)
         elif found.any():
-            low, high = channel_scores[found].min(), channel_scores[found].max()
+            low = 0.0 if channel == "keyword" else channel_scores[found].min()  # a keyword's floor: no match
+            high = channel_scores[found].max()
             normalised = (channel_scores - low) / (high - low) if high > low else np.ones(n)
             fused += np.where(found, hybrid.weights[channel] * normalised, 0.0)
     top = np.argsort(-fused, kind="stable")[:k]
@@ -217,3 +218,14 @@ def test_a_killed_processs_keyword_working_copy_is_removed_when_the_next_one_ope
     assert keywords.search("shirt", k=3)[0].size  # the copy searches
     keywords.close()
     assert not keywords._work.exists()
+
+
+def test_summed_fusion_counts_the_weakest_keyword_match_above_no_match_and_min_max_scales_cosines():
+    from enclip.search.channels import fuse_sum, matched
+
+    keyword, cosine = np.array([3.0, 1.5, 0.0]), np.array([0.2, 0.6, 0.4])
+    found = {"keyword": matched("keyword", keyword), "image": matched("image", cosine)}
+    words = fuse_sum({"keyword": keyword}, found, {"keyword": 1.0})
+    np.testing.assert_allclose(words, [1.0, 0.5, 0.0])  # scaled from its no-match floor, 0
+    photos = fuse_sum({"image": cosine}, found, {"image": 2.0})
+    np.testing.assert_allclose(photos, [0.0, 2.0, 1.0])  # min-max over the union: every item has a cosine

@@ -17,6 +17,7 @@ from enclip.errors import EnclipError
 from enclip.search_request import CHANNELS
 
 LABELS = {"image": "photo", "text": "title", "keyword": "keyword"}  # how explanations name each channel
+PARTIAL = ("keyword",)  # channels that match only some items: their score for no match, 0, is their floor
 
 
 @dataclass
@@ -94,7 +95,7 @@ def check_weights(weights: dict | None, defaults: dict[str, float]) -> dict[str,
 
 def matched(channel: str, scores: np.ndarray) -> np.ndarray:
     """Whether the channel matches each union item at all (keyword search matches only items sharing a word)."""
-    return scores > 0 if channel == "keyword" else np.ones(len(scores), bool)
+    return scores > 0 if channel in PARTIAL else np.ones(len(scores), bool)
 
 
 def best_first(scores: np.ndarray, found: np.ndarray) -> np.ndarray:
@@ -122,13 +123,17 @@ def fuse_rrf(channel_ranks: dict[str, np.ndarray], weights: dict[str, float], k:
 
 def fuse_sum(channel_scores: dict[str, np.ndarray], found: dict[str, np.ndarray],
              weights: dict[str, float]) -> np.ndarray:
-    """sum over channels of weight * min-max normalised score over the union (0 where the channel has no match)."""
+    """sum over channels of weight * min-max normalised score over the union (0 where the channel has no match).
+
+    A channel that matches only some items (keyword search) has a score for no match, 0, and that is its floor: its
+    weakest match then still counts for more than no match at all."""
     total = None
     for channel, scores in channel_scores.items():
         valid = found[channel]
         part = np.zeros(len(scores))
         if valid.any():
-            low, high = scores[valid].min(), scores[valid].max()
+            low = 0.0 if channel in PARTIAL else scores[valid].min()
+            high = scores[valid].max()
             part[valid] = (scores[valid] - low) / (high - low) if high > low else 1.0
         part *= weights.get(channel, 0.0)
         total = part if total is None else total + part
