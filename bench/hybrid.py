@@ -11,7 +11,8 @@ Query sets (seeded, from validation items to fit and test items to report; relev
   that exact title are relevant; R@10.
 
 Systems: photo-only (the image channel: what enclip searched before hybrid), keyword-only (BM25), item-text-only,
-hybrid with equal weights (RRF), and hybrid with channel weights, fusion rule and depth fitted on validation.
+hybrid with equal weights (RRF), hybrid as search runs it by default (``HybridCfg()``), and hybrid with channel
+weights, fusion rule and depth fitted on validation.
 Every query's channel candidates are computed once (``Searcher.channel_candidates``, depth 100) and each system is
 a fusion of them, exactly as ``Searcher.search`` fuses (smaller depths keep each channel's top-d only). Also
 prints text-query latency p50 (median of repeats) for photo-only and all three channels in the same run.
@@ -195,10 +196,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{time.perf_counter() - started:.0f} s")
     best, best_score, trials = fit(searcher, candidates["val"], sets["val"])
     equal = HybridCfg(weights={"image": 1.0, "text": 1.0, "keyword": 1.0}, fusion="rrf", depth=DEPTH)
+    default = HybridCfg()  # what search uses unless told otherwise
     print(f"fitted on validation: {best} (objective {best_score:.3f}; equal-weight rrf "
-          f"{objective(evaluate(searcher, candidates['val'], sets['val'], equal)):.3f})")
+          f"{objective(evaluate(searcher, candidates['val'], sets['val'], equal)):.3f}; the default "
+          f"{objective(evaluate(searcher, candidates['val'], sets['val'], default)):.3f})")
     systems = {"photo-only": "image", "keyword-only": "keyword", "item-text-only": "text",
-               "hybrid (equal rrf)": equal, "hybrid (fitted)": best}
+               "hybrid (equal rrf)": equal, "hybrid (default)": default, "hybrid (fitted)": best}
     results = {name: evaluate(searcher, candidates["test"], sets["test"], system) for name, system in systems.items()}
     report = table(results, sets["test"])
     texts = [q.text for q in sets["test"]["paraphrase"][:200]]
@@ -209,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                f"{len(catalogue)} items): " + ", ".join(f"{k} {v:.1f}" for k, v in timing.items()))
     print(report)
     (args.out / "report.md").write_text(report + "\n")
+    np.savez(args.out / "per_query.npz", **{f"{system}/{name}/{metric}": values for system, by in results.items()
+                                            for name, per in by.items() for metric, values in per.items()})
     (args.out / "results.json").write_text(json.dumps({
         "fitted": {"weights": best.weights, "fusion": best.fusion, "depth": best.depth, "objective": best_score},
         "latency_ms": timing, "queries": {s: {n: len(q) for n, q in by.items()} for s, by in sets.items()},
