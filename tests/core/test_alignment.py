@@ -43,6 +43,21 @@ def test_cca_finds_the_shared_factors_and_orders_them_by_correlation():
     assert correlations == sorted(correlations, reverse=True)
 
 
+def _correlations(x, y, a, b):
+    u, v = x @ a, y @ b
+    return np.array([np.mean(u[:, i] * v[:, i]) / np.sqrt(np.mean(u[:, i] ** 2) * np.mean(v[:, i] ** 2))
+                     for i in range(a.shape[1])])
+
+
+def test_cca_does_not_depend_on_the_scale_of_each_feature():
+    # what makes it CCA rather than a covariance fit (PLS): a loud feature unrelated to the other side is not chosen
+    x, y = _paired()
+    scales = np.geomspace(0.01, 100, x.shape[1])
+    plain = _correlations(x, y, *cca_directions(x, y, dim=6, ridge=1e-9))
+    scaled = _correlations(x * scales, y, *cca_directions(x * scales, y, dim=6, ridge=1e-9))
+    np.testing.assert_allclose(scaled, plain, atol=1e-4)
+
+
 def test_the_fitted_directions_match_held_out_pairs_far_above_chance():
     x, y = _paired(n=2400)
     a, b = cca_directions(x[:2000], y[:2000], dim=4)

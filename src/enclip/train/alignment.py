@@ -65,33 +65,47 @@ def _inverse_sqrt(covariance: np.ndarray, ridge: float) -> np.ndarray:
 
 @torch.no_grad()
 def cca_start(member: Member, train: FeatureCache, rows: np.ndarray, device) -> None:
-    """Set ``member``'s image and text projections to the CCA of ``rows``' clean photos with their titles.
-
-    Each head runs once over the rows (in eval mode) up to its projection. Joint dimensions beyond the rank of the
-    fit (a joint space wider than the text features) keep their random start, scaled down to a hundredth of the
-    fitted ones' size, so they neither swamp the fit nor sit at zero, where no gradient reaches them.
-    """
+    """Set ``member``'s image and text projections to the CCA of ``rows``' clean photos with their titles."""
     started = time.perf_counter()
-    image_projection, text_projection = projection(member.image_head), projection(member.text_head)
+    x, y = projection_inputs(member, train, rows, device)
+    a, b = cca_directions(x.cpu().numpy(), y.cpu().numpy(), projection(member.image_head).out_features)
+    set_projections(member, a, b, x, y)
+    log.info("projections started from the CCA of %d training pairs (%d directions, %.1f s)", len(rows), a.shape[1],
+             time.perf_counter() - started)
+
+
+@torch.no_grad()
+def projection_inputs(member: Member, train: FeatureCache, rows: np.ndarray, device
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``member``'s image and text projections receive for ``rows``' clean photos and their titles: each head
+    run once over the rows, in eval mode (the member's mode is restored)."""
     training = member.training
     member.eval()
-    x = torch.cat([_projection_inputs(member.encode_image, image_projection,
+    x = torch.cat([_projection_inputs(member.encode_image, projection(member.image_head),
                                       train.image_batch(chunk, np.zeros(len(chunk), int), device))
                    for chunk in np.array_split(rows, max(1, -(-len(rows) // HEAD_CHUNK)))])
-    y = torch.cat([_projection_inputs(member.encode_text, text_projection,
+    y = torch.cat([_projection_inputs(member.encode_text, projection(member.text_head),
                                       train.text_batch(train.first_caption[chunk], device))
                    for chunk in np.array_split(rows, max(1, -(-len(rows) // 512)))])
     member.train(training)
-    a, b = cca_directions(x.cpu().numpy(), y.cpu().numpy(), image_projection.out_features)
-    for layer, fitted, inputs in ((image_projection, a, x), (text_projection, b, y)):
+    return x, y
+
+
+@torch.no_grad()
+def set_projections(member: Member, a: np.ndarray, b: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Put fitted maps ``a`` (image) and ``b`` (text), from :func:`cca_directions`, into ``member``'s projections.
+
+    Joint dimensions beyond the fit's rank (a joint space wider than the text features) keep their random start,
+    scaled to a hundredth of the fitted ones' output on the projections' inputs ``x`` and ``y``, so they neither
+    swamp the fit nor sit at zero, where no gradient reaches them.
+    """
+    for layer, fitted, inputs in ((projection(member.image_head), a, x), (projection(member.text_head), b, y)):
         weight = layer.weight
         fitted = torch.from_numpy(fitted.T).to(weight)
         if len(fitted) < len(weight):
             scale = (inputs @ fitted.T).std() / (inputs @ weight[len(fitted):].T).std().clamp_min(1e-12)
             weight[len(fitted):] *= 0.01 * scale
         weight[: len(fitted)] = fitted
-    log.info("projections started from the CCA of %d training pairs (%d directions, %.1f s)", len(rows), a.shape[1],
-             time.perf_counter() - started)
 
 
 def _projection_inputs(encode, layer: nn.Linear, features) -> torch.Tensor:
