@@ -172,3 +172,22 @@ def test_the_cli_flag_sets_the_start_and_offers_only_known_ones(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--out", "m", "--projection-init", "pca"])
     assert "invalid choice: 'pca'" in capsys.readouterr().err
+
+
+def test_a_fit_over_more_pairs_than_the_cap_reads_a_sample_of_them(monkeypatch):
+    from enclip.train import alignment
+
+    ensemble = _tiny_ensemble(trainable_image=1, trainable_text=0)
+    cache = _paired_cache(ensemble)
+    read = []
+    real = alignment.projection_inputs
+
+    def spy(member, train, rows, device):
+        read.append(rows)
+        return real(member, train, rows, device)
+
+    monkeypatch.setattr(alignment, "projection_inputs", spy)
+    monkeypatch.setattr(alignment, "MAX_PAIRS", 50)
+    cca_start(ensemble.members[0], cache, np.arange(len(cache)), "cpu")
+    assert len(read[0]) == 50 and len(set(read[0].tolist())) == 50 and set(read[0].tolist()) <= set(range(120))
+    assert list(read[0]) == sorted(read[0])

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 PROJECTION_INITS = ("random", "cca")
 RIDGE = 0.01  # each covariance's diagonal loading, as a share of its mean variance (validation: level from 1e-3 to 0.1)
 POWER = 0.5  # each canonical direction scaled by its correlation to this power, so the better-aligned ones weigh more
+# training pairs the fit reads at most (a seeded sample beyond): its inputs are held in memory, 1,280 + 384 float32
+# numbers a pair with the default heads (about 1.3 GB at this cap); more pairs still helped at the catalogue's 35,577
+MAX_PAIRS = 200_000
 
 
 def projection(head: nn.Module) -> nn.Linear:
@@ -37,8 +40,9 @@ def projection(head: nn.Module) -> nn.Linear:
     found = [module for name, module in head.named_modules() if isinstance(module, nn.Linear)
              and name.split(".")[-1] in ("projection", "proj") and "projection" in name.split(".")]
     if len(found) != 1 or found[0].bias is not None:
+        has = f"{len(found)}" if len(found) != 1 else "one with a bias"
         raise EnclipError("the CCA start needs one bias-free linear projection per head, as new projections over "
-                          f"timm and Hugging Face towers have; this head has {len(found)}: train with "
+                          f"timm and Hugging Face towers have; this head has {has}: train with "
                           "--projection-init random")
     return found[0]
 
@@ -65,8 +69,11 @@ def _inverse_sqrt(covariance: np.ndarray, ridge: float) -> np.ndarray:
 
 @torch.no_grad()
 def cca_start(member: Member, train: FeatureCache, rows: np.ndarray, device) -> None:
-    """Set ``member``'s image and text projections to the CCA of ``rows``' clean photos with their titles."""
+    """Set ``member``'s image and text projections to the CCA of ``rows``' clean photos with their titles (at most
+    MAX_PAIRS of them)."""
     started = time.perf_counter()
+    if len(rows) > MAX_PAIRS:
+        rows = np.sort(np.random.default_rng(len(rows)).choice(rows, MAX_PAIRS, replace=False))
     x, y = projection_inputs(member, train, rows, device)
     a, b = cca_directions(x.cpu().numpy(), y.cpu().numpy(), projection(member.image_head).out_features)
     set_projections(member, a, b, x, y)

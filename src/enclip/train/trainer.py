@@ -32,7 +32,7 @@ from enclip.errors import EnclipError
 from enclip.eval.evaluator import RetrievalEvaluator
 from enclip.models.device import cpu_has_bfloat16_tiles
 from enclip.models.ensemble import HEAD_CHUNK, Ensemble, HeadCfg
-from enclip.train.alignment import PROJECTION_INITS, cca_start
+from enclip.train.alignment import cca_start
 from enclip.train.budget import (
     REPLAN_AFTER,
     REPLAN_SKIP,
