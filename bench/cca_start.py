@@ -72,13 +72,12 @@ def table(ensemble: Ensemble, train: FeatureCache, val: FeatureCache, cfg: Train
     x, y = projection_inputs(member, train, rows, ensemble.device)
     yield f"(the heads' inputs to their projections for {len(rows)} pairs: {time.perf_counter() - started:.1f} s)"
     dim = projection(member.image_head).out_features
-    x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
     settings = [(ridge, power, len(rows)) for ridge in ridges for power in powers]
     settings += [(RIDGE, POWER, n) for n in pairs if n < len(rows)]
     for ridge, power, n in settings:
         picked = np.sort(np.random.default_rng(0).choice(len(rows), n, replace=False)) if n < len(rows) else rows
         started = time.perf_counter()
-        a, b = cca_directions(x_np[picked], y_np[picked], dim, ridge=ridge, power=power)
+        a, b = cca_directions(x[picked], y[picked], dim, ridge=ridge, power=power)
         seconds = time.perf_counter() - started
         set_projections(member, a, b, x, y)
         chosen = " (the default)" if (ridge, power, n) == (RIDGE, POWER, len(rows)) else ""

@@ -47,24 +47,27 @@ def projection(head: nn.Module) -> nn.Linear:
     return found[0]
 
 
-def cca_directions(x: np.ndarray, y: np.ndarray, dim: int, ridge: float = RIDGE, power: float = POWER
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(dx, k) and (dy, k) maps of paired rows ``x`` and ``y`` onto their first k = min(dim, dx, dy) canonical
-    directions (uncentred), each scaled by its correlation ** ``power``."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+def cca_directions(x, y, dim: int, ridge: float = RIDGE, power: float = POWER) -> tuple[np.ndarray, np.ndarray]:
+    """(dx, k) and (dy, k) maps of paired rows ``x`` and ``y`` (arrays or tensors) onto their first
+    k = min(dim, dx, dy) canonical directions (uncentred), each scaled by its correlation ** ``power``.
+
+    Computed by torch in float64 on the CPU, so its threads are torch's: a member trained as a Ray task with the
+    same torch threads as a local one fits the same start, bit for bit (numpy's BLAS would follow its own threads).
+    """
+    x, y = (torch.as_tensor(v).detach().to("cpu", torch.float64) for v in (x, y))
     if len(x) != len(y) or len(x) < 2:
         raise EnclipError(f"CCA needs two or more paired rows, got {len(x)} image and {len(y)} text rows")
     whiten_x, whiten_y = _inverse_sqrt(x.T @ x / len(x), ridge), _inverse_sqrt(y.T @ y / len(y), ridge)
-    u, s, vt = np.linalg.svd(whiten_x @ (x.T @ y / len(x)) @ whiten_y, full_matrices=False)
+    u, s, vt = torch.linalg.svd(whiten_x @ (x.T @ y / len(x)) @ whiten_y, full_matrices=False)
     k = min(dim, len(s))
-    weight = np.clip(s[:k], 0.0, None) ** power
-    return whiten_x @ u[:, :k] * weight, whiten_y @ vt[:k].T * weight
+    weight = s[:k].clamp_min(0.0) ** power
+    return (whiten_x @ u[:, :k] * weight).numpy(), (whiten_y @ vt[:k].T * weight).numpy()
 
 
-def _inverse_sqrt(covariance: np.ndarray, ridge: float) -> np.ndarray:
-    loading = ridge * max(float(np.trace(covariance)) / len(covariance), 1e-12)
-    values, vectors = np.linalg.eigh(covariance + loading * np.eye(len(covariance)))
-    return (vectors / np.sqrt(values)) @ vectors.T
+def _inverse_sqrt(covariance: torch.Tensor, ridge: float) -> torch.Tensor:
+    loading = ridge * max(float(torch.trace(covariance)) / len(covariance), 1e-12)
+    values, vectors = torch.linalg.eigh(covariance + loading * torch.eye(len(covariance), dtype=covariance.dtype))
+    return (vectors / values.sqrt()) @ vectors.T
 
 
 @torch.no_grad()
@@ -75,7 +78,7 @@ def cca_start(member: Member, train: FeatureCache, rows: np.ndarray, device) -> 
     if len(rows) > MAX_PAIRS:
         rows = np.sort(np.random.default_rng(len(rows)).choice(rows, MAX_PAIRS, replace=False))
     x, y = projection_inputs(member, train, rows, device)
-    a, b = cca_directions(x.cpu().numpy(), y.cpu().numpy(), projection(member.image_head).out_features)
+    a, b = cca_directions(x, y, projection(member.image_head).out_features)
     set_projections(member, a, b, x, y)
     log.info("projections started from the CCA of %d training pairs (%d directions, %.1f s)", len(rows), a.shape[1],
              time.perf_counter() - started)
