@@ -27,7 +27,6 @@ from enclip.train import trainer
 from enclip.train.alignment import POWER, RIDGE, cca_directions, projection, projection_inputs, set_projections
 from enclip.train.features import FeatureCache
 from enclip.train.run import _caches, _split
-from enclip.train.trainer import TrainCfg
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small"
 
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def table(ensemble: Ensemble, train: FeatureCache, val: FeatureCache, cfg: TrainCfg, ridges, powers, pairs):
+def table(ensemble: Ensemble, train: FeatureCache, val: FeatureCache, cfg: trainer.TrainCfg, ridges, powers, pairs):
     """Lines of the table: the random start, then each fit of ``ensemble``'s first member (which keeps the last)."""
     member = ensemble.members[0]
     val_rows = trainer._val_sample(val, cfg)
