@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from enclip.cli import build_parser, run_cfg
+from enclip.cli import SHARED_CATALOGUE, build_parser, run_cfg
 from enclip.data.catalogue import load_catalogue
 from enclip.models.ensemble import Ensemble
 from enclip.models.registry import create_backbone
@@ -28,14 +28,12 @@ from enclip.train.alignment import POWER, RIDGE, cca_directions, projection, pro
 from enclip.train.features import FeatureCache
 from enclip.train.run import _caches, _split
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small"
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cache-dir", required=True, help="the feature cache of the recipe (one cut point)")
     parser.add_argument("--trunk-cache", required=True)
-    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--data", default=str(SHARED_CATALOGUE))
     parser.add_argument("--flags", default="", help="`enclip train` flags of the recipe the cache was built for")
     parser.add_argument("--ridges", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1])
     parser.add_argument("--powers", type=float, nargs="+", default=[0.0, 0.5, 1.0])
