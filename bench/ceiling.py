@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
+from enclip.cli import SHARED_CATALOGUE
 from enclip.data.catalogue import load_catalogue
 from enclip.data.split import split_indices
 from enclip.eval.tasks import attribute_groups
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small"
 ROWS = (
     ("gender + articleType", ("gender", "articleType")),
     ("gender + articleType + baseColour", ("gender", "articleType", "baseColour")),
@@ -66,7 +65,7 @@ def attribute_ceiling(sizes: list[int], k: int = 10) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--data", default=str(SHARED_CATALOGUE))
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args(argv)
     catalogue = load_catalogue(args.data, validate_images=False)[0]

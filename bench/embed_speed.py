@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+# enclip.cli.SHARED_CATALOGUE, written out: workers run this file on other source trees, which may predate it
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small"
 
 

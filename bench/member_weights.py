@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from enclip.cli import SHARED_CATALOGUE  # noqa: E402
 from enclip.data.catalogue import load_catalogue  # noqa: E402
 from enclip.data.split import split_indices  # noqa: E402
 from enclip.eval.bootstrap import paired_bootstrap_diff  # noqa: E402
@@ -27,7 +28,6 @@ from enclip.eval.metrics import hit_at_k  # noqa: E402
 from enclip.models.ensemble import load_model  # noqa: E402
 from enclip.store.index_dir import IndexDir  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small"
 K = 10
 
 
@@ -57,7 +57,7 @@ class MemberScores:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", required=True, type=Path, help="a built ensemble index")
-    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--data", default=str(SHARED_CATALOGUE))
     parser.add_argument("--step", type=float, default=0.1, help="grid step of the weights")
     args = parser.parse_args(argv)
     index = IndexDir.open(args.index)

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 from enclip.artifacts import read_json
-from enclip.cli import build_parser, run_cfg
+from enclip.cli import SHARED_CATALOGUE, build_parser, run_cfg
 from enclip.data.catalogue import load_catalogue
 from enclip.eval.tasks import ATTRIBUTE_TASK_KEYS
 from enclip.train.run import train_system
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small"
+DATA = SHARED_CATALOGUE  # the shared catalogue beside the checkout (bench scripts import it from here)
 
 
 def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: str,

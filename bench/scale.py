@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from enclip.cli import SHARED_CATALOGUE
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "fashion-product-images-small"
 OUT = ROOT / "bench" / "out" / "scale.json"
 DIM = 5 * 256  # the K=5 ensemble's stored vector
 
@@ -49,7 +50,7 @@ def embed_part(items: int, shard_size: int, batch_size: int, repeats: int) -> di
     from enclip.models.registry import create_backbone
     from enclip.ray_cluster import ray_session
 
-    catalogue = load_catalogue(DATA, limit=items, validate_images=False)[0]
+    catalogue = load_catalogue(SHARED_CATALOGUE, limit=items, validate_images=False)[0]
     torch.manual_seed(0)
     ensemble = Ensemble(create_backbone("offline"), HeadCfg())
     cpus = os.cpu_count() or 1
