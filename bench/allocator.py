@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.default_member import load_default_member  # noqa: E402
-from bench.recipes import DATA  # noqa: E402
+from enclip.cli import SHARED_CATALOGUE  # noqa: E402
 
 TUNED = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 30),
          "MALLOC_TOP_PAD_": str(512 << 20)}
@@ -57,7 +57,7 @@ def time_steps(data: str, feature_cache: str, trunk_cache: str, steps: int) -> l
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--data", default=str(SHARED_CATALOGUE))
     parser.add_argument("--feature-cache", required=True,
                         help="a finished run's trunk-feature cache of the default cut")
     parser.add_argument("--trunk-cache", required=True, help="the catalogue-wide clean trunk cache it was built with")

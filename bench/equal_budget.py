@@ -38,7 +38,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.quality import cached_evaluation, compare  # noqa: E402
-from bench.recipes import DATA, open_results, run_recipe  # noqa: E402
+from bench.recipes import open_results, run_recipe  # noqa: E402
+from enclip.cli import SHARED_CATALOGUE  # noqa: E402
 from enclip.data.catalogue import load_catalogue  # noqa: E402
 from enclip.data.split import split_indices  # noqa: E402
 from enclip.eval.evaluate import EvalCfg, evaluate_index, summarise  # noqa: E402
@@ -93,7 +94,7 @@ def query_p50(indexes: dict[str, Path], titles: list[str], passes: int = 3) -> d
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--data", default=str(SHARED_CATALOGUE))
     parser.add_argument("--out", default="bench/out/equal")
     parser.add_argument("--trunk-cache", default="bench/out/trunk-cache", help="catalogue-wide clean trunk cache")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs every system gets in total (with "

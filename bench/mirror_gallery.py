@@ -21,7 +21,7 @@ from PIL import ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.member_weights import K, MemberScores  # noqa: E402
-from bench.recipes import DATA  # noqa: E402
+from enclip.cli import SHARED_CATALOGUE  # noqa: E402
 from enclip.data.catalogue import load_catalogue  # noqa: E402
 from enclip.data.split import split_indices  # noqa: E402
 from enclip.embed.catalogue import encode_trunk_outputs  # noqa: E402
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path, help="a trained model directory")
     parser.add_argument("--trunk-cache", required=True, help="the catalogue's trunk cache (as `enclip index` uses)")
-    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--data", default=str(SHARED_CATALOGUE))
     args = parser.parse_args(argv)
     catalogue = load_catalogue(args.data, validate_images=False)[0]
     model, _ = load_model(args.model)

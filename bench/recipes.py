@@ -27,8 +27,6 @@ from enclip.data.catalogue import load_catalogue
 from enclip.eval.tasks import ATTRIBUTE_TASK_KEYS
 from enclip.train.run import train_system
 
-DATA = SHARED_CATALOGUE  # the shared catalogue beside the checkout (bench scripts import it from here)
-
 
 def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: str,
                feature_cache: Path | None = None) -> dict:
@@ -132,7 +130,7 @@ def table(results: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--data", default=str(SHARED_CATALOGUE))
     parser.add_argument("--out", default="bench/out/recipes")
     parser.add_argument("--trunk-cache", default="bench/out/trunk-cache", help="catalogue-wide clean trunk cache")
     parser.add_argument("--recipe", action="append", required=True, help="NAME=FLAGS (enclip train flags)")

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.recipes import DATA  # noqa: E402
+from enclip.cli import SHARED_CATALOGUE  # noqa: E402
 from enclip.data.catalogue import load_catalogue  # noqa: E402
 from enclip.models.device import cpu_has_bfloat16_tiles  # noqa: E402
 from enclip.models.ensemble import Ensemble, HeadCfg  # noqa: E402
@@ -58,7 +58,7 @@ class EveryClassName(objective.AttributeHeads):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--data", default=str(SHARED_CATALOGUE))
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bfloat16", action=argparse.BooleanOptionalAction, default=None,

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.default_member import load_default_member  # noqa: E402
-from bench.recipes import DATA  # noqa: E402
+from enclip.cli import SHARED_CATALOGUE  # noqa: E402
 
 
 def one_process(data: str, feature_cache: str, trunk_cache: str, validations: int) -> dict:
@@ -66,7 +66,7 @@ def one_process(data: str, feature_cache: str, trunk_cache: str, validations: in
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--data", default=str(SHARED_CATALOGUE))
     parser.add_argument("--feature-cache", required=True, help="a finished default run's trunk-feature cache folder")
     parser.add_argument("--trunk-cache", required=True, help="the catalogue-wide clean trunk cache it was built with")
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes")

@@ -82,8 +82,8 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     from enclip.models.ensemble import HeadCfg
     from enclip.models.registry import BackboneCfg
     from enclip.train.alignment import PROJECTION_INITS
-    from enclip.train.run import STRATEGIES, EnsembleCfg
     from enclip.train.objective import PAIR_LOSSES, PROTOTYPES
+    from enclip.train.run import STRATEGIES, EnsembleCfg
     from enclip.train.trainer import COMPILE_MIN_STEPS, COMPILE_MODES, VALIDATE_MODES, TrainCfg
 
     b, t, h, e = BackboneCfg(), TrainCfg(), HeadCfg(), EnsembleCfg()

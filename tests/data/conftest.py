@@ -20,10 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
+from enclip.cli import SHARED_CATALOGUE
+
 KAGGLE_COLUMNS = ["id", "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "year",
                   "usage", "productDisplayName"]  # fmt: skip
 ATTRIBUTES = KAGGLE_COLUMNS[1:-1]
-REAL_DATA = Path(__file__).resolve().parents[2].parent / "shared/data/fashion-product-images-small"
+REAL_DATA = SHARED_CATALOGUE
 
 _GENDERS = ["Men", "Women", "Unisex"]
 _TYPES = [("Apparel", "Topwear", "Shirts"), ("Apparel", "Bottomwear", "Jeans"), ("Footwear", "Shoes", "Casual Shoes")]
