@@ -38,14 +38,20 @@ def main(argv: list[str] | None = None) -> int:
                         "both2img (default: EvalCfg's, 1-5; both2img's headline is severity 3 either way)")
     parser.add_argument("--split", default="test", choices=("val", "test"),
                         help="whose items the queries come from (choose settings on val; report test)")
+    parser.add_argument("--hubness", type=float, help="weight of the hubness penalty in text queries, both indexes "
+                        "(default: the search default; 0 ranks by plain cosines)")
+    parser.add_argument("--feedback", type=float, help="weight of pseudo-relevance feedback in text queries, both "
+                        "indexes (default: the search default; 0 = none)")
     args = parser.parse_args(argv)
+    rescoring = {name: value for name, value in (("hubness", args.hubness), ("feedback", args.feedback))
+                 if value is not None}
     cfg = EvalCfg(tasks=tuple(args.tasks), split=args.split,
                   **({"severities": tuple(args.severities)} if args.severities else {}))
     with tempfile.TemporaryDirectory() as tmp:
         base = evaluate_index(args.baseline, cfg, out=Path(tmp) / "baseline.json",
-                              searcher=_searcher(args.baseline, args.hubness_k, Path(tmp) / "bank-baseline"))
+                              searcher=_searcher(args.baseline, args.hubness_k, Path(tmp) / "bank-baseline", rescoring))
         other = evaluate_index(args.index, cfg, out=Path(tmp) / "index.json",
-                               searcher=_searcher(args.index, args.hubness_k, Path(tmp) / "bank-index"))
+                               searcher=_searcher(args.index, args.hubness_k, Path(tmp) / "bank-index", rescoring))
     print(f"| task | {args.baseline} | {args.index} | difference [95% paired bootstrap] |\n|---|---|---|---|")
     for key in args.keys or [f"{task}/R@10" for task in args.tasks]:
         a, b, d = base[key], other[key], compare(other, base, key)
@@ -58,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _searcher(index: Path, hubness_k: int | None, work_dir: Path):
-    """The index's searcher; with ``hubness_k``, its items' hubness penalties measured here, in memory."""
-    searcher = load_searcher(index)
+def _searcher(index: Path, hubness_k: int | None, work_dir: Path, rescoring: dict):
+    """The index's searcher, re-scoring text queries as ``rescoring`` says (hubness and feedback weights; empty: the
+    search defaults); with ``hubness_k``, its items' hubness penalties measured here, in memory."""
+    searcher = load_searcher(index, **rescoring)
     if hubness_k is not None:
         vectors = searcher.index.reconstruct(np.arange(len(searcher.catalogue)))
         searcher.live.hubness = title_hubness(searcher.model, searcher.catalogue, vectors, work_dir, hubness_k)

@@ -15,3 +15,12 @@ def test_an_index_against_itself_differs_by_zero(tiny_index_dir, capsys):
     row = next(line for line in out.splitlines() if line.startswith("| title2img/R@10"))
     assert row.rstrip().endswith("| +0.000 [+0.000, +0.000] |")
     assert "member diversity" in out and "'score_correlation'" in out
+
+
+def test_rescoring_flags_reach_both_searchers(tiny_index_dir, tmp_path):
+    from enclip.search import SearchCfg
+
+    plain = paired._searcher(tiny_index_dir, None, tmp_path, {"hubness": 0.0, "feedback": 0.0})
+    assert (plain.cfg.hubness, plain.cfg.feedback) == (0.0, 0.0)
+    default = paired._searcher(tiny_index_dir, None, tmp_path, {})
+    assert default.cfg.rescoring() == SearchCfg().rescoring() != plain.cfg.rescoring()
