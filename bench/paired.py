@@ -43,10 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feedback", type=float, help="weight of pseudo-relevance feedback in text queries, both "
                         "indexes (default: the search default; 0 = none)")
     args = parser.parse_args(argv)
-    rescoring = {name: value for name, value in (("hubness", args.hubness), ("feedback", args.feedback))
-                 if value is not None}
-    cfg = EvalCfg(tasks=tuple(args.tasks), split=args.split,
+    cfg = EvalCfg(tasks=tuple(args.tasks), split=args.split, hubness=args.hubness, feedback=args.feedback,
                   **({"severities": tuple(args.severities)} if args.severities else {}))
+    rescoring = cfg.rescoring()  # given to the searchers built here, which evaluate_index then uses as they are
     with tempfile.TemporaryDirectory() as tmp:
         base = evaluate_index(args.baseline, cfg, out=Path(tmp) / "baseline.json",
                               searcher=_searcher(args.baseline, args.hubness_k, Path(tmp) / "bank-baseline", rescoring))

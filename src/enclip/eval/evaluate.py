@@ -81,6 +81,12 @@ class EvalCfg:
         if self.fusion is not None:
             check_rule(self.fusion)
 
+    def rescoring(self) -> dict:
+        """The search settings this evaluation sets for text queries (``load_searcher`` keywords); those left at
+        None keep the search's defaults."""
+        return {name: value for name, value in (("hubness", self.hubness), ("feedback", self.feedback))
+                if value is not None}
+
 
 # -- building ----------------------------------------------------------------------------------------------------
 def build_groups(catalogue, cfg: EvalCfg) -> tuple[list[QueryGroup], list[BadLine]]:
@@ -236,9 +242,7 @@ def evaluate_index(index_dir: str | Path | None, cfg: EvalCfg | None = None, out
     if searcher is None:
         if index_dir is None:
             raise EnclipError("evaluate_index needs an index directory or a loaded searcher")
-        rescoring = {name: value for name, value in (("hubness", cfg.hubness), ("feedback", cfg.feedback))
-                     if value is not None}
-        searcher = load_searcher(index_dir, fusion=cfg.fusion, **rescoring)
+        searcher = load_searcher(index_dir, fusion=cfg.fusion, **cfg.rescoring())
     index_dir = Path(index_dir if index_dir is not None else searcher.path)
     groups, bad = build_groups(searcher.catalogue, cfg)
     per_query, labels = run_groups(searcher, groups, cfg)
