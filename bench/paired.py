@@ -2,7 +2,8 @@
 
     python bench/paired.py --baseline runs/demo/index --index runs/k5/index-flat [--tasks title2img title2img_dup]
 
-``--split val`` compares them on validation queries instead, to choose between settings.
+``--split val`` compares them on validation queries instead, to choose between settings. ``--tasks both2img
+--severities 5 --both-severity 5`` compares a degraded photo plus its title at severity 5 instead of the headline's 3.
 
 Also prints the member diversity of ``--index`` when it is an ensemble (200 validation titles).
 """
@@ -25,7 +26,7 @@ from enclip.indexing import title_hubness  # noqa: E402
 from enclip.search import load_searcher  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", required=True, type=Path)
     parser.add_argument("--index", required=True, type=Path)
@@ -35,16 +36,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hubness-k", type=int, help="give both indexes hubness penalties over this many bank "
                         "titles, computed here (for indexes built before the penalty; default: what each index has)")
     parser.add_argument("--severities", type=int, nargs="+", help="degradation severities of img2img_lq and "
-                        "both2img (default: EvalCfg's, 1-5; both2img's headline is severity 3 either way)")
+                        "both2img (default: EvalCfg's, 1-5)")
+    parser.add_argument("--both-severity", type=int, default=EvalCfg.both_severity,
+                        help="severity at which both2img/R@10 pools the degradations (default: %(default)s, the "
+                        "headline's; 5 compares the poorest photos)")
     parser.add_argument("--split", default="test", choices=("val", "test"),
                         help="whose items the queries come from (choose settings on val; report test)")
     parser.add_argument("--hubness", type=float, help="weight of the hubness penalty in text queries, both indexes "
                         "(default: the search default; 0 ranks by plain cosines)")
     parser.add_argument("--feedback", type=float, help="weight of pseudo-relevance feedback in text queries, both "
                         "indexes (default: the search default; 0 = none)")
-    args = parser.parse_args(argv)
-    cfg = EvalCfg(tasks=tuple(args.tasks), split=args.split, hubness=args.hubness, feedback=args.feedback,
-                  **({"severities": tuple(args.severities)} if args.severities else {}))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = eval_cfg(args)
     rescoring = cfg.rescoring()  # given to the searchers built here, which evaluate_index then uses as they are
     with tempfile.TemporaryDirectory() as tmp:
         base = evaluate_index(args.baseline, cfg, out=Path(tmp) / "baseline.json",
@@ -61,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         titles = [searcher.catalogue.titles[p] for p in split_indices(searcher.catalogue.ids)["val"][:200]]
         print(f"member diversity of {args.index}: {member_diversity(args.index, titles)}")
     return 0
+
+
+def eval_cfg(args: argparse.Namespace) -> EvalCfg:
+    """The evaluation both indexes get, from the command line."""
+    severities = {"severities": tuple(args.severities)} if args.severities else {}
+    return EvalCfg(tasks=tuple(args.tasks), split=args.split, hubness=args.hubness, feedback=args.feedback,
+                   both_severity=args.both_severity, **severities)
 
 
 def _searcher(index: Path, hubness_k: int | None, work_dir: Path, rescoring: dict):
