@@ -27,7 +27,7 @@ def test_rescoring_flags_reach_both_searchers(tiny_index_dir, tmp_path):
 
 
 def test_both_severity_sets_where_both2img_pools():
-    parser_args = ["--baseline", "a", "--index", "b", "--tasks", "both2img", "--severities", "5"]
-    assert paired.eval_cfg(paired.parse_args(parser_args)).both_severity == 3  # the headline's, by default
-    cfg = paired.eval_cfg(paired.parse_args([*parser_args, "--both-severity", "5"]))
+    argv = ["--baseline", "a", "--index", "b", "--tasks", "both2img", "--severities", "5"]
+    assert paired.eval_cfg(paired.parse_args(argv)).both_severity == 3  # the headline's, by default
+    cfg = paired.eval_cfg(paired.parse_args([*argv, "--both-severity", "5"]))
     assert (cfg.both_severity, cfg.severities) == (5, (5,))

@@ -57,8 +57,8 @@ class TrainCfg:
     lr: float = 2e-3  # peak learning rate of new layers (projections, adapters) and the temperature
     # peak learning rate of unfrozen pretrained blocks: with two image stages trained, 3 epochs at 1e-3 beat 4 at 3e-4
     # on validation, and in 450 s 2e-3 and 3e-3 both beat 1e-3 (0.3045 against 0.2875) from a random start; from the
-    # CCA start, 3e-3 beat 2e-3 in 420 s (validation title R@10 +0.017 [+0.006, +0.028], shopper queries level;
-    # RESULTS.md, issue 14, twenty-sixth pass)
+    # CCA start, 3e-3 beat 2e-3 in 420 s on validation (title R@10 +0.017 [+0.006, +0.028], shopper queries level),
+    # and the same two models were level on test (+0.002 [-0.008, +0.013]; RESULTS.md, issue 14, twenty-sixth pass)
     block_lr: float = 3e-3
     weight_decay: float = 0.05  # AdamW decoupled weight decay (not applied to norms, biases, temperature)
     warmup: float = 0.05  # share of the steps spent warming up linearly
