@@ -37,7 +37,9 @@ def run_recipe(catalogue, name: str, flags: list[str], out: Path, trunk_cache: s
                                       *flags])
     cfg = run_cfg(args)
     colour = "-colour" if cfg.train.heads.colour else ""  # trunk outputs with the thumbnail channels
-    heads = f"img{cfg.train.heads.trainable_image}{colour}-txt{cfg.train.heads.trainable_text}-views{cfg.train.views}"
+    tokens = f"-tok{cfg.train.heads.token_bag}" if cfg.train.heads.token_bag else ""  # text outputs with token ids
+    heads = (f"img{cfg.train.heads.trainable_image}{colour}-txt{cfg.train.heads.trainable_text}{tokens}"
+             f"-views{cfg.train.views}")
     if cfg.backbone.image_width is not None:  # another input shape: other trunk outputs, shared with no square cut
         heads += f"-{cfg.backbone.image_size}x{cfg.backbone.image_width}"
     feature_cache = feature_cache or out / "feature-cache"

@@ -126,6 +126,9 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-adapter", type=int, default=h.text_adapter, metavar="WIDTH",
                         help="hidden units of a residual MLP on each text embedding (0: none); with "
                         "--trainable-text 0, a text head that costs almost nothing a step")
+    parser.add_argument("--token-bag", type=int, default=h.token_bag, metavar="RANK",
+                        help="add to each text embedding a learned RANK-wide vector per caption token (0: none); "
+                        "with --trainable-text 0")
     parser.add_argument("--frozen-depthwise", action=argparse.BooleanOptionalAction, default=t.frozen_depthwise,
                         help="keep the image head's depthwise convolutions as pretrained (a cheaper backward pass)")
     parser.add_argument("--frozen-norms", action=argparse.BooleanOptionalAction, default=t.frozen_norms,
@@ -197,7 +200,7 @@ def run_cfg(args):
     train = TrainCfg(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, block_lr=args.block_lr,
                      views=args.views, seed=args.seed,
                      heads=HeadCfg(args.trainable_image, args.trainable_text, args.colour_branch,
-                                   args.text_adapter), device=args.device,
+                                   args.text_adapter, args.token_bag), device=args.device,
                      captions=CaptionCfg(use_attributes=args.attribute_captions),
                      loss=args.loss, temperature=args.temperature,
                      aux_columns=tuple(args.aux_columns), aux_weight=args.aux_weight,

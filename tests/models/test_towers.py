@@ -359,3 +359,51 @@ def test_a_text_adapter_trains_at_the_new_layers_rate_and_a_negative_width_is_re
     assert {id(adapter[0].weight), id(adapter[2].weight)} <= new_layers
     with pytest.raises(EnclipError, match="--text-adapter takes 0"):
         HeadCfg(text_adapter=-1)
+
+
+def test_a_token_bag_starts_as_the_plain_head_tells_captions_apart_by_their_words_and_is_saved(tmp_path):
+    backbone = tiny_backbone()
+    plain = Ensemble(backbone, HeadCfg(trainable_image=0, trainable_text=0, colour=False)).eval()
+    bagged = Ensemble(backbone, HeadCfg(trainable_image=0, trainable_text=0, colour=False, token_bag=4)).eval()
+    # the map into the joint space starts at zero: the same text embeddings until it trains
+    np.testing.assert_allclose(bagged.encode_texts(TEXTS), plain.encode_texts(TEXTS), atol=1e-6)
+    head = bagged.members[0].text_head
+    assert head.token_bag.weight.shape == (len(backbone.tokenizer.tokenizer), 4)
+    with torch.no_grad():  # stands in for training: the map moves off zero
+        head.token_adapter.weight.normal_(generator=torch.Generator().manual_seed(0))
+    moved = bagged.encode_texts(TEXTS)
+    assert not np.allclose(moved, plain.encode_texts(TEXTS), atol=1e-3)
+    # the bag is the mean vector of the caption's own word pieces, framing tokens left out
+    ids = [i for i in backbone.tokenizer(["watch"])[0].tolist() if i not in backbone.tokenizer([""])[0].tolist()]
+    features = bagged.text_features(["watch"])
+    expected = head.head(features[:, : -2 * head.length]) + head.token_adapter(head.token_bag.weight[ids].mean(0))
+    torch.testing.assert_close(head(features), expected)
+    bagged.save_member(0, tmp_path / "member")
+    loaded, _ = load_model(tmp_path / "member")
+    assert loaded.head_cfg.token_bag == 4
+    np.testing.assert_array_equal(loaded.encode_texts(TEXTS), moved)
+
+
+def test_token_ids_survive_a_float16_cache_and_a_padded_batch():
+    from enclip.models.towers import TokenBagTrunk
+
+    trunk = TokenBagTrunk(lambda ids: torch.zeros(len(ids), 3), length=6, pad_id=0, ignore_ids=[101, 102])
+    ids = torch.tensor([[101, 30521, 2048, 2049, 102], [101, 7, 102, 0, 0]])
+    out = trunk(ids).half().float()  # as a cached row reads back
+    digits = out[:, 3:]
+    decoded = (digits[:, :6] * 256 + digits[:, 6:]).long()
+    assert decoded.tolist() == [[0, 30521, 2048, 2049, 0, 0], [0, 7, 0, 0, 0, 0]]
+
+
+def test_a_token_bag_trains_at_the_new_layers_rate_and_needs_a_pooled_text_trunk():
+    from enclip.train.trainer import TrainCfg, _param_groups
+
+    member = Ensemble(tiny_backbone(), HeadCfg(trainable_image=0, trainable_text=0, colour=False,
+                                               token_bag=4)).members[0]
+    new_layers = {id(p) for p in _param_groups(member, TrainCfg())[0]["params"]}
+    head = member.text_head
+    assert {id(head.token_bag.weight), id(head.token_adapter.weight)} <= new_layers
+    with pytest.raises(EnclipError, match="pooled vectors.*--trainable-text 0"):
+        Ensemble(tiny_backbone(), HeadCfg(trainable_image=0, trainable_text=1, colour=False, token_bag=4))
+    with pytest.raises(EnclipError, match="--token-bag takes 0"):
+        HeadCfg(token_bag=-1)

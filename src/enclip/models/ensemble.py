@@ -54,10 +54,15 @@ class HeadCfg:
     # hidden units of a residual MLP on each text embedding (towers.AdaptedHead; 0 = none): non-linear capacity for a
     # frozen or shallow text head at the cost of two small matrix products
     text_adapter: int = 0
+    # rank of a learned vector per caption token added to each text embedding (towers.TokenBagHead; 0 = none), over a
+    # frozen text tower's pooled output
+    token_bag: int = 0
 
     def __post_init__(self):
         if self.text_adapter < 0:
             raise EnclipError(f"--text-adapter takes 0 (none) or a number of hidden units, got {self.text_adapter}")
+        if self.token_bag < 0:
+            raise EnclipError(f"--token-bag takes 0 (none) or a rank, got {self.token_bag}")
 
 
 class Member(nn.Module):
@@ -98,6 +103,9 @@ class Ensemble(nn.Module):
             folded = image_split.trunk
         self.image_trunk = folded
         self._loaded_image_trunk = (loaded,)  # fingerprints hash the weights as loaded (a tuple: not a submodule)
+        if head_cfg.token_bag:
+            text_split = towers.with_token_bag(text_split, backbone.tokenizer, backbone.pad_token_id,
+                                               head_cfg.token_bag)
         if head_cfg.text_adapter:
             text_split = towers.with_text_adapter(text_split, backbone.tokenizer(["a"]), head_cfg.text_adapter)
         self.text_trunk = text_split.trunk.eval().requires_grad_(False)

@@ -11,6 +11,7 @@ stages, transformer layers) plus the projection, and ``ALL`` the whole tower (th
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -320,6 +321,85 @@ def with_text_adapter(split: TowerSplit, probe: torch.Tensor, hidden: int) -> To
         features = split.trunk(probe)
     return TowerSplit(split.trunk, AdaptedHead(split.head, _embedding_size(split.head, features), hidden),
                       split.blocks)
+
+
+TOKEN_CODE_BASE = 256  # a token id travels as two float digits below this base: exact in float16 caches
+
+
+class TokenBagTrunk(nn.Module):
+    """A frozen text trunk whose pooled output also carries the caption's token ids, so that one cached tensor holds
+    both (as :class:`ColourTrunk` does for photos). The ids are padded or cut to ``length`` columns, the framing
+    tokens every caption has (``ignore_ids``: start, end, padding) become ``pad_id``, and each id is written as two
+    base-:data:`TOKEN_CODE_BASE` digits, which float16 holds exactly. :class:`TokenBagHead` reads them."""
+
+    def __init__(self, trunk: nn.Module, length: int, pad_id: int, ignore_ids: Sequence[int]):
+        super().__init__()
+        self.trunk = trunk
+        self.length = length
+        self.pad_id = pad_id
+        self._ignore = torch.tensor(sorted(set(ignore_ids) | {pad_id}))  # not a buffer: the trunk is never saved
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        pooled = self.trunk(token_ids)
+        ids = token_ids[:, : self.length]
+        ids = F.pad(ids, (0, self.length - ids.shape[1]), value=self.pad_id)
+        ids = torch.where(torch.isin(ids, self._ignore.to(ids.device)), self.pad_id, ids)
+        digits = torch.cat([ids // TOKEN_CODE_BASE, ids % TOKEN_CODE_BASE], dim=1)
+        return torch.cat([pooled, digits.to(pooled.dtype)], dim=1)
+
+
+class TokenBagHead(nn.Module):
+    """A trainable head over :class:`TokenBagTrunk` outputs: the wrapped head on the pooled features, plus a learned
+    low-rank vector per token (the mean over the caption's tokens, mapped into the joint space) added to its
+    embedding. The map starts at zero, so training starts from the wrapped head's own outputs.
+
+    A frozen sentence encoder blurs the words that tell near-identical products apart (a brand, a colour, a cut); a
+    vector of its own per token lets training give each word what the photos say about it, for the cost of one
+    embedding-bag lookup a caption."""
+
+    def __init__(self, head: nn.Module, dim: int, vocab_size: int, length: int, pad_id: int, rank: int):
+        super().__init__()
+        self.head = head
+        self.length = length
+        self.token_bag = nn.EmbeddingBag(vocab_size, rank, mode="mean", padding_idx=pad_id)
+        self.token_adapter = nn.Linear(rank, dim, bias=False)
+        nn.init.zeros_(self.token_adapter.weight)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pooled, digits = features[:, : -2 * self.length], features[:, -2 * self.length :]
+        ids = (digits[:, : self.length].float() * TOKEN_CODE_BASE + digits[:, self.length :].float()).round().long()
+        out = self.head(pooled)
+        return out + self.token_adapter(self.token_bag(ids)).to(out.dtype)
+
+
+def with_token_bag(split: TowerSplit, tokenizer, pad_id: int, rank: int) -> TowerSplit:
+    """``split`` (a text tower's, with a pooled trunk output) with a :class:`TokenBagHead` of ``rank``; the
+    vocabulary, the caption length and the framing tokens come from ``tokenizer`` itself."""
+    probe = tokenizer([""])
+    with torch.no_grad():
+        pooled = split.trunk(probe)
+    if not isinstance(pooled, torch.Tensor) or pooled.dim() != 2:
+        raise EnclipError("the token bag needs a text trunk that outputs pooled vectors (--trainable-text 0); "
+                          "train the text tower's projection only or leave out --token-bag")
+    vocab_size = _vocab_size(tokenizer)
+    if vocab_size > TOKEN_CODE_BASE ** 2:
+        raise EnclipError(f"the token bag holds token ids below {TOKEN_CODE_BASE ** 2}, and this tokenizer has "
+                          f"{vocab_size}; leave out --token-bag")
+    length = probe.shape[1]
+    framing = [int(i) for i in probe[0].unique()]  # what even an empty caption holds: start, end, padding
+    trunk = TokenBagTrunk(split.trunk, length, pad_id, framing)
+    head = TokenBagHead(split.head, _embedding_size(split.head, pooled), vocab_size, length, pad_id, rank)
+    return TowerSplit(trunk, head, split.blocks)
+
+
+def _vocab_size(tokenizer) -> int:
+    inner = getattr(tokenizer, "tokenizer", None)  # open_clip's HFTokenizer wraps a transformers tokenizer
+    if inner is not None:
+        return len(inner)
+    if hasattr(tokenizer, "vocab_size"):  # open_clip's SimpleTokenizer
+        return int(tokenizer.vocab_size)
+    raise EnclipError(f"cannot tell the vocabulary size of tokenizer {type(tokenizer).__name__}; "
+                      "leave out --token-bag")
 
 
 def clone_head(head: nn.Module) -> nn.Module:

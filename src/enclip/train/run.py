@@ -279,6 +279,8 @@ def _caches(ensemble, catalogue, split, cache_dir: Path, cfg: RunCfg) -> tuple[F
         key["image_width"] = cfg.backbone.image_width
     if not cfg.train.heads.colour:  # likewise absent without a colour branch
         del key["heads"]["colour"]
+    if not cfg.train.heads.token_bag:  # likewise absent without a token bag (with one, the text outputs hold ids)
+        del key["heads"]["token_bag"]
     del key["heads"]["text_adapter"]  # a head-side layer: the trunk outputs are the same with or without it
     key = json.loads(json.dumps(key))  # compare as it reads back from disk (tuples become lists)
     if (cache_dir / "cache_key.json").exists() and read_json(cache_dir / "cache_key.json") != key:

@@ -194,7 +194,7 @@ def _param_groups(member: torch.nn.Module, cfg: TrainCfg) -> list[dict]:
             continue
         if param.ndim < 2 or name == "logit_scale":
             no_decay.append(param)
-        elif "projection" in name or "adapter" in name or name.endswith("proj.weight"):
+        elif "projection" in name or "adapter" in name or "token_bag" in name or name.endswith("proj.weight"):
             new.append(param)
         else:
             blocks.append(param)
