@@ -43,6 +43,19 @@ def test_a_frozen_text_tower_caches_one_pooled_vector_per_caption(tmp_path):
         np.testing.assert_allclose(cached["pooled"][row], ensemble.text_features([text])[0].numpy(), atol=2e-3)
 
 
+def test_a_token_bag_reads_the_same_words_from_a_cached_row_as_from_the_caption_alone(tmp_path):
+    ensemble = _ensemble(HeadCfg(trainable_text=0, token_bag=4))
+    head = ensemble.members[0].text_head
+    with torch.no_grad():  # stands in for training: token vectors that show in the embedding
+        head.token_adapter.weight.normal_(generator=torch.Generator().manual_seed(0))
+    # batches of two, shortest first and trimmed to their longest: the ids still land in fixed columns
+    texts = ["navy check shirt", "a longer title for a pair of shoes", "red dress", "navy check shirt"]
+    cached = _cache_texts(ensemble, texts, tmp_path / "texts", batch_size=2)
+    with torch.no_grad():
+        from_cache = ensemble.members[0].encode_text(torch.from_numpy(cached["pooled"]).float())
+    np.testing.assert_allclose(from_cache.numpy(), ensemble.encode_texts(texts)[0], atol=2e-3)
+
+
 def test_image_cache_key_follows_the_image_trunk_and_preprocessing_only():
     base = _ensemble()
     assert _ensemble(HeadCfg(trainable_text=1)).image_cache_key() == base.image_cache_key()  # same image cut

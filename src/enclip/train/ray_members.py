@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from enclip.artifacts import atomic_file
+from enclip.models.device import keep_freed_memory
 from enclip.models.ensemble import Ensemble
 from enclip.ray_cluster import ray_session
 from enclip.train.features import FeatureCache
@@ -73,6 +74,7 @@ def _train_one(ensemble: Ensemble, member: int, train: tuple[str, dict], groups:
     import torch
 
     torch.set_num_threads(threads)
+    keep_freed_memory()  # a worker process is a fresh process: set it up as train_system does the driver
     return train_member(ensemble, member, open_published(*train), groups, open_published(*val), run, cfg,
                         resume=True, info=info, seconds=seconds)
 

@@ -31,7 +31,7 @@ from enclip.data.split import split_indices
 from enclip.embed.space import l2_normalise
 from enclip.embed.trunk_cache import catalogue_image_features
 from enclip.errors import EnclipError
-from enclip.models.device import resolve_device
+from enclip.models.device import keep_freed_memory, resolve_device
 from enclip.models.ensemble import Ensemble
 from enclip.models.registry import BackboneCfg, create_backbone
 from enclip.train.alignment import PROJECTION_INITS
@@ -162,6 +162,7 @@ def train_system(catalogue: Catalogue, out_dir: str | Path, cfg: RunCfg, resume:
         _check_same_settings(out_dir, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "train_config.json", asdict(cfg))
+    keep_freed_memory()  # a training step's tensors reuse freed memory instead of faulting in fresh pages
     torch.manual_seed(cfg.train.seed)
     started = time.perf_counter()
     ensemble = Ensemble(create_backbone(cfg.backbone), cfg.train.heads, members=ens.members)
