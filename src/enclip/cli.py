@@ -180,6 +180,9 @@ def _rescoring_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feedback", type=float, help="weight of pseudo-relevance feedback in text queries: the "
                         "candidates' cosines to the mean photo of the 10 best are added (default 0.25, fitted on "
                         "validation; 0 turns it off)")
+    parser.add_argument("--bridge", type=float, help="weight of the photos a text query borrows from the training "
+                        "items whose titles are nearest to it, on the photo channel (default 0.2, fitted on "
+                        "validation; 0 turns it off; see `index --no-bridge`)")
 
 
 def _engine_args(parser: argparse.ArgumentParser, what: str) -> None:
@@ -266,6 +269,7 @@ def cmd_index(args) -> int:
     catalogue, report = load_data(args)
     cfg = IndexBuildCfg(index=_index_cfg(args), device=args.device, trunk_cache=args.trunk_cache,
                         channels=_index_channels(args.channels), engine=args.engine, ray_address=args.address,
+                        bridge=not args.no_bridge,
                         **({} if args.hubness_k is None else {"hubness_k": args.hubness_k}))
     build_index(args.model, catalogue, out, cfg, resume=args.resume, skip_report=report)
     print(f"index written to {out}; next: enclip search --index {out} --text \"navy check shirt\"")
@@ -323,7 +327,8 @@ def _fusion_weights(spec: str | None) -> dict[str, float] | None:
 
 def _searcher_options(args) -> dict:
     """Search settings given on the command line (only those given: the rest keep SearchCfg's defaults)."""
-    return {name: getattr(args, name) for name in ("hubness", "feedback") if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in ("hubness", "feedback", "bridge")
+            if getattr(args, name) is not None}
 
 
 def cmd_search(args) -> int:
@@ -401,7 +406,7 @@ def cmd_eval(args) -> int:
     from enclip.eval.evaluate import EvalCfg, evaluate_index
 
     cfg = EvalCfg(tasks=tuple(args.tasks), max_queries=args.max_queries, queries_file=args.queries,
-                  fusion=args.fusion, hubness=args.hubness, feedback=args.feedback)
+                  fusion=args.fusion, hubness=args.hubness, feedback=args.feedback, bridge=args.bridge)
     evaluate_index(args.index, cfg, out=Path(args.out) if args.out else None)
     return 0
 
@@ -457,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trunk-cache", help="catalogue-wide image trunk cache shared with `enclip train --trunk-cache`")
     p.add_argument("--hubness-k", type=int, help="each item's hubness penalty averages its cosines to this many "
                    "nearest catalogue titles (default 100; 0 builds none; see `search --hubness`)")
+    p.add_argument("--no-bridge", action="store_true", help="build no title bridge (the training items' titles and "
+                   "photo vectors that text queries borrow from; see `search --bridge`)")
     p.add_argument("--store", default="faiss", choices=["faiss", "milvus"],
                    help="where item vectors live: faiss in the index directory (default) or a Milvus collection")
     p.add_argument("--uri", help="store milvus: a .db file (embedded Milvus Lite) or http://host:19530 (a server; "

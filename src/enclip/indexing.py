@@ -17,6 +17,7 @@ import numpy as np
 
 from enclip.artifacts import read_json, recover_dir
 from enclip.data.catalogue import Catalogue, SkipReport
+from enclip.data.split import split_indices
 from enclip.embed.catalogue import encode_catalogue
 from enclip.embed.item_text import encode_item_texts, encode_title_bank
 from enclip.embed.runner import StageTimes
@@ -27,7 +28,8 @@ from enclip.models.ensemble import EnsembleInfo, load_model, read_model_info
 from enclip.search_request import CHANNELS
 from enclip.store import IndexDir
 from enclip.store.hubness import DEFAULT_K, TitleHubness
-from enclip.store.index_dir import HUBNESS, KEYWORDS, TEXT_VECTORS
+from enclip.store.bridge import TitleBridge
+from enclip.store.index_dir import BRIDGE, HUBNESS, KEYWORDS, TEXT_VECTORS
 from enclip.store.items import item_fields
 from enclip.store.keywords import build_keywords
 from enclip.vectors import IndexCfg, ItemFields, create_index
@@ -66,6 +68,7 @@ class IndexBuildCfg:
     engine: str = "local"  # "local" (this process) or "ray" (an actor pool on a Ray cluster; enclip[scale])
     ray_address: str | None = None  # engine "ray": the cluster's HOST:PORT; None = a local cluster on 127.0.0.1
     hubness_k: int = DEFAULT_K  # title-bank neighbours of each item's hubness penalty (0: no penalty part)
+    bridge: bool = True  # build the title bridge over the training items (enclip.store.bridge)
 
     def __post_init__(self) -> None:
         if isinstance(self.hubness_k, bool) or not isinstance(self.hubness_k, int) or self.hubness_k < 0:
@@ -115,12 +118,15 @@ def build_index(model_dir: str | Path, catalogue: Catalogue, out_dir: str | Path
     if "text" in cfg.channels:
         text_vectors = encode_item_texts(ensemble, catalogue, work_dir / "item-texts", batch_size=cfg.batch_size,
                                          dtype=cfg.index.dtype, job=job)
-    hubness = None
-    if cfg.hubness_k:
-        hubness = title_hubness(ensemble, catalogue, vectors, work_dir / "title-bank", cfg.hubness_k,
-                                batch_size=cfg.batch_size, job=job)
+    hubness = bridge = None
+    if cfg.hubness_k or cfg.bridge:  # both read the catalogue's title bank, encoded once
+        titles, bank = encode_title_bank(ensemble, catalogue, work_dir / "title-bank", batch_size=cfg.batch_size,
+                                         job=job)
+        if cfg.hubness_k:
+            hubness = TitleHubness.build(vectors, catalogue.titles, bank, titles, len(ensemble), cfg.hubness_k)
+        bridge = title_bridge(catalogue, vectors, bank, titles, len(ensemble)) if cfg.bridge else None
     write_index(model_dir, catalogue, vectors, out_dir, cfg, skip_report=skip_report, text_vectors=text_vectors,
-                hubness=hubness,
+                hubness=hubness, bridge=bridge,
                 embed_items_per_second=round(times.items / max(1e-9, times.encode + times.read), 1),
                 build_seconds=round(time.perf_counter() - started, 1))
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -133,6 +139,17 @@ def title_hubness(ensemble, catalogue: Catalogue, vectors: np.ndarray, work_dir:
     resumably in ``work_dir`` by ``ensemble``."""
     titles, bank = encode_title_bank(ensemble, catalogue, work_dir, batch_size=batch_size, job=job)
     return TitleHubness.build(vectors, catalogue.titles, bank, titles, len(ensemble), k)
+
+
+def title_bridge(catalogue: Catalogue, vectors: np.ndarray, bank: np.ndarray, bank_titles: list[str],
+                 members: int) -> TitleBridge | None:
+    """The title bridge over the catalogue's training items (None when it has none): their titles' rows of the
+    title ``bank`` and their stored (n, K*d) photo ``vectors``."""
+    supports = split_indices(catalogue.ids)["train"]
+    if not len(supports):
+        log.warning("no training items (see enclip.data.split): the index has no title bridge")
+        return None
+    return TitleBridge.build(bank, bank_titles, catalogue.titles, supports, vectors, members)
 
 
 def _encode_on_ray(model_dir: Path, catalogue: Catalogue, work_dir: Path, cfg: IndexBuildCfg, job: dict,
@@ -150,9 +167,10 @@ def _encode_on_ray(model_dir: Path, catalogue: Catalogue, work_dir: Path, cfg: I
 
 def write_index(model_dir: Path, catalogue: Catalogue, vectors: np.ndarray, out_dir: Path,
                 cfg: IndexBuildCfg | None = None, skip_report: SkipReport | None = None,
-                text_vectors: np.ndarray | None = None, hubness: TitleHubness | None = None, **extra) -> Path:
-    """Write an index directory atomically from already computed (n, K*d) item vectors (and item-text vectors, and
-    the items' hubness penalties)."""
+                text_vectors: np.ndarray | None = None, hubness: TitleHubness | None = None,
+                bridge: TitleBridge | None = None, **extra) -> Path:
+    """Write an index directory atomically from already computed (n, K*d) item vectors (and item-text vectors, the
+    items' hubness penalties and the title bridge)."""
     cfg = cfg or IndexBuildCfg()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     info = read_model_info(model_dir)
@@ -170,6 +188,8 @@ def write_index(model_dir: Path, catalogue: Catalogue, vectors: np.ndarray, out_
     parts = _channel_parts(catalogue, text_vectors, index_cfg, cfg.channels, fields_of_rows)
     if hubness is not None:
         parts[HUBNESS] = hubness.save
+    if bridge is not None:
+        parts[BRIDGE] = bridge.save
     IndexDir.write(out_dir, model_dir=model_dir, catalogue=catalogue, vectors=index,
                    routing=routing, fields=fields, skip_report=skip_report, parts=parts)
     return out_dir

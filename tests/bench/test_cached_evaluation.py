@@ -22,7 +22,8 @@ def _evaluation(value: float, rescoring: dict | None):
 def test_an_evaluation_ranked_with_other_or_unstated_settings_is_run_again(tmp_path):
     out = tmp_path / "test-metrics.json"
     today = SearchCfg().rescoring()
-    assert today == {"hubness": 0.5, "feedback": 0.25, "feedback_depth": 10}
+    assert today == {"hubness": 0.5, "feedback": 0.25, "feedback_depth": 10, "bridge": 0.2, "bridge_depth": 10,
+                     "bridge_temperature": 0.01}
     calls = []
 
     def counted(value, rescoring):

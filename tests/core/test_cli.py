@@ -102,7 +102,8 @@ def test_feedback_flag_searches_and_evaluates_with_a_chosen_weight(cli_run, tmp_
                  "--out", str(tmp_path / "m.json")]) == 0
     meta = json.loads((tmp_path / "m.json").read_text())["_meta"]
     assert meta["cfg"]["feedback"] == 0.4 and meta["rescoring"] == {"hubness": 0.5, "feedback": 0.4,
-                                                                    "feedback_depth": 10}
+                                                                    "feedback_depth": 10, "bridge": 0.2,
+                                                                    "bridge_depth": 10, "bridge_temperature": 0.01}
     assert main(["search", "--index", index, "--text", "x", "--feedback", "-1"]) == 2
     assert "feedback is the weight of pseudo-relevance feedback" in capsys.readouterr().err
 

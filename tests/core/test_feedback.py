@@ -25,7 +25,8 @@ def _reference(stored: np.ndarray, query: np.ndarray, penalty: np.ndarray, weigh
 @pytest.mark.parametrize("hubness", [0.0, 0.5])
 def test_each_member_gains_the_weighted_cosine_to_the_mean_of_its_best_candidates(tiny_index_dir, catalogue,
                                                                                  hubness):
-    searcher = load_searcher(tiny_index_dir, channels=("image",), hubness=hubness, feedback=0.5, feedback_depth=3)
+    searcher = load_searcher(tiny_index_dir, channels=("image",), hubness=hubness, feedback=0.5, feedback_depth=3,
+                             bridge=0.0)
     assert searcher.stats()["feedback"] == {"weight": 0.5, "depth": 3}  # what the server's /stats reports
     assert len(catalogue) <= searcher.cfg.candidates  # every item is a candidate: the reference ranks them all
     stored = searcher.index.reconstruct(np.arange(len(catalogue))).reshape(len(catalogue), searcher.members, -1)
@@ -39,8 +40,8 @@ def test_each_member_gains_the_weighted_cosine_to_the_mean_of_its_best_candidate
 
 
 def test_queries_with_a_photo_get_no_feedback_and_product_search_re_scores_text_with_it(tiny_index_dir, catalogue):
-    plain = load_searcher(tiny_index_dir, feedback=0.0)
-    fed = load_searcher(tiny_index_dir, feedback=1.0, feedback_depth=5)
+    plain = load_searcher(tiny_index_dir, feedback=0.0, bridge=0.0)
+    fed = load_searcher(tiny_index_dir, feedback=1.0, feedback_depth=5, bridge=0.0)
     photo = catalogue.image_bytes(3)
     for query in [{"image": photo}, {"image": photo, "text": "Red Shirts", "weight": 0.75}]:
         assert ([(h.id, h.score) for h in fed.search(**query, k=10).hits]
@@ -51,7 +52,7 @@ def test_queries_with_a_photo_get_no_feedback_and_product_search_re_scores_text_
     stored = fed.index.reconstruct(np.arange(len(catalogue))).reshape(len(catalogue), fed.members, -1)
     # product search (every channel): the photo channel lists its pool's best by re-scored cosines, and every
     # candidate of the union is re-scored with the feedback of the union's own best
-    fed = load_searcher(tiny_index_dir, hubness=0.0, feedback=1.0, feedback_depth=5)
+    fed = load_searcher(tiny_index_dir, hubness=0.0, feedback=1.0, feedback_depth=5, bridge=0.0)
     text = "Men Red Shirts"
     query = fed.encode_query(text=text)
     found = fed.channel_candidates(text, fusion="mean")

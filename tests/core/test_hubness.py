@@ -68,7 +68,7 @@ def test_bad_hubness_settings_are_refused_with_their_meaning():
 
 
 def test_text_search_ranks_by_cosine_less_the_weighted_penalty(tiny_index_dir, catalogue):
-    searcher = load_searcher(tiny_index_dir, channels=("image",), hubness=0.75, feedback=0.0)
+    searcher = load_searcher(tiny_index_dir, channels=("image",), hubness=0.75, feedback=0.0, bridge=0.0)
     penalty = searcher.live.hubness.penalty  # (n, K)
     assert penalty.shape == (len(catalogue), searcher.members)
     stored = searcher.index.reconstruct(np.arange(len(catalogue))).reshape(len(catalogue), searcher.members, -1)

@@ -35,13 +35,16 @@ def searcher(tiny_index_dir):
 def _reference(searcher, text: str, k: int, hybrid: HybridCfg) -> tuple[list[str], np.ndarray]:
     """Every item scored on every channel by plain numpy over the whole index (depth >= n: the union is
     everything), each channel ranked, fused by the same formula: the ranking hybrid search must reproduce. The photo
-    channel's member cosines lose each photo's hubness penalty at its weight (a text query's share is 1) and gain
-    pseudo-relevance feedback from each member's best photos."""
+    channel's query crosses the title bridge, and its member cosines lose each photo's hubness penalty at its weight
+    (a text query's share is 1) and gain pseudo-relevance feedback from each member's best photos; the item-text
+    channel keeps the query as the text tower gave it."""
     n, members = len(searcher.catalogue), searcher.members
     query = searcher.encode_query(text=text)  # (K, d)
+    cfg = searcher.cfg
+    bridged = searcher.live.bridge.expand(query[:, None], cfg.bridge, cfg.bridge_depth, cfg.bridge_temperature)[:, 0]
     photos = searcher.index.reconstruct(np.arange(n)).reshape(n, members, -1)
     texts = searcher.text_index.reconstruct(np.arange(n)).reshape(n, members, -1)
-    member = np.einsum("nkd,kd->nk", photos, query) - searcher.cfg.hubness * searcher.live.hubness.penalty
+    member = np.einsum("nkd,kd->nk", photos, bridged) - searcher.cfg.hubness * searcher.live.hubness.penalty
     for m, best in enumerate(np.argsort(-member, axis=0, kind="stable")[:searcher.cfg.feedback_depth].T):
         member[:, m] += searcher.cfg.feedback * photos[:, m] @ photos[best, m].mean(axis=0)
     scores = {"image": member.sum(axis=1) / members,

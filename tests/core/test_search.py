@@ -17,7 +17,7 @@ from enclip.models.ensemble import load_model
 def searcher(tiny_index_dir):
     # these tests are about the photo channel and its member fusion, on plain cosines (test_hubness: the penalty;
     # test_feedback: pseudo-relevance feedback)
-    return load_searcher(tiny_index_dir, channels=("image",), hubness=0.0, feedback=0.0)
+    return load_searcher(tiny_index_dir, channels=("image",), hubness=0.0, feedback=0.0, bridge=0.0)
 
 
 def _member_vectors(model_dir, catalogue):

@@ -11,6 +11,10 @@ the candidates' cosines to the mean photo vector of that member's ``feedback_dep
 text query ranks first say what else it should find (Rocchio, 1971; "average query expansion" in image retrieval,
 Chum et al., 2007), and photo-to-photo cosines are more telling than text-to-photo ones. A query with a photo is in
 photo space already and loses from it (docs/RESULTS.md), so it gets none.
+
+Before all of that, a text query's photo-channel vector crosses the index's title bridge (``SearchCfg.bridge``;
+:mod:`enclip.store.bridge`): it moves towards the photos of the training items whose titles are nearest to it.
+The item-text channel keeps the query as the text tower gave it.
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ class SearchCfg:
     hubness: float = 0.5  # weight of the items' hubness penalty for text queries (0: plain cosines); validation-fit
     feedback: float = 0.25  # weight of pseudo-relevance feedback in text queries (0: none); validation-fit
     feedback_depth: int = 10  # best candidates per member whose mean photo vector is the feedback
+    bridge: float = 0.2  # weight of the title bridge's borrowed photos in text queries (0: none); validation-fit
+    bridge_depth: int = 10  # nearest training titles a text query borrows photos from
+    bridge_temperature: float = 0.01  # softmax temperature over their title cosines (small: the nearest dominate)
     hybrid: HybridCfg = field(default_factory=HybridCfg)  # how channels are fused
 
     def __post_init__(self) -> None:
@@ -76,10 +83,20 @@ class SearchCfg:
         if isinstance(self.feedback_depth, bool) or not isinstance(self.feedback_depth, int) or self.feedback_depth < 1:
             raise EnclipError(f"feedback_depth is a number of candidates: a whole number of at least 1, "
                               f"got {self.feedback_depth!r}")
+        if not self.bridge >= 0:
+            raise EnclipError(f"bridge is the weight of the photos a text query borrows from its nearest training "
+                              f"titles: 0 or more, got {self.bridge}")
+        if isinstance(self.bridge_depth, bool) or not isinstance(self.bridge_depth, int) or self.bridge_depth < 1:
+            raise EnclipError(f"bridge_depth is a number of training titles: a whole number of at least 1, "
+                              f"got {self.bridge_depth!r}")
+        if not self.bridge_temperature > 0:
+            raise EnclipError(f"bridge_temperature is a softmax temperature: above 0, got {self.bridge_temperature}")
 
     def rescoring(self) -> dict:
-        """The settings that re-score a text query's candidates (what an evaluation's figures depend on)."""
-        return {"hubness": self.hubness, "feedback": self.feedback, "feedback_depth": self.feedback_depth}
+        """The settings that move or re-score a text query (what an evaluation's figures depend on)."""
+        return {"hubness": self.hubness, "feedback": self.feedback, "feedback_depth": self.feedback_depth,
+                "bridge": self.bridge, "bridge_depth": self.bridge_depth,
+                "bridge_temperature": self.bridge_temperature}
 
 
 @dataclass
@@ -254,11 +271,25 @@ class Searcher:
     def _rank_many(self, queries: list[np.ndarray], k: int, rule: str, where,
                    shares: Sequence[float]) -> list[tuple[list[Hit], bool]]:
         """One index search for every (K, d) query, member weights on the query side; then each query's candidates
-        are re-scored per member."""
+        are re-scored per member. Text queries cross the title bridge first."""
+        queries = self._bridged(queries, shares)
         weights = [self._member_weights(query, rule) for query in queries]
         weighted = np.stack([(q * w[:, None]).reshape(-1) for q, w in zip(queries, weights)]).astype(np.float32)
         _, candidates = self.index.search(weighted, max(self.cfg.candidates, 5 * k), where)
         return [self._finish(q, c, k, rule, w, s) for q, c, w, s in zip(queries, candidates, weights, shares)]
+
+    def _bridged(self, queries: list[np.ndarray], shares: Sequence[float]) -> list[np.ndarray]:
+        """The (K, d) queries, each text query (share 1) moved across the title bridge, in one batch."""
+        bridge = self.live.bridge
+        texts = [j for j, share in enumerate(shares) if share >= 1.0]
+        if bridge is None or not self.cfg.bridge or not texts:
+            return list(queries)
+        moved = bridge.expand(np.stack([queries[j] for j in texts], axis=1), self.cfg.bridge,
+                              self.cfg.bridge_depth, self.cfg.bridge_temperature)
+        out = list(queries)
+        for column, j in enumerate(texts):
+            out[j] = moved[:, column]
+        return out
 
     def _member_scores(self, query: np.ndarray, candidates: np.ndarray, share: float) -> np.ndarray:
         """(K, 1, C) member cosines of the candidates, less their hubness penalty at the query's text share, plus
@@ -329,7 +360,8 @@ class Searcher:
                     channels: tuple[str, ...], depth: int, photo: bool = False, share: float = 1.0) -> Candidates:
         """Each channel's top candidates under the same filters; their union re-scored on every channel. With a
         ``photo`` in the query, only the photo channel retrieves, and the others list its candidates in their order
-        (HybridCfg.photo_depth)."""
+        (HybridCfg.photo_depth). A text query's photo side crosses the title bridge; its text side does not."""
+        query = self._bridged([query], [share])[0]
         weights = self._member_weights(query, rule)
         found: dict[str, np.ndarray] = {}
         if "image" in channels:
@@ -398,7 +430,10 @@ class Searcher:
                 "data_fingerprint": self.manifest.get("data_fingerprint"),
                 "hubness": None if self.live.hubness is None else {"k": self.live.hubness.k,
                                                                    "weight": self.cfg.hubness},
-                "feedback": {"weight": self.cfg.feedback, "depth": self.cfg.feedback_depth}}
+                "feedback": {"weight": self.cfg.feedback, "depth": self.cfg.feedback_depth},
+                "bridge": None if self.live.bridge is None else {
+                    "supports": len(self.live.bridge), "weight": self.cfg.bridge, "depth": self.cfg.bridge_depth,
+                    "temperature": self.cfg.bridge_temperature}}
 
     # -- live changes ------------------------------------------------------------------------------------------
     def add_items(self, items: Sequence[dict], images: Sequence[bytes]) -> None:

@@ -9,6 +9,7 @@ An index directory is self-describing and self-contained (STYLE 7)::
     text_vectors/     the same over each item's text (title + attributes) by the text tower (item-text channel)
     keywords/         a BM25 index of each item's text (keyword channel)
     hubness/          each item's hubness penalty and the title bank it was measured on (enclip.store.hubness)
+    bridge/           the training items' titles and photo vectors, for text queries (enclip.store.bridge)
     routing.npz       cluster centroids in the joint space, and each item's cluster
     skip_report.json  catalogue rows that could not be used, by reason
 
@@ -44,6 +45,7 @@ SKIP_REPORT = "skip_report.json"
 TEXT_VECTORS = "text_vectors"  # optional part: the item-text channel
 KEYWORDS = "keywords"  # optional part: the keyword channel
 HUBNESS = "hubness"  # optional part: each item's hubness penalty for text queries
+BRIDGE = "bridge"  # optional part: training titles and their photo vectors, for text queries
 
 LEGACY_CHANGELOG = "changes.jsonl"  # where enclip < 0.2 kept the admin log, inside the replaced directory
 
@@ -105,6 +107,14 @@ class IndexDir:
         from enclip.store.hubness import TitleHubness
 
         return TitleHubness.load(self.path / HUBNESS)
+
+    def load_bridge(self):
+        """The title bridge (:class:`enclip.store.bridge.TitleBridge`), or None for an index without it."""
+        if not (self.path / BRIDGE).is_dir():
+            return None
+        from enclip.store.bridge import TitleBridge
+
+        return TitleBridge.load(self.path / BRIDGE)
 
     def load_routing(self) -> tuple[np.ndarray, np.ndarray]:
         """(centroids (c, K*d), item_clusters (n,)); no centroids and clusters -1 when the model has none."""

@@ -22,6 +22,7 @@ class LiveIndex:
         self.text_vectors = index_dir.load_text_vectors()  # None for an index built without the item-text channel
         self.keywords = index_dir.load_keywords()  # None for an index built without the keyword channel
         self.hubness = index_dir.load_hubness()  # None for an index built without hubness penalties
+        self.bridge = index_dir.load_bridge()  # None for an index built without it; fixed under live changes
         self.centroids, self.item_clusters = index_dir.load_routing()
 
     def add(self, items: Sequence[dict], images: Sequence[bytes], vectors: np.ndarray,

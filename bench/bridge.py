@@ -1,0 +1,112 @@
+"""The title bridge (``SearchCfg.bridge``) on a built index: a grid of weights, depths and temperatures, paired
+against no bridge on the same queries.
+
+    python bench/bridge.py --index runs/demo/index --split val --weights 0.1 0.2 0.3 --depths 10 --temperatures 0.01 0.03
+    python bench/bridge.py --index runs/demo/index --split test --weights 0.2 --depths 10 --temperatures 0.01
+
+Queries are encoded once and every setting moves the same encoded text queries, with the index's hubness penalty
+and pseudo-relevance feedback at their default weights, so the grid costs rankings only. Photo queries
+(``img2img_lq``) and photo + title queries (``both2img``) never cross the bridge; they are in the grid to show
+that. An index built before the bridge gets one here, from its hubness part's title bank. Choose on ``--split
+val``; report on ``--split test``.
+
+``--latency N`` also times one-query text searches (photo channel, as ``enclip search`` runs them) on N distinct
+validation titles, without the bridge and with the grid's first setting, in alternating passes: p50 ms, median of
+``--repeats`` passes each. Run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.rescoring import Queries, grid_parser, paired_rows, print_progress, print_table  # noqa: E402
+from bench.speed import time_queries  # noqa: E402
+from enclip.data.split import split_indices  # noqa: E402
+from enclip.indexing import title_bridge  # noqa: E402
+from enclip.search import load_searcher  # noqa: E402
+
+NAMES = ("weight", "depth", "temperature")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = grid_parser(__doc__, "bench/out/bridge",
+                         ["title2img", "attrs2img", "attr2img", "img2img_lq", "both2img"])
+    parser.add_argument("--weights", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    parser.add_argument("--depths", type=int, nargs="+", default=[10])
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.01, 0.03])
+    parser.add_argument("--latency", type=int, default=0, help="also time N one-query text searches (0: no timing)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    if any(w <= 0 for w in args.weights) or any(d < 1 for d in args.depths) or any(t <= 0 for t in
+                                                                                   args.temperatures):
+        raise SystemExit("--weights and --temperatures must be above 0 and --depths at least 1 (no bridge is the "
+                         "grid's first row)")
+
+    searcher = load_searcher(args.index)
+    if searcher.live.bridge is None:
+        attach_bridge(searcher)
+    queries = Queries.encode(searcher, args.tasks, args.split)  # once: settings only move text queries
+
+    searcher.cfg.bridge = 0.0
+    grid = {(0.0, None, None): queries.scores(searcher)}
+    for weight, depth, temperature in product(args.weights, args.depths, args.temperatures):
+        set_bridge(searcher, (weight, depth, temperature))
+        grid[weight, depth, temperature] = queries.scores(searcher)
+        print_progress(f"weight={weight} depth={depth} temperature={temperature}", grid[weight, depth, temperature])
+    rows = paired_rows(grid, (0.0, None, None), NAMES)
+    print(f"\n{args.split} split, {args.index}; {len(searcher.live.bridge)} supports; hubness {searcher.cfg.hubness}, "
+          f"feedback {searcher.cfg.feedback}; differences are paired against no bridge (first row)\n")
+    print_table(rows, NAMES)
+    timing = None
+    if args.latency:
+        titles = [searcher.catalogue.titles[p] for p in split_indices(searcher.catalogue.ids)["val"][:args.latency]]
+        first = (args.weights[0], args.depths[0], args.temperatures[0])
+        none, bridged = latency(searcher, titles, first, args.repeats)
+        timing = {"queries": len(titles), "repeats": args.repeats, "p50_ms_none": none, "p50_ms_bridge": bridged}
+        print(f"\none-query text search, photo channel, {len(titles)} validation titles, median of {args.repeats} "
+              f"passes: p50 {none:.2f} ms without the bridge, {bridged:.2f} ms with {first}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"bridge-{args.split}.json"
+    path.write_text(json.dumps({"index": str(args.index), "split": args.split, "hubness": searcher.cfg.hubness,
+                                "feedback": searcher.cfg.feedback, "supports": len(searcher.live.bridge),
+                                "rows": rows, "latency": timing}, indent=2) + "\n")
+    print(f"\nwritten to {path}")
+    return 0
+
+
+def attach_bridge(searcher) -> None:
+    """Give an index built before the bridge one, from its hubness part's title bank (as `enclip index` builds it)."""
+    hubness = searcher.live.hubness
+    if hubness is None:
+        raise SystemExit(f"{searcher.path} has neither a title bridge nor a hubness title bank to build one from; "
+                         "rebuild it with `enclip index`")
+    vectors = searcher.index.reconstruct(np.arange(len(searcher.catalogue.ids)))
+    searcher.live.bridge = title_bridge(searcher.catalogue, vectors, hubness.bank, hubness.titles, searcher.members)
+
+
+def set_bridge(searcher, setting: tuple[float, int, float]) -> None:
+    searcher.cfg.bridge, searcher.cfg.bridge_depth, searcher.cfg.bridge_temperature = setting
+
+
+def latency(searcher, titles: list[str], setting: tuple[float, int, float], repeats: int) -> tuple[float, float]:
+    """p50 ms of one-query text searches without the bridge and with ``setting``, each the median of ``repeats``
+    passes; the two alternate so that a machine's drift hits both alike."""
+    queries = [{"text": title} for title in titles]
+    time_queries(searcher, queries[:20], 10)  # warm-up
+    passes: tuple[list, list] = ([], [])
+    for _ in range(repeats):
+        for j, weight in enumerate([0.0, setting[0]]):
+            set_bridge(searcher, (weight, *setting[1:]))
+            passes[j].append(float(np.percentile(time_queries(searcher, queries, 10).sum(axis=1), 50)))
+    return float(np.median(passes[0])), float(np.median(passes[1]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

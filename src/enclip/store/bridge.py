@@ -1,0 +1,115 @@
+"""The title bridge: the training items' titles and photo vectors, for text queries on the photo channel (an
+index part).
+
+A title says more to another title than to a photo: the text tower places a query near the titles of the
+products it names far more surely than near their photos. The bridge uses that. A text query finds its nearest
+*training* titles and borrows their items' photo vectors: its photo-channel vector becomes, per member,
+
+    normalise(q + weight * sum_i softmax(cos(q, t_i) / temperature) p_i)   over its ``depth`` nearest titles t_i,
+
+where ``p_i`` is the photo vector of the item titled ``t_i``. Catalogues hold product families (the same shirt in
+three colours, one brand's watches), so a new item's nearest training title often names a sibling whose photo
+looks like its own. This is a memory of known pairs at query time, as cache models keep training examples beside
+a frozen CLIP (Zhang et al., 2022, "Tip-Adapter"); the towers are unchanged. The supports are the catalogue's
+*training* items only (:func:`enclip.data.split.split_of`), so that no held-out item lends its own photo to the
+query that looks for it, and the figures of ``enclip eval`` stay honest (docs/RESULTS.md, twenty-eighth pass).
+
+The bridge is fixed when the index is built: items added live are not supports, and a support removed live still
+lends its photo vector (never itself as a hit) until the index is rebuilt.
+
+Files, inside the index directory's ``bridge/`` part::
+
+    bridge.json    members, supports, distinct titles
+    titles.npy     (m, K*d) float16: each distinct support title's concatenated member text vectors
+    title_of.npy   (n,) int32: the distinct title of each support item
+    photos.npy     (n, K*d) float16: each support item's stored photo vector
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from enclip.artifacts import read_json, write_json
+from enclip.errors import EnclipError
+
+
+class TitleBridge:
+    """Support titles and photo vectors, and the expansion of text queries through them."""
+
+    def __init__(self, titles: np.ndarray, title_of: np.ndarray, photos: np.ndarray, members: int):
+        titles, photos = np.asarray(titles), np.asarray(photos)
+        title_of = np.asarray(title_of, np.int64)
+        if not len(photos) or len(title_of) != len(photos) or title_of.min() < 0 or title_of.max() >= len(titles):
+            raise EnclipError(f"a title bridge needs at least one support, one title row per support photo, and "
+                              f"title rows within its {len(titles)} titles ({len(photos)} photos, "
+                              f"{len(title_of)} title rows)")
+        if titles.shape[1] != photos.shape[1] or titles.shape[1] % members:
+            raise EnclipError(f"a title bridge's title and photo vectors must both hold {members} members' vectors "
+                              f"(got widths {titles.shape[1]} and {photos.shape[1]})")
+        self.members, self.dim = int(members), titles.shape[1] // int(members)
+        self.title_of = title_of
+        # each member's vectors as contiguous float32 blocks: a query multiplies them as they are
+        self._titles = [np.ascontiguousarray(titles[:, m * self.dim:(m + 1) * self.dim], np.float32)
+                        for m in range(self.members)]
+        self._photos = [np.ascontiguousarray(photos[:, m * self.dim:(m + 1) * self.dim], np.float32)
+                        for m in range(self.members)]
+
+    @classmethod
+    def build(cls, bank: np.ndarray, bank_titles: list[str], item_titles: list[str], supports: np.ndarray,
+              vectors: np.ndarray, members: int) -> TitleBridge:
+        """A bridge over the items at positions ``supports``: their titles' rows of the title ``bank`` ((m, K*d),
+        one row per ``bank_titles``) and their stored photo ``vectors`` rows ((n, K*d))."""
+        row_of = {title: row for row, title in enumerate(bank_titles)}
+        missing = [item_titles[p] for p in supports if item_titles[p] not in row_of]
+        if missing:
+            raise EnclipError(f"{len(missing)} support titles are not in the title bank (e.g. {missing[0]!r}); "
+                              f"the bank must be encoded from the same catalogue")
+        bank_rows = np.array([row_of[item_titles[p]] for p in supports], dtype=np.int64)
+        used, title_of = np.unique(bank_rows, return_inverse=True)
+        # stored as float16 (as the title bank is): the bridge holds what a reload gives
+        return cls(np.asarray(bank, np.float16)[used], title_of,
+                   np.asarray(vectors, np.float16)[np.asarray(supports, np.int64)], members)
+
+    def __len__(self) -> int:
+        return len(self.title_of)
+
+    @property
+    def titles(self) -> np.ndarray:
+        """(m, K*d) distinct support titles' member text vectors."""
+        return np.concatenate(self._titles, axis=1)
+
+    @property
+    def photos(self) -> np.ndarray:
+        """(n, K*d) support items' member photo vectors."""
+        return np.concatenate(self._photos, axis=1)
+
+    def expand(self, queries: np.ndarray, weight: float, depth: int, temperature: float) -> np.ndarray:
+        """(K, B, d) text queries moved towards the photos of their nearest support titles (module docstring), each
+        member in its own space, and normalised again."""
+        out = np.array(queries, dtype=np.float32, copy=True)
+        depth = min(depth, len(self))
+        for m in range(self.members):
+            cosines = (out[m] @ self._titles[m].T)[:, self.title_of]  # (B, n): each support's title cosine
+            nearest = np.argpartition(-cosines, depth - 1, axis=1)[:, :depth]
+            logits = np.take_along_axis(cosines, nearest, axis=1) / temperature
+            shares = np.exp(logits - logits.max(axis=1, keepdims=True))
+            shares /= shares.sum(axis=1, keepdims=True)
+            borrowed = np.einsum("bj,bjd->bd", shares, self._photos[m][nearest])
+            out[m] += np.float32(weight) * borrowed
+        return out / np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-12)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        np.save(directory / "titles.npy", self.titles.astype(np.float16))
+        np.save(directory / "title_of.npy", self.title_of.astype(np.int32))
+        np.save(directory / "photos.npy", self.photos.astype(np.float16))
+        write_json(directory / "bridge.json", {"members": self.members, "supports": len(self),
+                                               "titles": len(self.titles)})
+
+    @classmethod
+    def load(cls, directory: Path) -> TitleBridge:
+        info = read_json(directory / "bridge.json")
+        return cls(np.load(directory / "titles.npy"), np.load(directory / "title_of.npy"),
+                   np.load(directory / "photos.npy"), info["members"])
