@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: the search default; 0 ranks by plain cosines)")
     parser.add_argument("--feedback", type=float, help="weight of pseudo-relevance feedback in text queries, both "
                         "indexes (default: the search default; 0 = none)")
+    parser.add_argument("--bridge", type=float, help="weight of the title bridge in text queries, both indexes "
+                        "(default: the search default; 0 = none)")
     return parser.parse_args(argv)
 
 
@@ -74,12 +76,12 @@ def eval_cfg(args: argparse.Namespace) -> EvalCfg:
     """The evaluation both indexes get, from the command line."""
     severities = {"severities": tuple(args.severities)} if args.severities else {}
     return EvalCfg(tasks=tuple(args.tasks), split=args.split, hubness=args.hubness, feedback=args.feedback,
-                   both_severity=args.both_severity, **severities)
+                   bridge=args.bridge, both_severity=args.both_severity, **severities)
 
 
 def _searcher(index: Path, hubness_k: int | None, work_dir: Path, rescoring: dict):
-    """The index's searcher, re-scoring text queries as ``rescoring`` says (hubness and feedback weights; empty: the
-    search defaults); with ``hubness_k``, its items' hubness penalties measured here, in memory."""
+    """The index's searcher, re-scoring text queries as ``rescoring`` says (hubness, feedback and bridge weights;
+    empty: the search defaults); with ``hubness_k``, its items' hubness penalties measured here, in memory."""
     searcher = load_searcher(index, **rescoring)
     if hubness_k is not None:
         vectors = searcher.index.reconstruct(np.arange(len(searcher.catalogue)))

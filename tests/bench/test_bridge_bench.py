@@ -1,0 +1,43 @@
+"""bench/bridge.py on a tiny index: a grid of bridge settings paired against none, and a bridge for an index built
+before it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench import bridge
+from enclip.indexing import IndexBuildCfg, build_index
+from enclip.search import load_searcher
+
+pytestmark = pytest.mark.slow  # ranks every query per setting
+
+
+def test_settings_are_paired_against_no_bridge_and_photo_queries_are_left_alone(tiny_index_dir, tmp_path, capsys):
+    args = ["--index", str(tiny_index_dir), "--out", str(tmp_path), "--split", "test", "--depths", "3",
+            "--temperatures", "0.05", "--weights", "0.2", "2.0", "--tasks", "title2img", "img2img_lq"]
+    assert bridge.main([*args, "--latency", "5", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "paired against no bridge" in out
+    written = json.loads((tmp_path / "bridge-test.json").read_text())
+    assert [(row["weight"], row["depth"], row["temperature"]) for row in written["rows"]] == [
+        (0.0, None, None), (0.2, 3, 0.05), (2.0, 3, 0.05)]
+    assert written["latency"]["queries"] == 5 and written["latency"]["p50_ms_bridge"] > 0
+    for row in written["rows"][1:]:  # photo queries never cross the bridge: every difference is exactly zero
+        assert row["img2img_lq/R@10"]["diff"] == {"mean": 0.0, "low": 0.0, "high": 0.0}
+    with pytest.raises(SystemExit, match="--weights and --temperatures must be above 0"):
+        bridge.main([*args[:10], "--weights", "0", "--tasks", "title2img"])
+
+
+def test_an_index_built_without_a_bridge_gets_the_one_indexing_would_build(tiny_index_dir, tiny_ensemble_dir,
+                                                                          catalogue, tmp_path):
+    out = build_index(tiny_ensemble_dir, catalogue, tmp_path / "index", IndexBuildCfg(bridge=False))
+    searcher = load_searcher(out)
+    assert searcher.live.bridge is None
+    bridge.attach_bridge(searcher)
+    built = load_searcher(tiny_index_dir).live.bridge
+    np.testing.assert_array_equal(searcher.live.bridge.title_of, built.title_of)
+    np.testing.assert_allclose(searcher.live.bridge.photos, built.photos, atol=2e-3)
+    np.testing.assert_allclose(searcher.live.bridge.titles, built.titles, atol=2e-3)
