@@ -221,7 +221,8 @@ class Searcher:
                        fusion: str | None = None, clusters: int | None = None, text_share: float = 0.0) -> list[Hit]:
         """Rank for already encoded (K, d) member query vectors; ``text_share`` is the text's share of the query (1
         for text, 0 for a photo, the weight for both; see :func:`enclip.search.query.text_shares`), which scales the
-        hubness penalty. Vectors do not say what they were encoded from, so it must be given for text queries."""
+        hubness penalty; a text query (1) also crosses the title bridge and gets feedback. Vectors do not say what
+        they were encoded from, so it must be given for text queries."""
         rule = self._check(k, fusion, clusters)
         with self._lock, _faiss_threads(self.cfg.query_threads):
             return self._rank_many([query], k, rule, self._where(filters, query, clusters), [text_share])[0][0]

@@ -50,10 +50,11 @@ class TitleBridge:
                               f"(got widths {titles.shape[1]} and {photos.shape[1]})")
         self.members, self.dim = int(members), titles.shape[1] // int(members)
         self.title_of = title_of
-        # each member's vectors as contiguous float32 blocks: a query multiplies them as they are
+        # each member's block, contiguous: titles in float32, which every query multiplies whole; photos in float16,
+        # of which a query reads only its nearest supports' rows
         self._titles = [np.ascontiguousarray(titles[:, m * self.dim:(m + 1) * self.dim], np.float32)
                         for m in range(self.members)]
-        self._photos = [np.ascontiguousarray(photos[:, m * self.dim:(m + 1) * self.dim], np.float32)
+        self._photos = [np.ascontiguousarray(photos[:, m * self.dim:(m + 1) * self.dim], np.float16)
                         for m in range(self.members)]
 
     @classmethod
@@ -96,7 +97,7 @@ class TitleBridge:
             logits = np.take_along_axis(cosines, nearest, axis=1) / temperature
             shares = np.exp(logits - logits.max(axis=1, keepdims=True))
             shares /= shares.sum(axis=1, keepdims=True)
-            borrowed = np.einsum("bj,bjd->bd", shares, self._photos[m][nearest])
+            borrowed = np.einsum("bj,bjd->bd", shares, self._photos[m][nearest].astype(np.float32))
             out[m] += np.float32(weight) * borrowed
         return out / np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-12)
 
