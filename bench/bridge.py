@@ -10,6 +10,10 @@ and pseudo-relevance feedback at their default weights, so the grid costs rankin
 that. An index built before the bridge gets one here, from its hubness part's title bank. Choose on ``--split
 val``; report on ``--split test``.
 
+With ``title2img`` among the tasks it also splits that task's paired differences by whether the query's exact
+title is also a training item's title (a sibling listed under the same name), to show whether the gain comes only
+from repeated titles.
+
 ``--latency N`` also times one-query text searches (photo channel, as ``enclip search`` runs them) on N distinct
 validation titles, without the bridge and with the grid's first setting, in alternating passes: p50 ms, median of
 ``--repeats`` passes each. Run it on a quiet machine.
@@ -29,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.rescoring import Queries, grid_parser, paired_rows, print_progress, print_table  # noqa: E402
 from bench.speed import time_queries  # noqa: E402
 from enclip.data.split import split_indices  # noqa: E402
+from enclip.eval.bootstrap import paired_bootstrap_diff  # noqa: E402
 from enclip.indexing import title_bridge  # noqa: E402
 from enclip.search import load_searcher  # noqa: E402
 
@@ -64,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.split} split, {args.index}; {len(searcher.live.bridge)} supports; hubness {searcher.cfg.hubness}, "
           f"feedback {searcher.cfg.feedback}; differences are paired against no bridge (first row)\n")
     print_table(rows, NAMES)
+    seen = seen_title_split(searcher, queries, grid) if "title2img" in args.tasks else None
     timing = None
     if args.latency:
         titles = [searcher.catalogue.titles[p] for p in split_indices(searcher.catalogue.ids)["val"][:args.latency]]
@@ -76,9 +82,40 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / f"bridge-{args.split}.json"
     path.write_text(json.dumps({"index": str(args.index), "split": args.split, "hubness": searcher.cfg.hubness,
                                 "feedback": searcher.cfg.feedback, "supports": len(searcher.live.bridge),
-                                "rows": rows, "latency": timing}, indent=2) + "\n")
+                                "rows": rows, "seen_titles": seen, "latency": timing}, indent=2) + "\n")
     print(f"\nwritten to {path}")
     return 0
+
+
+def seen_title_split(searcher, queries: Queries, grid: dict) -> list[dict]:
+    """title2img's paired difference of each setting against no bridge, on the queries whose exact title is a
+    training item's title and on the rest; printed, and returned for the output file."""
+    group = next(g for g in queries.groups if any(j.key == "title2img" for j in g.judgements))
+    training = {searcher.catalogue.titles[p] for p in split_indices(searcher.catalogue.ids)["train"]}
+    seen = np.array([text in training for text in group.texts])
+    base = grid[0.0, None, None]["title2img/R@10"]
+    print(f"\ntitle2img R@10 by whether the query's exact title is a training title ({int(seen.sum())} of "
+          f"{len(seen)} are); paired against no bridge\n")
+    print("| weight | depth | temperature | title seen in training | title not seen |\n|---|---|---|---|---|")
+    out = []
+    for setting, found in list(grid.items())[1:]:
+        row = dict(zip(NAMES, setting))
+        for name, mask in (("seen", seen), ("unseen", ~seen)):
+            row[name] = _subset(found["title2img/R@10"][mask], base[mask])
+        out.append(row)
+        print("| " + " | ".join(str(v) for v in setting) + " | " + " | ".join(
+            "no queries" if row[n] is None else f"{row[n]['base']:.3f} → {row[n]['mean']:.3f} ({row[n]['diff']:+.3f} "
+            f"[{row[n]['low']:+.3f}, {row[n]['high']:+.3f}])" for n in ("seen", "unseen")) + " |")
+    return out
+
+
+def _subset(values: np.ndarray, base: np.ndarray) -> dict | None:
+    """One subset's figures with and without the bridge, and their paired difference (None: no such queries)."""
+    if not len(values):
+        return None
+    diff = paired_bootstrap_diff(values, base)
+    return {"n": len(values), "mean": float(values.mean()), "base": float(base.mean()), "diff": diff.mean,
+            "low": diff.low, "high": diff.high}
 
 
 def attach_bridge(searcher) -> None:

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 from bench import bridge
+from enclip.data.split import split_indices
 from enclip.indexing import IndexBuildCfg, build_index
 from enclip.search import load_searcher
 
 pytestmark = pytest.mark.slow  # ranks every query per setting
 
 
-def test_settings_are_paired_against_no_bridge_and_photo_queries_are_left_alone(tiny_index_dir, tmp_path, capsys):
+def test_settings_are_paired_against_no_bridge_and_photo_queries_are_left_alone(tiny_index_dir, catalogue, tmp_path,
+                                                                               capsys):
     args = ["--index", str(tiny_index_dir), "--out", str(tmp_path), "--split", "test", "--depths", "3",
             "--temperatures", "0.05", "--weights", "0.2", "2.0", "--tasks", "title2img", "img2img_lq"]
     assert bridge.main([*args, "--latency", "5", "--repeats", "1"]) == 0
@@ -25,6 +27,11 @@ def test_settings_are_paired_against_no_bridge_and_photo_queries_are_left_alone(
     assert [(row["weight"], row["depth"], row["temperature"]) for row in written["rows"]] == [
         (0.0, None, None), (0.2, 3, 0.05), (2.0, 3, 0.05)]
     assert written["latency"]["queries"] == 5 and written["latency"]["p50_ms_bridge"] > 0
+    titles = written["rows"][0]["title2img/R@10"]
+    titles_count = len(split_indices(catalogue.ids)["test"])
+    assert [(row["weight"], sum(row[n]["n"] for n in ("seen", "unseen") if row[n])) for row in written["seen_titles"]
+            ] == [(0.2, titles_count), (2.0, titles_count)]  # every test title, split by whether training has it
+    assert titles["mean"] >= 0 and "title seen in training" in out
     for row in written["rows"][1:]:  # photo queries never cross the bridge: every difference is exactly zero
         assert row["img2img_lq/R@10"]["diff"] == {"mean": 0.0, "low": 0.0, "high": 0.0}
     with pytest.raises(SystemExit, match="--weights and --temperatures must be above 0"):
