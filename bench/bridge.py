@@ -1,7 +1,8 @@
 """The title bridge (``SearchCfg.bridge``) on a built index: a grid of weights, depths and temperatures, paired
 against no bridge on the same queries.
 
-    python bench/bridge.py --index runs/demo/index --split val --weights 0.1 0.2 0.3 --depths 10 --temperatures 0.01 0.03
+    python bench/bridge.py --index runs/demo/index --split val --weights 0.1 0.2 0.3 --depths 10 \
+        --temperatures 0.01 0.03
     python bench/bridge.py --index runs/demo/index --split test --weights 0.2 --depths 10 --temperatures 0.01
 
 Queries are encoded once and every setting moves the same encoded text queries, with the index's hubness penalty
@@ -30,8 +31,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.rescoring import Queries, grid_parser, paired_rows, print_progress, print_table  # noqa: E402
-from bench.speed import time_queries  # noqa: E402
+from bench.rescoring import (  # noqa: E402
+    Queries,
+    alternating_p50,
+    grid_parser,
+    paired_rows,
+    print_progress,
+    print_table,
+)
 from enclip.data.split import split_indices  # noqa: E402
 from enclip.eval.bootstrap import paired_bootstrap_diff  # noqa: E402
 from enclip.indexing import title_bridge  # noqa: E402
@@ -133,16 +140,10 @@ def set_bridge(searcher, setting: tuple[float, int, float]) -> None:
 
 
 def latency(searcher, titles: list[str], setting: tuple[float, int, float], repeats: int) -> tuple[float, float]:
-    """p50 ms of one-query text searches without the bridge and with ``setting``, each the median of ``repeats``
-    passes; the two alternate so that a machine's drift hits both alike."""
-    queries = [{"text": title} for title in titles]
-    time_queries(searcher, queries[:20], 10)  # warm-up
-    passes: tuple[list, list] = ([], [])
-    for _ in range(repeats):
-        for j, weight in enumerate([0.0, setting[0]]):
-            set_bridge(searcher, (weight, *setting[1:]))
-            passes[j].append(float(np.percentile(time_queries(searcher, queries, 10).sum(axis=1), 50)))
-    return float(np.median(passes[0])), float(np.median(passes[1]))
+    """p50 ms of one-query text searches without the bridge and with ``setting``."""
+    none, bridged = alternating_p50(searcher, titles, [lambda: set_bridge(searcher, (0.0, *setting[1:])),
+                                                       lambda: set_bridge(searcher, setting)], repeats)
+    return none, bridged
 
 
 if __name__ == "__main__":

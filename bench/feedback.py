@@ -20,12 +20,16 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.rescoring import Queries, grid_parser, paired_rows, print_progress, print_table  # noqa: E402
-from bench.speed import time_queries  # noqa: E402
+from bench.rescoring import (  # noqa: E402
+    Queries,
+    alternating_p50,
+    grid_parser,
+    paired_rows,
+    print_progress,
+    print_table,
+)
 from enclip.data.split import split_indices  # noqa: E402
 from enclip.search import load_searcher  # noqa: E402
 
@@ -74,16 +78,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def latency(searcher, titles: list[str], setting: tuple[int, float], repeats: int) -> tuple[float, float]:
-    """p50 ms of one-query text searches without feedback and with ``setting`` (depth, weight), each the median of
-    ``repeats`` passes; the two alternate so that a machine's drift hits both alike."""
-    queries = [{"text": title} for title in titles]
-    time_queries(searcher, queries[:20], 10)  # warm-up
-    passes: tuple[list, list] = ([], [])
-    for _ in range(repeats):
-        for j, (depth, weight) in enumerate([(setting[0], 0.0), setting]):
+    """p50 ms of one-query text searches without feedback and with ``setting`` (depth, weight)."""
+    def with_feedback(depth: int, weight: float):
+        def apply() -> None:
             searcher.cfg.feedback, searcher.cfg.feedback_depth = weight, depth
-            passes[j].append(float(np.percentile(time_queries(searcher, queries, 10).sum(axis=1), 50)))
-    return float(np.median(passes[0])), float(np.median(passes[1]))
+        return apply
+
+    none, fed = alternating_p50(searcher, titles, [with_feedback(setting[0], 0.0), with_feedback(*setting)], repeats)
+    return none, fed
 
 
 if __name__ == "__main__":

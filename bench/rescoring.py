@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,22 @@ def print_table(rows: list[dict], names: tuple[str, ...]) -> None:
     for row in rows:
         settings = ["–" if row[name] is None else str(row[name]) for name in names]
         print("| " + " | ".join(settings + [_cell(row[key]) for key in keys]) + " |")
+
+
+def alternating_p50(searcher, titles: list[str], settings: list[Callable[[], None]], repeats: int) -> list[float]:
+    """p50 ms of one-query text searches (photo channel, as ``enclip search`` runs them) under each of ``settings``
+    (functions that set the searcher up), each the median of ``repeats`` passes; the settings alternate within each
+    pass so that a machine's drift hits them alike."""
+    from bench.speed import time_queries
+
+    queries = [{"text": title} for title in titles]
+    time_queries(searcher, queries[:20], 10)  # warm-up
+    passes: list[list[float]] = [[] for _ in settings]
+    for _ in range(repeats):
+        for times, apply in zip(passes, settings):
+            apply()
+            times.append(float(np.percentile(time_queries(searcher, queries, 10).sum(axis=1), 50)))
+    return [float(np.median(times)) for times in passes]
 
 
 def print_progress(setting: str, scores: dict[str, np.ndarray]) -> None:

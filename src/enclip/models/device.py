@@ -36,9 +36,9 @@ def keep_freed_memory() -> bool:
     on free, so a training step's activations can arrive as fresh pages, one page fault per 4 KB: 13-17 million
     faults and 30-40 s of system time in two of three two-epoch trainings here, and steps up to 1.7 times slower in
     one 30-minute run. With blocks up to 32 MB kept on the heap and the heap trimmed only past 1 GB free, the same
-    training faults 0.8 million times (RESULTS.md, issue 14, twenty-seventh pass). Call it once, before the work. Returns whether it took effect: not
-    off Linux or glibc, and not when the user set the allocator up already (``MALLOC_MMAP_THRESHOLD_``,
-    ``GLIBC_TUNABLES``).
+    training faults 0.8 million times (RESULTS.md, issue 14, twenty-seventh pass). Call it once, before the work.
+    Returns whether it took effect: not off Linux or glibc, and not when the user set the allocator up already
+    (``MALLOC_MMAP_THRESHOLD_``, ``GLIBC_TUNABLES``).
     """
     if not sys.platform.startswith("linux") or os.environ.get("MALLOC_MMAP_THRESHOLD_") \
             or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
