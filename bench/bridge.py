@@ -5,10 +5,18 @@ against no bridge on the same queries.
         --temperatures 0.01 0.03
     python bench/bridge.py --index runs/demo/index --split test --weights 0.2 --depths 10 --temperatures 0.01
 
+Every setting runs with the bridge's item supports only (``labels`` –) and with its label supports as well (each
+attribute value's mean training photo) at each of ``--label-weights``. ``attr2img``'s queries are the values
+themselves, with no split of their own, and its gallery holds the training items whose photos make the label
+supports; so it is also scored on the split's own items only ("split-only": the other items are dropped from each
+ranking and from the relevant items). That figure shows whether a value's mean training photo finds *unseen* items
+of that value, and on ``--split val`` it is where the label weight is chosen.
+
 Queries are encoded once and every setting moves the same encoded text queries, with the index's hubness penalty
 and pseudo-relevance feedback at their default weights, so the grid costs rankings only. Photo queries
 (``img2img_lq``) and photo + title queries (``both2img``) never cross the bridge; they are in the grid to show
-that. An index built before the bridge gets one here, from its hubness part's title bank. Choose on ``--split
+that. An index built before the bridge (or before its label supports) gets one here, from its hubness part's title
+bank. Choose on ``--split
 val``; report on ``--split test``.
 
 With ``title2img`` among the tasks it also splits that task's paired differences by whether the query's exact
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from itertools import product
 from pathlib import Path
 
@@ -40,11 +49,17 @@ from bench.rescoring import (  # noqa: E402
     print_table,
 )
 from enclip.data.split import split_indices  # noqa: E402
+from enclip.embed.item_text import encode_distinct  # noqa: E402
 from enclip.eval.bootstrap import paired_bootstrap_diff  # noqa: E402
+from enclip.eval.evaluate import score_group  # noqa: E402
+from enclip.eval.tasks import Judgement, QueryGroup  # noqa: E402
 from enclip.indexing import title_bridge  # noqa: E402
 from enclip.search import load_searcher  # noqa: E402
 
-NAMES = ("weight", "depth", "temperature")
+NAMES = ("weight", "depth", "temperature", "labels")
+NONE = (0.0, None, None, None)  # the grid's first row: no bridge
+SPLIT_DEPTH = 600  # ranks read per attr2img query to find ten of the split's items (val and test are 10% each)
+SPLIT_KEYS = tuple(f"attr2img/{name}/P@10 split-only" for name in ("articleType", "subCategory", "baseColour"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument("--depths", type=int, nargs="+", default=[10])
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.01, 0.03])
+    parser.add_argument("--label-weights", type=float, nargs="+", default=[0.2],
+                        help="weights of the label supports' photos (each setting also runs without them)")
     parser.add_argument("--latency", type=int, default=0, help="also time N one-query text searches (0: no timing)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
@@ -60,38 +77,59 @@ def main(argv: list[str] | None = None) -> int:
                                                                                    args.temperatures):
         raise SystemExit("--weights and --temperatures must be above 0 and --depths at least 1 (no bridge is the "
                          "grid's first row)")
+    if any(w < 0 for w in args.label_weights):
+        raise SystemExit("--label-weights must be 0 or more (each setting also runs without label supports)")
 
     searcher = load_searcher(args.index)
-    if searcher.live.bridge is None:
+    if searcher.live.bridge is None or not searcher.live.bridge.labels:
         attach_bridge(searcher)
+    bridges = {False: searcher.live.bridge.without_labels(), True: searcher.live.bridge}
     queries = Queries.encode(searcher, args.tasks, args.split)  # once: settings only move text queries
+    values = [g for g in queries.groups if g.name.startswith("attr2img")]
+
+    def scores() -> dict[str, np.ndarray]:
+        return {**queries.scores(searcher), **split_only_scores(searcher, queries, values, args.split)}
 
     searcher.cfg.bridge = 0.0
-    grid = {(0.0, None, None): queries.scores(searcher)}
-    for weight, depth, temperature in product(args.weights, args.depths, args.temperatures):
-        set_bridge(searcher, (weight, depth, temperature))
-        grid[weight, depth, temperature] = queries.scores(searcher)
-        print_progress(f"weight={weight} depth={depth} temperature={temperature}", grid[weight, depth, temperature])
-    rows = paired_rows(grid, (0.0, None, None), NAMES)
-    print(f"\n{args.split} split, {args.index}; {len(searcher.live.bridge)} supports; hubness {searcher.cfg.hubness}, "
-          f"feedback {searcher.cfg.feedback}; differences are paired against no bridge (first row)\n")
-    print_table(rows, NAMES)
+    grid = {NONE: scores()}
+    for setting in product(args.weights, args.depths, args.temperatures, [None, *args.label_weights]):
+        set_bridge(searcher, setting, bridges)
+        grid[setting] = scores()
+        print_progress(" ".join(f"{n}={v}" for n, v in zip(NAMES, setting)), grid[setting])
+    rows = paired_rows(grid, NONE, NAMES)
+    print(f"\n{args.split} split, {args.index}; {len(bridges[True])} supports, {bridges[True].labels} of them labels; "
+          f"hubness {searcher.cfg.hubness}, feedback {searcher.cfg.feedback}; differences are paired against no "
+          f"bridge (first row)\n")
+    print_table(rows, NAMES, extra=SPLIT_KEYS)
+    with_labels = label_rows(grid)
+    if with_labels:
+        print("\nthe label supports against the same setting without them (paired)\n")
+        print_table(with_labels, NAMES, extra=SPLIT_KEYS)
     seen = seen_title_split(searcher, queries, grid) if "title2img" in args.tasks else None
     timing = None
     if args.latency:
         titles = [searcher.catalogue.titles[p] for p in split_indices(searcher.catalogue.ids)["val"][:args.latency]]
-        first = (args.weights[0], args.depths[0], args.temperatures[0])
-        none, bridged = latency(searcher, titles, first, args.repeats)
+        first = (args.weights[0], args.depths[0], args.temperatures[0], args.label_weights[0])
+        none, bridged = latency(searcher, titles, first, bridges, args.repeats)
         timing = {"queries": len(titles), "repeats": args.repeats, "p50_ms_none": none, "p50_ms_bridge": bridged}
         print(f"\none-query text search, photo channel, {len(titles)} validation titles, median of {args.repeats} "
               f"passes: p50 {none:.2f} ms without the bridge, {bridged:.2f} ms with {first}")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"bridge-{args.split}.json"
     path.write_text(json.dumps({"index": str(args.index), "split": args.split, "hubness": searcher.cfg.hubness,
-                                "feedback": searcher.cfg.feedback, "supports": len(searcher.live.bridge),
-                                "rows": rows, "seen_titles": seen, "latency": timing}, indent=2) + "\n")
+                                "feedback": searcher.cfg.feedback, "supports": len(bridges[True]),
+                                "labels": bridges[True].labels,
+                                "rows": rows, "labels_against_items_only": with_labels, "seen_titles": seen,
+                                "latency": timing}, indent=2) + "\n")
     print(f"\nwritten to {path}")
     return 0
+
+
+def label_rows(grid: dict) -> list[dict]:
+    """Each setting with label supports, paired against the same setting without them."""
+    return [paired_rows({setting[:3] + (None,): grid[setting[:3] + (None,)], setting: found},
+                        setting[:3] + (None,), NAMES)[1]
+            for setting, found in grid.items() if setting != NONE and setting[3] is not None]
 
 
 def seen_title_split(searcher, queries: Queries, grid: dict) -> list[dict]:
@@ -100,10 +138,11 @@ def seen_title_split(searcher, queries: Queries, grid: dict) -> list[dict]:
     group = next(g for g in queries.groups if any(j.key == "title2img" for j in g.judgements))
     training = {searcher.catalogue.titles[p] for p in split_indices(searcher.catalogue.ids)["train"]}
     seen = np.array([text in training for text in group.texts])
-    base = grid[0.0, None, None]["title2img/R@10"]
+    base = grid[NONE]["title2img/R@10"]
     print(f"\ntitle2img R@10 by whether the query's exact title is a training title ({int(seen.sum())} of "
           f"{len(seen)} are); paired against no bridge\n")
-    print("| weight | depth | temperature | title seen in training | title not seen |\n|---|---|---|---|---|")
+    print("| weight | depth | temperature | labels | title seen in training | title not seen |\n"
+          "|---|---|---|---|---|---|")
     out = []
     for setting, found in list(grid.items())[1:]:
         row = dict(zip(NAMES, setting))
@@ -125,24 +164,52 @@ def _subset(values: np.ndarray, base: np.ndarray) -> dict | None:
             "low": diff.low, "high": diff.high}
 
 
+def split_only_scores(searcher, queries: Queries, groups: list[QueryGroup], split: str) -> dict[str, np.ndarray]:
+    """attr2img P@10 on the ``split``'s items only: each ranking read to ``SPLIT_DEPTH`` and cut to them, against
+    each value's items of the split (values with none there are left out)."""
+    ids = searcher.catalogue.ids
+    own = {ids[p] for p in split_indices(ids)[split]}
+    out = {}
+    for group in groups:
+        vectors, shares = queries.encoded[queries.groups.index(group)]
+        judgement = group.judgements[0]
+        relevant = [frozenset(r & own) for r in judgement.relevant]
+        keep = [j for j, r in enumerate(relevant) if r]
+        hits = searcher.search_batch(vectors[:, keep], k=SPLIT_DEPTH, shares=np.asarray(shares)[keep])
+        rankings = [[hit.id for hit in ranked if hit.id in own][:10] for ranked in hits]
+        cut = QueryGroup(group.name, [group.labels[j] for j in keep], [group.texts[j] for j in keep],
+                         [None] * len(keep), [1.0] * len(keep),
+                         [Judgement(judgement.key, [relevant[j] for j in keep], ("P@10",))])
+        out.update({f"{key} split-only": v for key, v in score_group(cut, rankings).items()})
+    return out
+
+
 def attach_bridge(searcher) -> None:
-    """Give an index built before the bridge one, from its hubness part's title bank (as `enclip index` builds it)."""
+    """Give an index built before the bridge (or before its label supports) the one `enclip index` builds now,
+    from its hubness part's title bank."""
     hubness = searcher.live.hubness
     if hubness is None:
         raise SystemExit(f"{searcher.path} has neither a title bridge nor a hubness title bank to build one from; "
                          "rebuild it with `enclip index`")
     vectors = searcher.index.reconstruct(np.arange(len(searcher.catalogue.ids)))
-    searcher.live.bridge = title_bridge(searcher.catalogue, vectors, hubness.bank, hubness.titles, searcher.members)
+    with tempfile.TemporaryDirectory() as work:
+        searcher.live.bridge = title_bridge(
+            searcher.catalogue, vectors, hubness.bank, hubness.titles, searcher.members,
+            label_texts=lambda values: encode_distinct(searcher.model, np.asarray(values, dtype=str), Path(work)))
 
 
-def set_bridge(searcher, setting: tuple[float, int, float]) -> None:
-    searcher.cfg.bridge, searcher.cfg.bridge_depth, searcher.cfg.bridge_temperature = setting
+def set_bridge(searcher, setting: tuple, bridges: dict) -> None:
+    """Apply a grid setting: weight, depth, temperature and the label weight (None: no label supports)."""
+    searcher.cfg.bridge, searcher.cfg.bridge_depth, searcher.cfg.bridge_temperature, labels = setting
+    searcher.live.bridge = bridges[labels is not None]
+    if labels is not None:
+        searcher.cfg.bridge_labels = labels
 
 
-def latency(searcher, titles: list[str], setting: tuple[float, int, float], repeats: int) -> tuple[float, float]:
+def latency(searcher, titles: list[str], setting: tuple, bridges: dict, repeats: int) -> tuple[float, float]:
     """p50 ms of one-query text searches without the bridge and with ``setting``."""
-    none, bridged = alternating_p50(searcher, titles, [lambda: set_bridge(searcher, (0.0, *setting[1:])),
-                                                       lambda: set_bridge(searcher, setting)], repeats)
+    none, bridged = alternating_p50(searcher, titles, [lambda: set_bridge(searcher, (0.0, *setting[1:]), bridges),
+                                                       lambda: set_bridge(searcher, setting, bridges)], repeats)
     return none, bridged
 
 

@@ -84,8 +84,9 @@ def paired_rows(grid: dict[tuple, dict[str, np.ndarray]], against: tuple, names:
             for setting, found in grid.items()]
 
 
-def print_table(rows: list[dict], names: tuple[str, ...]) -> None:
-    keys = [key for key in KEYS if key in rows[0]]
+def print_table(rows: list[dict], names: tuple[str, ...], extra: tuple[str, ...] = ()) -> None:
+    """The rows as a Markdown table: the settings, then every figure of ``KEYS`` (and of ``extra``) they have."""
+    keys = [key for key in (*KEYS, *extra) if key in rows[0]]
     print("| " + " | ".join(names) + " | " + " | ".join(keys) + " |\n|" + "---|" * (len(names) + len(keys)))
     for row in rows:
         settings = ["–" if row[name] is None else str(row[name]) for name in names]

@@ -183,6 +183,9 @@ def _rescoring_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bridge", type=float, help="weight of the photos a text query borrows from the training "
                         "items whose titles are nearest to it, on the photo channel (default 0.2, fitted on "
                         "validation; 0 turns it off; see `index --no-bridge`)")
+    parser.add_argument("--bridge-labels", type=float, help="weight of the mean training photo a text query borrows "
+                        "from an attribute value it names, such as 'Tshirts' (the bridge's label supports; fitted on "
+                        "validation; 0 turns them off; see `index --no-bridge-labels`)")
 
 
 def _engine_args(parser: argparse.ArgumentParser, what: str) -> None:
@@ -269,7 +272,7 @@ def cmd_index(args) -> int:
     catalogue, report = load_data(args)
     cfg = IndexBuildCfg(index=_index_cfg(args), device=args.device, trunk_cache=args.trunk_cache,
                         channels=_index_channels(args.channels), engine=args.engine, ray_address=args.address,
-                        bridge=not args.no_bridge,
+                        bridge=not args.no_bridge, bridge_labels=not args.no_bridge_labels,
                         **({} if args.hubness_k is None else {"hubness_k": args.hubness_k}))
     build_index(args.model, catalogue, out, cfg, resume=args.resume, skip_report=report)
     print(f"index written to {out}; next: enclip search --index {out} --text \"navy check shirt\"")
@@ -327,7 +330,7 @@ def _fusion_weights(spec: str | None) -> dict[str, float] | None:
 
 def _searcher_options(args) -> dict:
     """Search settings given on the command line (only those given: the rest keep SearchCfg's defaults)."""
-    return {name: getattr(args, name) for name in ("hubness", "feedback", "bridge")
+    return {name: getattr(args, name) for name in ("hubness", "feedback", "bridge", "bridge_labels")
             if getattr(args, name) is not None}
 
 
@@ -406,7 +409,8 @@ def cmd_eval(args) -> int:
     from enclip.eval.evaluate import EvalCfg, evaluate_index
 
     cfg = EvalCfg(tasks=tuple(args.tasks), max_queries=args.max_queries, queries_file=args.queries,
-                  fusion=args.fusion, hubness=args.hubness, feedback=args.feedback, bridge=args.bridge)
+                  fusion=args.fusion, hubness=args.hubness, feedback=args.feedback, bridge=args.bridge,
+                  bridge_labels=args.bridge_labels)
     evaluate_index(args.index, cfg, out=Path(args.out) if args.out else None)
     return 0
 
@@ -464,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "nearest catalogue titles (default 100; 0 builds none; see `search --hubness`)")
     p.add_argument("--no-bridge", action="store_true", help="build no title bridge (the training items' titles and "
                    "photo vectors that text queries borrow from; see `search --bridge`)")
+    p.add_argument("--no-bridge-labels", action="store_true", help="give the title bridge no label supports (each "
+                   "attribute value's mean training photo, which a query naming the value borrows)")
     p.add_argument("--store", default="faiss", choices=["faiss", "milvus"],
                    help="where item vectors live: faiss in the index directory (default) or a Milvus collection")
     p.add_argument("--uri", help="store milvus: a .db file (embedded Milvus Lite) or http://host:19530 (a server; "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from enclip.artifacts import read_json, recover_dir
 from enclip.data.catalogue import Catalogue, SkipReport
 from enclip.data.split import split_indices
 from enclip.embed.catalogue import encode_catalogue
-from enclip.embed.item_text import encode_item_texts, encode_title_bank
+from enclip.embed.item_text import encode_distinct, encode_item_texts, encode_title_bank
 from enclip.embed.runner import StageTimes
 from enclip.embed.space import l2_normalise, to_joint
 from enclip.errors import EnclipError
@@ -28,7 +29,7 @@ from enclip.models.ensemble import EnsembleInfo, load_model, read_model_info
 from enclip.search_request import CHANNELS
 from enclip.store import IndexDir
 from enclip.store.hubness import DEFAULT_K, TitleHubness
-from enclip.store.bridge import TitleBridge
+from enclip.store.bridge import TitleBridge, label_prototypes
 from enclip.store.index_dir import BRIDGE, HUBNESS, KEYWORDS, TEXT_VECTORS
 from enclip.store.items import item_fields
 from enclip.store.keywords import build_keywords
@@ -69,6 +70,7 @@ class IndexBuildCfg:
     ray_address: str | None = None  # engine "ray": the cluster's HOST:PORT; None = a local cluster on 127.0.0.1
     hubness_k: int = DEFAULT_K  # title-bank neighbours of each item's hubness penalty (0: no penalty part)
     bridge: bool = True  # build the title bridge over the training items (enclip.store.bridge)
+    bridge_labels: bool = True  # and give it label supports: each attribute value's mean training photo
 
     def __post_init__(self) -> None:
         if isinstance(self.hubness_k, bool) or not isinstance(self.hubness_k, int) or self.hubness_k < 0:
@@ -124,7 +126,10 @@ def build_index(model_dir: str | Path, catalogue: Catalogue, out_dir: str | Path
                                          job=job)
         if cfg.hubness_k:
             hubness = TitleHubness.build(vectors, catalogue.titles, bank, titles, len(ensemble), cfg.hubness_k)
-        bridge = title_bridge(catalogue, vectors, bank, titles, len(ensemble)) if cfg.bridge else None
+        if cfg.bridge:
+            bridge = title_bridge(catalogue, vectors, bank, titles, len(ensemble),
+                                  label_texts=_label_encoder(ensemble, work_dir / "label-texts", cfg.batch_size, job)
+                                  if cfg.bridge_labels else None)
     write_index(model_dir, catalogue, vectors, out_dir, cfg, skip_report=skip_report, text_vectors=text_vectors,
                 hubness=hubness, bridge=bridge,
                 embed_items_per_second=round(times.items / max(1e-9, times.encode + times.read), 1),
@@ -142,14 +147,25 @@ def title_hubness(ensemble, catalogue: Catalogue, vectors: np.ndarray, work_dir:
 
 
 def title_bridge(catalogue: Catalogue, vectors: np.ndarray, bank: np.ndarray, bank_titles: list[str],
-                 members: int) -> TitleBridge | None:
+                 members: int, label_texts: Callable[[list[str]], np.ndarray] | None = None) -> TitleBridge | None:
     """The title bridge over the catalogue's training items (None when it has none): their titles' rows of the
-    title ``bank`` and their stored (n, K*d) photo ``vectors``."""
+    title ``bank`` and their stored (n, K*d) photo ``vectors``; with ``label_texts`` (values -> (L, K*d) text
+    vectors), also a label support per attribute value the training items carry."""
     supports = split_indices(catalogue.ids)["train"]
     if not len(supports):
         log.warning("no training items (see enclip.data.split): the index has no title bridge")
         return None
-    return TitleBridge.build(bank, bank_titles, catalogue.titles, supports, vectors, members)
+    labels = None
+    if label_texts is not None:
+        values, means = label_prototypes(vectors, catalogue.attributes, supports, members)
+        labels = (values, label_texts(values), means) if values else None
+    return TitleBridge.build(bank, bank_titles, catalogue.titles, supports, vectors, members, labels=labels)
+
+
+def _label_encoder(ensemble, work_dir: Path, batch_size: int, job: dict) -> Callable[[list[str]], np.ndarray]:
+    """Attribute values -> their (L, K*d) member text vectors, encoded as text queries are (resumably)."""
+    return lambda values: encode_distinct(ensemble, np.asarray(values, dtype=str), work_dir, batch_size=batch_size,
+                                          job=job, desc="embed attribute values")
 
 
 def _encode_on_ray(model_dir: Path, catalogue: Catalogue, work_dir: Path, cfg: IndexBuildCfg, job: dict,

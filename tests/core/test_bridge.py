@@ -11,7 +11,7 @@ from enclip.data.split import split_indices
 from enclip.errors import EnclipError
 from enclip.indexing import IndexBuildCfg, build_index
 from enclip.store import IndexDir
-from enclip.store.bridge import TitleBridge
+from enclip.store.bridge import TitleBridge, label_prototypes
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -48,11 +48,12 @@ def test_an_index_bridges_its_training_items_only_with_their_stored_photos_and_b
     index = IndexDir.open(tiny_index_dir)
     bridge, hubness = index.load_bridge(), index.load_hubness()
     train = split_indices(catalogue.ids)["train"]
-    assert 0 < len(train) < len(catalogue) and len(bridge) == len(train)  # no val or test item lends its photo
+    items = len(bridge) - bridge.labels  # the label supports come last
+    assert 0 < len(train) < len(catalogue) and items == len(train)  # no val or test item lends its photo
     stored = load_searcher(tiny_index_dir).index.reconstruct(train)
-    np.testing.assert_allclose(bridge.photos, stored, atol=2e-3)  # float16, as stored
+    np.testing.assert_allclose(bridge.photos[:items], stored, atol=2e-3)  # float16, as stored
     bank_row = {title: row for row, title in enumerate(hubness.titles)}
-    np.testing.assert_array_equal(bridge.titles[bridge.title_of],
+    np.testing.assert_array_equal(bridge.titles[bridge.title_of[:items]],
                                   hubness.bank[[bank_row[catalogue.titles[p]] for p in train]])
 
 
@@ -61,7 +62,7 @@ def test_text_queries_cross_the_bridge_on_the_photo_channel_only(tiny_index_dir,
     bridged = load_searcher(tiny_index_dir, bridge=1.0, bridge_depth=3, bridge_temperature=0.05)
     text = "Men Red Shirts"
     query = plain.encode_query(text=text)
-    moved = bridged.live.bridge.expand(query[:, None], 1.0, 3, 0.05)[:, 0]
+    moved = bridged.live.bridge.expand(query[:, None], 1.0, 3, 0.05, bridged.cfg.bridge_labels)[:, 0]
     assert not np.allclose(moved, query)
     got = bridged.search(text=text, k=10, channels=["image"]).hits
     want = plain.search_vectors(moved, k=10, text_share=1.0)
@@ -79,8 +80,9 @@ def test_text_queries_cross_the_bridge_on_the_photo_channel_only(tiny_index_dir,
     item_texts = plain.text_index.reconstruct(union).reshape(len(union), plain.members, -1)
     text_scores = dict(zip(union.tolist(), np.einsum("cmd,md->c", item_texts, query) / plain.members))
     np.testing.assert_allclose(found.scores["text"], [text_scores[int(u)] for u in found.union], atol=1e-5)
-    assert bridged.stats()["bridge"] == {"supports": len(bridged.live.bridge), "weight": 1.0, "depth": 3,
-                                         "temperature": 0.05}
+    assert bridged.stats()["bridge"] == {"supports": len(bridged.live.bridge), "labels": bridged.live.bridge.labels,
+                                         "weight": 1.0, "depth": 3, "temperature": 0.05,
+                                         "label_weight": bridged.cfg.bridge_labels}
 
 
 def test_an_index_built_without_the_bridge_searches_without_it(tmp_path, catalogue, tiny_ensemble_dir,
@@ -101,7 +103,7 @@ def test_a_saved_bridge_loads_the_same(tiny_index_dir, tmp_path):
     np.testing.assert_array_equal(again.titles, bridge.titles)
     np.testing.assert_array_equal(again.photos, bridge.photos)
     np.testing.assert_array_equal(again.title_of, bridge.title_of)
-    assert again.members == bridge.members
+    assert again.members == bridge.members and again.values == bridge.values and again.labels > 0
 
 
 def test_bad_bridges_and_settings_are_refused_with_their_meaning(tiny_index_dir, capsys):
@@ -116,8 +118,68 @@ def test_bad_bridges_and_settings_are_refused_with_their_meaning(tiny_index_dir,
     for settings, meaning in [({"bridge": -0.1}, "bridge is the weight"), ({"bridge": float("nan")}, "bridge is"),
                               ({"bridge_depth": 0}, "bridge_depth is a number"),
                               ({"bridge_depth": 2.5}, "bridge_depth is a number"),
-                              ({"bridge_temperature": 0.0}, "bridge_temperature is a softmax temperature")]:
+                              ({"bridge_temperature": 0.0}, "bridge_temperature is a softmax temperature"),
+                              ({"bridge_labels": -1.0}, "bridge_labels is the weight")]:
         with pytest.raises(EnclipError, match=meaning):
             load_searcher(tiny_index_dir, **settings)
     assert main(["search", "--index", str(tiny_index_dir), "--text", "x", "--bridge", "-1"]) == 2
     assert "bridge is the weight" in capsys.readouterr().err
+
+
+def test_label_supports_are_each_values_normalised_mean_training_photo_and_text_vector(tiny_index_dir, catalogue):
+    searcher = load_searcher(tiny_index_dir)
+    bridge, members = searcher.live.bridge, searcher.members
+    train = split_indices(catalogue.ids)["train"]
+    carried = {v for name, column in catalogue.attributes.items() for p in train
+               if (v := column[p].strip()) and not v.isdigit()}
+    assert bridge.values == sorted(carried) and bridge.labels == len(carried) > 0
+    value = catalogue.attributes["articleType"][train[0]]
+    rows = [p for p in train if any(column[p] == value for column in catalogue.attributes.values())]
+    mean = searcher.index.reconstruct(np.asarray(rows)).reshape(len(rows), members, -1).mean(axis=0)
+    row = len(bridge) - bridge.labels + bridge.values.index(value)
+    np.testing.assert_allclose(bridge.photos[row], _unit(mean).reshape(-1), atol=2e-3)
+    np.testing.assert_allclose(bridge.titles[bridge.title_of[row]], searcher.encode_query(text=value).reshape(-1),
+                               atol=2e-3)  # the value's text vector, as its query is encoded
+    items = bridge.without_labels()
+    assert items.labels == 0 and len(items) == len(train)
+    np.testing.assert_array_equal(items.photos, bridge.photos[:len(train)])
+    np.testing.assert_array_equal(items.titles[items.title_of], bridge.titles[bridge.title_of[:len(train)]])
+
+
+def test_label_prototypes_leave_out_empty_numeric_and_held_out_values_and_refuse_unknown_columns():
+    vectors = _unit(np.random.default_rng(1).normal(size=(5, 2, 3))).reshape(5, 6)
+    attributes = {"colour": ["Red", "Red", "Blue", "", "Blue"], "year": ["2012", "2013", "2012", "2011", "2012"],
+                  "type": ["Shirts", "Blue", "Shirts", "Shirts", "Jeans"]}
+    values, means = label_prototypes(vectors, attributes, np.array([0, 1, 2, 3]), 2)
+    assert values == ["Blue", "Red", "Shirts"]  # "Jeans" is only on item 4, which is not a support
+    blue = vectors[[1, 2]].reshape(2, 2, 3).mean(axis=0)  # a value of two columns: the items of both
+    np.testing.assert_allclose(means[0], _unit(blue).reshape(-1), atol=1e-6)
+    assert np.allclose(np.linalg.norm(means.reshape(3, 2, 3), axis=2), 1.0)
+    assert label_prototypes(vectors, attributes, np.array([0, 1]), 2, columns=("type",))[0] == ["Blue", "Shirts"]
+    with pytest.raises(EnclipError, match="no attribute column 'brand'"):
+        label_prototypes(vectors, attributes, np.array([0]), 2, columns=("brand",))
+
+
+def test_a_query_naming_a_value_borrows_its_mean_photo_and_a_title_query_its_titles_alone():
+    rng = np.random.default_rng(2)
+    bank = _unit(rng.normal(size=(3, 8))).astype(np.float16)
+    photos = _unit(rng.normal(size=(3, 8))).astype(np.float16)
+    value_text, value_photo = _unit(rng.normal(size=(1, 8))), _unit(rng.normal(size=(1, 8)))
+    plain = TitleBridge.build(bank, ["a", "b", "c"], ["a", "b", "c"], np.arange(3), photos, 1)
+    bridge = TitleBridge.build(bank, ["a", "b", "c"], ["a", "b", "c"], np.arange(3), photos, 1,
+                               labels=(["Shirts"], value_text, value_photo))
+    assert bridge.labels == 1 and len(bridge) == 4 and bridge.values == ["Shirts"] and plain.labels == 0
+    as_stored = np.asarray(value_text, np.float16).astype(np.float32)
+    for query, named in [(as_stored, True), (bank[1:2].astype(np.float32), False)]:
+        q = query[None]
+        nearest_title = photos[int(np.argmax(bank.astype(np.float32) @ query[0]))].astype(np.float32)
+        for label_weight, counts in [(None, 0.5), (2.0, 2.0)]:  # None: values count at the titles' weight
+            moved = bridge.expand(q, 0.5, 2, 1e-3, label_weight)[0, 0]
+            want = q[0, 0] + 0.5 * nearest_title + (counts * value_photo[0] if named else 0.0)
+            np.testing.assert_allclose(moved, _unit(want), atol=2e-3)
+        # the titles' move is the same with or without the values beside them
+        np.testing.assert_allclose(bridge.expand(q, 0.5, 2, 1e-3, 0.0), plain.expand(q, 0.5, 2, 1e-3), atol=1e-6)
+    with pytest.raises(EnclipError, match="one text vector and one photo vector per value"):
+        TitleBridge.build(bank, ["a", "b", "c"], ["a", "b", "c"], np.arange(3), photos, 1,
+                          labels=(["Shirts", "Jeans"], value_text, value_photo))
+

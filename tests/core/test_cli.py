@@ -7,6 +7,7 @@ import json
 import pytest
 
 from enclip.cli import main
+from enclip.store import IndexDir
 from tests.data.conftest import make_items, write_hf_parquet
 
 TINY_FLAGS = ["--backbone", "tiny", "--embed-dim", "16", "--image-size", "32", "--epochs", "1", "--batch-size", "16"]
@@ -90,6 +91,27 @@ def test_hubness_flags_build_without_the_part_and_search_or_evaluate_with_a_chos
     assert "0 or more" in capsys.readouterr().err
 
 
+def test_bridge_label_flags_build_without_them_and_search_or_evaluate_with_a_chosen_weight(cli_run, tmp_path,
+                                                                                             capsys):
+    out = tmp_path / "plain"
+    assert main(["index", "--data", str(cli_run / "data"), "--model", str(cli_run / "model"), "--out", str(out),
+                 "--channels", "image", "--no-bridge-labels"]) == 0
+    built, plain = (IndexDir.open(path).load_bridge() for path in (cli_run / "index", out))
+    assert built.labels > 0 and plain.labels == 0 and len(plain) == len(built) - built.labels
+    assert main(["eval", "--index", str(cli_run / "index"), "--tasks", "attr2img", "--bridge-labels", "1.5",
+                 "--out", str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["_meta"]["rescoring"]["bridge_labels"] == 1.5
+    value, runs = built.values[0], {}
+    capsys.readouterr()
+    for weight in ("0", "3"):
+        assert main(["search", "--index", str(cli_run / "index"), "--text", value, "--k", "5", "--json",
+                     "--channels", "image", "--bridge-labels", weight]) == 0
+        runs[weight] = [(hit["id"], hit["score"]) for hit in json.loads(capsys.readouterr().out)["hits"]]
+    assert runs["0"] != runs["3"]  # a query naming a value moves with its label weight
+    assert main(["search", "--index", str(cli_run / "index"), "--text", "x", "--bridge-labels", "-1"]) == 2
+    assert "bridge_labels is the weight" in capsys.readouterr().err
+
+
 def test_feedback_flag_searches_and_evaluates_with_a_chosen_weight(cli_run, tmp_path, capsys):
     index = str(cli_run / "index")
     runs = {}
@@ -103,7 +125,8 @@ def test_feedback_flag_searches_and_evaluates_with_a_chosen_weight(cli_run, tmp_
     meta = json.loads((tmp_path / "m.json").read_text())["_meta"]
     assert meta["cfg"]["feedback"] == 0.4 and meta["rescoring"] == {"hubness": 0.5, "feedback": 0.4,
                                                                     "feedback_depth": 10, "bridge": 0.2,
-                                                                    "bridge_depth": 10, "bridge_temperature": 0.01}
+                                                                    "bridge_depth": 10, "bridge_temperature": 0.01,
+                                                                    "bridge_labels": 0.3}
     assert main(["search", "--index", index, "--text", "x", "--feedback", "-1"]) == 2
     assert "feedback is the weight of pseudo-relevance feedback" in capsys.readouterr().err
 

@@ -41,7 +41,8 @@ def _reference(searcher, text: str, k: int, hybrid: HybridCfg) -> tuple[list[str
     n, members = len(searcher.catalogue), searcher.members
     query = searcher.encode_query(text=text)  # (K, d)
     cfg = searcher.cfg
-    bridged = searcher.live.bridge.expand(query[:, None], cfg.bridge, cfg.bridge_depth, cfg.bridge_temperature)[:, 0]
+    bridged = searcher.live.bridge.expand(query[:, None], cfg.bridge, cfg.bridge_depth, cfg.bridge_temperature,
+                                          cfg.bridge_labels)[:, 0]
     photos = searcher.index.reconstruct(np.arange(n)).reshape(n, members, -1)
     texts = searcher.text_index.reconstruct(np.arange(n)).reshape(n, members, -1)
     member = np.einsum("nkd,kd->nk", photos, bridged) - searcher.cfg.hubness * searcher.live.hubness.penalty

@@ -55,6 +55,7 @@ class EvalCfg:
     hubness: float | None = None  # weight of the items' hubness penalty (None = SearchCfg's default)
     feedback: float | None = None  # weight of pseudo-relevance feedback in text queries (None = SearchCfg's default)
     bridge: float | None = None  # weight of the title bridge in text queries (None = SearchCfg's default)
+    bridge_labels: float | None = None  # weight of its label supports' photos (None = SearchCfg's default)
     lq_queries: int = 500  # test items sampled (seeded) as photo queries for img2img_lq and both2img
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)  # degradation severities of img2img_lq and both2img
     degradations: tuple[str, ...] = DEGRADATIONS  # degradations used by img2img_lq and both2img
@@ -86,7 +87,8 @@ class EvalCfg:
         """The search settings this evaluation sets for text queries (``load_searcher`` keywords); those left at
         None keep the search's defaults."""
         return {name: value for name, value in (("hubness", self.hubness), ("feedback", self.feedback),
-                                                ("bridge", self.bridge)) if value is not None}
+                                                ("bridge", self.bridge), ("bridge_labels", self.bridge_labels))
+                if value is not None}
 
 
 # -- building ----------------------------------------------------------------------------------------------------

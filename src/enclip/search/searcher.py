@@ -73,6 +73,7 @@ class SearchCfg:
     bridge: float = 0.2  # weight of the title bridge's borrowed photos in text queries (0: none); validation-fit
     bridge_depth: int = 10  # nearest training titles a text query borrows photos from
     bridge_temperature: float = 0.01  # softmax temperature over their title cosines (small: the nearest dominate)
+    bridge_labels: float = 0.3  # weight of a label support's photo (an attribute value's mean); validation-fit
     hybrid: HybridCfg = field(default_factory=HybridCfg)  # how channels are fused
 
     def __post_init__(self) -> None:
@@ -91,12 +92,15 @@ class SearchCfg:
                               f"got {self.bridge_depth!r}")
         if not self.bridge_temperature > 0:
             raise EnclipError(f"bridge_temperature is a softmax temperature: above 0, got {self.bridge_temperature}")
+        if not self.bridge_labels >= 0:
+            raise EnclipError(f"bridge_labels is the weight of the mean photo a text query borrows from an attribute "
+                              f"value it names: 0 or more, got {self.bridge_labels}")
 
     def rescoring(self) -> dict:
         """The settings that move or re-score a text query (what an evaluation's figures depend on)."""
         return {"hubness": self.hubness, "feedback": self.feedback, "feedback_depth": self.feedback_depth,
                 "bridge": self.bridge, "bridge_depth": self.bridge_depth,
-                "bridge_temperature": self.bridge_temperature}
+                "bridge_temperature": self.bridge_temperature, "bridge_labels": self.bridge_labels}
 
 
 @dataclass
@@ -286,7 +290,7 @@ class Searcher:
         if bridge is None or not self.cfg.bridge or not texts:
             return list(queries)
         moved = bridge.expand(np.stack([queries[j] for j in texts], axis=1), self.cfg.bridge,
-                              self.cfg.bridge_depth, self.cfg.bridge_temperature)
+                              self.cfg.bridge_depth, self.cfg.bridge_temperature, self.cfg.bridge_labels)
         out = list(queries)
         for column, j in enumerate(texts):
             out[j] = moved[:, column]
@@ -433,8 +437,9 @@ class Searcher:
                                                                    "weight": self.cfg.hubness},
                 "feedback": {"weight": self.cfg.feedback, "depth": self.cfg.feedback_depth},
                 "bridge": None if self.live.bridge is None else {
-                    "supports": len(self.live.bridge), "weight": self.cfg.bridge, "depth": self.cfg.bridge_depth,
-                    "temperature": self.cfg.bridge_temperature}}
+                    "supports": len(self.live.bridge), "labels": self.live.bridge.labels, "weight": self.cfg.bridge,
+                    "depth": self.cfg.bridge_depth, "temperature": self.cfg.bridge_temperature,
+                    "label_weight": self.cfg.bridge_labels}}
 
     # -- live changes ------------------------------------------------------------------------------------------
     def add_items(self, items: Sequence[dict], images: Sequence[bytes]) -> None:

@@ -14,19 +14,28 @@ a frozen CLIP (Zhang et al., 2022, "Tip-Adapter"); the towers are unchanged. The
 *training* items only (:func:`enclip.data.split.split_of`), so that no held-out item lends its own photo to the
 query that looks for it, and the figures of ``enclip eval`` stay honest (docs/RESULTS.md, twenty-eighth pass).
 
+Attribute values are supports too (*label supports*, :func:`label_prototypes`). Each value of the catalogue's
+attribute columns ("Tshirts", "Navy Blue", "Women") that training items carry has a "title", the value's own text
+vector, and a "photo", the normalised mean photo vector of those training items, per member. A query also moves
+towards each value's photo by ``label_weight`` times the value's share of a softmax over the query's nearest titles
+*and* the values: a query that names a value ("tshirts") finds it nearer than any title and borrows the class's mean
+photo; a query that names a product finds its titles nearer, and its move is the titles' alone. The titles' own
+move does not depend on the values, so label supports change no query that names no value.
+
 The bridge is fixed when the index is built: items added live are not supports, and a support removed live still
 lends its photo vector (never itself as a hit) until the index is rebuilt.
 
 Files, inside the index directory's ``bridge/`` part::
 
-    bridge.json    members, supports, distinct titles
+    bridge.json    members, supports, distinct titles, the label supports' values (the last rows)
     titles.npy     (m, K*d) float16: each distinct support title's concatenated member text vectors
-    title_of.npy   (n,) int32: the distinct title of each support item
-    photos.npy     (n, K*d) float16: each support item's stored photo vector
+    title_of.npy   (n,) int32: the distinct title of each support
+    photos.npy     (n, K*d) float16: each support's photo vector (an item's stored one, or a value's mean)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +47,8 @@ from enclip.errors import EnclipError
 class TitleBridge:
     """Support titles and photo vectors, and the expansion of text queries through them."""
 
-    def __init__(self, titles: np.ndarray, title_of: np.ndarray, photos: np.ndarray, members: int):
+    def __init__(self, titles: np.ndarray, title_of: np.ndarray, photos: np.ndarray, members: int,
+                 values: Sequence[str] = ()):
         titles, photos = np.asarray(titles), np.asarray(photos)
         title_of = np.asarray(title_of, np.int64)
         if not len(photos) or len(title_of) != len(photos) or title_of.min() < 0 or title_of.max() >= len(titles):
@@ -50,6 +60,10 @@ class TitleBridge:
                               f"(got widths {titles.shape[1]} and {photos.shape[1]})")
         self.members, self.dim = int(members), titles.shape[1] // int(members)
         self.title_of = title_of
+        self.values = list(values)  # the label supports' attribute values: the last rows
+        if len(self.values) > len(photos):
+            raise EnclipError(f"a title bridge cannot have more label supports ({len(self.values)}) than supports "
+                              f"({len(photos)})")
         # each member's block, contiguous: titles in float32, which every query multiplies whole; photos in float16,
         # of which a query reads only its nearest supports' rows
         self._titles = [np.ascontiguousarray(titles[:, m * self.dim:(m + 1) * self.dim], np.float32)
@@ -59,9 +73,12 @@ class TitleBridge:
 
     @classmethod
     def build(cls, bank: np.ndarray, bank_titles: list[str], item_titles: list[str], supports: np.ndarray,
-              vectors: np.ndarray, members: int) -> TitleBridge:
+              vectors: np.ndarray, members: int,
+              labels: tuple[list[str], np.ndarray, np.ndarray] | None = None) -> TitleBridge:
         """A bridge over the items at positions ``supports``: their titles' rows of the title ``bank`` ((m, K*d),
-        one row per ``bank_titles``) and their stored photo ``vectors`` rows ((n, K*d))."""
+        one row per ``bank_titles``) and their stored photo ``vectors`` rows ((n, K*d)); and, given ``labels``
+        (L attribute values, their (L, K*d) text vectors and (L, K*d) photo vectors), L label supports after
+        them."""
         row_of = {title: row for row, title in enumerate(bank_titles)}
         missing = [item_titles[p] for p in supports if item_titles[p] not in row_of]
         if missing:
@@ -70,11 +87,34 @@ class TitleBridge:
         bank_rows = np.array([row_of[item_titles[p]] for p in supports], dtype=np.int64)
         used, title_of = np.unique(bank_rows, return_inverse=True)
         # stored as float16 (as the title bank is): the bridge holds what a reload gives
-        return cls(np.asarray(bank, np.float16)[used], title_of,
-                   np.asarray(vectors, np.float16)[np.asarray(supports, np.int64)], members)
+        titles = np.asarray(bank, np.float16)[used]
+        photos = np.asarray(vectors, np.float16)[np.asarray(supports, np.int64)]
+        values: list[str] = []
+        if labels is not None:
+            values = list(labels[0])
+            texts, means = (np.asarray(part, np.float16) for part in labels[1:])
+            if not len(values) == len(texts) == len(means):
+                raise EnclipError(f"label supports need one text vector and one photo vector per value ({len(values)} "
+                                  f"values, {len(texts)} text vectors, {len(means)} photo vectors)")
+            title_of = np.concatenate([title_of, len(titles) + np.arange(len(values))])
+            titles, photos = np.concatenate([titles, texts]), np.concatenate([photos, means])
+        return cls(titles, title_of, photos, members, values)
 
     def __len__(self) -> int:
         return len(self.title_of)
+
+    @property
+    def labels(self) -> int:
+        """How many label supports (the last rows)."""
+        return len(self.values)
+
+    def without_labels(self) -> TitleBridge:
+        """The same bridge over its item supports only (itself when it has no label supports)."""
+        if not self.labels:
+            return self
+        items = len(self) - self.labels
+        return TitleBridge(self.titles[:self.title_of[:items].max() + 1], self.title_of[:items],
+                           self.photos[:items], self.members)
 
     @property
     def titles(self) -> np.ndarray:
@@ -86,19 +126,30 @@ class TitleBridge:
         """(n, K*d) support items' member photo vectors."""
         return np.concatenate(self._photos, axis=1)
 
-    def expand(self, queries: np.ndarray, weight: float, depth: int, temperature: float) -> np.ndarray:
+    def expand(self, queries: np.ndarray, weight: float, depth: int, temperature: float,
+               label_weight: float | None = None) -> np.ndarray:
         """(K, B, d) text queries moved towards the photos of their nearest support titles (module docstring), each
-        member in its own space, and normalised again."""
+        member in its own space, and normalised again; and towards the mean photos of the attribute values they
+        name, at ``label_weight`` (None: ``weight``)."""
         out = np.array(queries, dtype=np.float32, copy=True)
-        depth = min(depth, len(self))
+        items = len(self) - self.labels
+        depth = min(depth, items)
+        label_weight = weight if label_weight is None else label_weight
         for m in range(self.members):
             cosines = (out[m] @ self._titles[m].T)[:, self.title_of]  # (B, n): each support's title cosine
-            nearest = np.argpartition(-cosines, depth - 1, axis=1)[:, :depth]
+            nearest = np.argpartition(-cosines[:, :items], depth - 1, axis=1)[:, :depth]
             logits = np.take_along_axis(cosines, nearest, axis=1) / temperature
+            label_logits = cosines[:, items:] / temperature
+            # the titles' photos by their own softmax
             shares = np.exp(logits - logits.max(axis=1, keepdims=True))
-            shares /= shares.sum(axis=1, keepdims=True)
-            borrowed = np.einsum("bj,bjd->bd", shares, self._photos[m][nearest].astype(np.float32))
-            out[m] += np.float32(weight) * borrowed
+            out[m] += np.float32(weight) * np.einsum("bj,bjd->bd", shares / shares.sum(axis=1, keepdims=True),
+                                                     self._photos[m][nearest].astype(np.float32))
+            if self.labels:  # a value's mean photo by its share of a softmax over those titles and the values
+                top = np.maximum(logits.max(axis=1, keepdims=True), label_logits.max(axis=1, keepdims=True))
+                label_shares = np.exp(label_logits - top)
+                label_shares /= np.exp(logits - top).sum(axis=1, keepdims=True) + label_shares.sum(axis=1,
+                                                                                                  keepdims=True)
+                out[m] += np.float32(label_weight) * label_shares @ self._photos[m][items:].astype(np.float32)
         return out / np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-12)
 
     def save(self, directory: Path) -> None:
@@ -107,10 +158,37 @@ class TitleBridge:
         np.save(directory / "title_of.npy", self.title_of.astype(np.int32))
         np.save(directory / "photos.npy", self.photos.astype(np.float16))
         write_json(directory / "bridge.json", {"members": self.members, "supports": len(self),
-                                               "titles": len(self.titles)})
+                                               "titles": len(self._titles[0]), "values": self.values})
 
     @classmethod
     def load(cls, directory: Path) -> TitleBridge:
         info = read_json(directory / "bridge.json")
         return cls(np.load(directory / "titles.npy"), np.load(directory / "title_of.npy"),
-                   np.load(directory / "photos.npy"), info["members"])
+                   np.load(directory / "photos.npy"), info["members"], info.get("values", ()))
+
+
+def label_prototypes(vectors: np.ndarray, attributes: dict[str, list[str]], supports: np.ndarray, members: int,
+                     columns: tuple[str, ...] | None = None) -> tuple[list[str], np.ndarray]:
+    """The label supports' values and their (L, K*d) photo vectors: for each value of each attribute column
+    (``columns``, default all) that items at positions ``supports`` carry, the mean of those items' stored photo
+    ``vectors``, normalised per member. Empty and purely numeric values (a year) are left out; a value in two
+    columns ("Bags" as sub-category and article type) is one support over the items of both."""
+    supports = np.asarray(supports, np.int64)
+    unknown = sorted(set(columns or ()) - set(attributes))
+    if unknown:
+        raise EnclipError(f"no attribute column {', '.join(map(repr, unknown))} in the catalogue (it has "
+                          f"{', '.join(attributes) or 'none'}); name its attribute columns")
+    rows: dict[str, set[int]] = {}
+    for name in columns or tuple(attributes):
+        values = attributes[name]
+        for position in supports:
+            value = values[position].strip()
+            if value and not value.replace(".", "").isdigit():
+                rows.setdefault(value, set()).add(int(position))
+    names = sorted(rows)
+    dim = vectors.shape[1] // members
+    means = np.zeros((len(names), vectors.shape[1]), np.float32)
+    for j, value in enumerate(names):
+        mean = np.asarray(vectors[sorted(rows[value])], np.float32).mean(axis=0).reshape(members, dim)
+        means[j] = (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).reshape(-1)
+    return names, means
