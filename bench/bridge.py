@@ -55,6 +55,7 @@ from enclip.eval.evaluate import score_group  # noqa: E402
 from enclip.eval.tasks import Judgement, QueryGroup  # noqa: E402
 from enclip.indexing import title_bridge  # noqa: E402
 from enclip.search import load_searcher  # noqa: E402
+from enclip.store.bridge import LABEL_KINDS  # noqa: E402
 
 NAMES = ("weight", "depth", "temperature", "labels")
 NONE = (0.0, None, None, None)  # the grid's first row: no bridge
@@ -68,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     parser.add_argument("--depths", type=int, nargs="+", default=[10])
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.01, 0.03])
-    parser.add_argument("--label-weights", type=float, nargs="+", default=[0.2],
+    parser.add_argument("--label-weights", type=float, nargs="+", default=[0.3],
                         help="weights of the label supports' photos (each setting also runs without them)")
+    parser.add_argument("--label-kind", choices=LABEL_KINDS, help="give the bridge label supports of this kind "
+                        "(default: the index's own, or probe for an index built without them)")
     parser.add_argument("--latency", type=int, default=0, help="also time N one-query text searches (0: no timing)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
@@ -81,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--label-weights must be 0 or more (each setting also runs without label supports)")
 
     searcher = load_searcher(args.index)
-    if searcher.live.bridge is None or not searcher.live.bridge.labels:
-        attach_bridge(searcher)
+    if args.label_kind or searcher.live.bridge is None or not searcher.live.bridge.labels:
+        attach_bridge(searcher, args.label_kind or "probe")
     bridges = {False: searcher.live.bridge.without_labels(), True: searcher.live.bridge}
     queries = Queries.encode(searcher, args.tasks, args.split)  # once: settings only move text queries
     values = [g for g in queries.groups if g.name.startswith("attr2img")]
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / f"bridge-{args.split}.json"
     path.write_text(json.dumps({"index": str(args.index), "split": args.split, "hubness": searcher.cfg.hubness,
                                 "feedback": searcher.cfg.feedback, "supports": len(bridges[True]),
-                                "labels": bridges[True].labels,
+                                "labels": bridges[True].labels, "label_kind": args.label_kind,
                                 "rows": rows, "labels_against_items_only": with_labels, "seen_titles": seen,
                                 "latency": timing}, indent=2) + "\n")
     print(f"\nwritten to {path}")
@@ -184,9 +187,9 @@ def split_only_scores(searcher, queries: Queries, groups: list[QueryGroup], spli
     return out
 
 
-def attach_bridge(searcher) -> None:
+def attach_bridge(searcher, label_kind: str = "probe") -> None:
     """Give an index built before the bridge (or before its label supports) the one `enclip index` builds now,
-    from its hubness part's title bank."""
+    from its hubness part's title bank, with label supports of ``label_kind``."""
     hubness = searcher.live.hubness
     if hubness is None:
         raise SystemExit(f"{searcher.path} has neither a title bridge nor a hubness title bank to build one from; "
@@ -195,7 +198,8 @@ def attach_bridge(searcher) -> None:
     with tempfile.TemporaryDirectory() as work:
         searcher.live.bridge = title_bridge(
             searcher.catalogue, vectors, hubness.bank, hubness.titles, searcher.members,
-            label_texts=lambda values: encode_distinct(searcher.model, np.asarray(values, dtype=str), Path(work)))
+            label_texts=lambda values: encode_distinct(searcher.model, np.asarray(values, dtype=str), Path(work)),
+            label_kind=label_kind)
 
 
 def set_bridge(searcher, setting: tuple, bridges: dict) -> None:

@@ -147,17 +147,22 @@ def title_hubness(ensemble, catalogue: Catalogue, vectors: np.ndarray, work_dir:
 
 
 def title_bridge(catalogue: Catalogue, vectors: np.ndarray, bank: np.ndarray, bank_titles: list[str],
-                 members: int, label_texts: Callable[[list[str]], np.ndarray] | None = None) -> TitleBridge | None:
+                 members: int, label_texts: Callable[[list[str]], np.ndarray] | None = None,
+                 label_kind: str = "probe") -> TitleBridge | None:
     """The title bridge over the catalogue's training items (None when it has none): their titles' rows of the
     title ``bank`` and their stored (n, K*d) photo ``vectors``; with ``label_texts`` (values -> (L, K*d) text
-    vectors), also a label support per attribute value the training items carry."""
+    vectors), also a label support per attribute value the training items carry (its photo vector of
+    ``label_kind``, see :func:`enclip.store.bridge.label_prototypes`)."""
     supports = split_indices(catalogue.ids)["train"]
     if not len(supports):
         log.warning("no training items (see enclip.data.split): the index has no title bridge")
         return None
     labels = None
     if label_texts is not None:
-        values, means = label_prototypes(vectors, catalogue.attributes, supports, members)
+        started = time.perf_counter()
+        values, means = label_prototypes(vectors, catalogue.attributes, supports, members, kind=label_kind)
+        log.info("title bridge: %d label supports (%s) in %.1f s", len(values), label_kind,
+                 time.perf_counter() - started)
         labels = (values, label_texts(values), means) if values else None
     return TitleBridge.build(bank, bank_titles, catalogue.titles, supports, vectors, members, labels=labels)
 

@@ -126,18 +126,19 @@ def test_bad_bridges_and_settings_are_refused_with_their_meaning(tiny_index_dir,
     assert "bridge is the weight" in capsys.readouterr().err
 
 
-def test_label_supports_are_each_values_normalised_mean_training_photo_and_text_vector(tiny_index_dir, catalogue):
+def test_label_supports_are_each_values_probe_direction_and_text_vector(tiny_index_dir, catalogue):
     searcher = load_searcher(tiny_index_dir)
     bridge, members = searcher.live.bridge, searcher.members
     train = split_indices(catalogue.ids)["train"]
     carried = {v for name, column in catalogue.attributes.items() for p in train
                if (v := column[p].strip()) and not v.isdigit()}
     assert bridge.values == sorted(carried) and bridge.labels == len(carried) > 0
+    stored = searcher.index.reconstruct(np.arange(len(catalogue)))
+    values, directions = label_prototypes(stored, catalogue.attributes, train, members)  # the probe, by default
+    assert values == bridge.values
+    np.testing.assert_allclose(bridge.photos[len(train):], directions, atol=2e-3)  # float16, as stored
     value = catalogue.attributes["articleType"][train[0]]
-    rows = [p for p in train if any(column[p] == value for column in catalogue.attributes.values())]
-    mean = searcher.index.reconstruct(np.asarray(rows)).reshape(len(rows), members, -1).mean(axis=0)
-    row = len(bridge) - bridge.labels + bridge.values.index(value)
-    np.testing.assert_allclose(bridge.photos[row], _unit(mean).reshape(-1), atol=2e-3)
+    row = len(train) + bridge.values.index(value)
     np.testing.assert_allclose(bridge.titles[bridge.title_of[row]], searcher.encode_query(text=value).reshape(-1),
                                atol=2e-3)  # the value's text vector, as its query is encoded
     items = bridge.without_labels()
@@ -146,18 +147,47 @@ def test_label_supports_are_each_values_normalised_mean_training_photo_and_text_
     np.testing.assert_array_equal(items.titles[items.title_of], bridge.titles[bridge.title_of[:len(train)]])
 
 
-def test_label_prototypes_leave_out_empty_numeric_and_held_out_values_and_refuse_unknown_columns():
+def test_label_means_leave_out_empty_numeric_and_held_out_values_and_refuse_unknown_columns_and_kinds():
     vectors = _unit(np.random.default_rng(1).normal(size=(5, 2, 3))).reshape(5, 6)
     attributes = {"colour": ["Red", "Red", "Blue", "", "Blue"], "year": ["2012", "2013", "2012", "2011", "2012"],
                   "type": ["Shirts", "Blue", "Shirts", "Shirts", "Jeans"]}
-    values, means = label_prototypes(vectors, attributes, np.array([0, 1, 2, 3]), 2)
+    values, means = label_prototypes(vectors, attributes, np.array([0, 1, 2, 3]), 2, kind="mean")
     assert values == ["Blue", "Red", "Shirts"]  # "Jeans" is only on item 4, which is not a support
-    blue = vectors[[1, 2]].reshape(2, 2, 3).mean(axis=0)  # a value of two columns: the items of both
-    np.testing.assert_allclose(means[0], _unit(blue).reshape(-1), atol=1e-6)
+    per_column = [_unit(vectors[p].reshape(2, 3)) for p in (2, 1)]  # "Blue": item 2's colour, item 1's type
+    np.testing.assert_allclose(means[0], _unit(np.mean(per_column, axis=0)).reshape(-1), atol=1e-6)
+    red = _unit(vectors[[0, 1]].reshape(2, 2, 3).mean(axis=0))
+    np.testing.assert_allclose(means[1], red.reshape(-1), atol=1e-6)
     assert np.allclose(np.linalg.norm(means.reshape(3, 2, 3), axis=2), 1.0)
     assert label_prototypes(vectors, attributes, np.array([0, 1]), 2, columns=("type",))[0] == ["Blue", "Shirts"]
     with pytest.raises(EnclipError, match="no attribute column 'brand'"):
         label_prototypes(vectors, attributes, np.array([0]), 2, columns=("brand",))
+    with pytest.raises(EnclipError, match="unknown label support kind 'median'"):
+        label_prototypes(vectors, attributes, np.array([0]), 2, kind="median")
+
+
+def test_the_probe_points_to_what_sets_a_value_apart_where_the_mean_points_to_what_all_share():
+    rng = np.random.default_rng(3)
+    dim, per_class = 6, 40
+    shared = np.zeros(dim)
+    shared[5] = 3.0  # every photo shares this direction
+    colours = ["Red", "Blue", "Green"]
+    photos, labels = [], []
+    for axis, colour in enumerate(colours):
+        centre = shared.copy()
+        centre[axis] = 1.0
+        photos.append(_unit(centre + 0.3 * rng.normal(size=(per_class, dim))))
+        labels += [colour] * per_class
+    vectors = np.concatenate(photos).astype(np.float32)
+    gender = (["Men", "Women"] * (len(labels) // 2))
+    attributes = {"colour": labels, "gender": gender}
+    supports = np.arange(len(labels))
+    values, probes = label_prototypes(vectors, attributes, supports, 1)
+    _, means = label_prototypes(vectors, attributes, supports, 1, kind="mean")
+    for axis, colour in enumerate(colours):
+        probe, mean = probes[values.index(colour)], means[values.index(colour)]
+        assert np.argmax(probe) == axis and np.argmax(mean) == 5  # the mean is mostly what every photo shares
+        assert probe[axis] > mean[axis] + 0.3
+    np.testing.assert_allclose(probes[values.index("Men")], -probes[values.index("Women")], atol=1e-6)  # two values
 
 
 def test_a_query_naming_a_value_borrows_its_mean_photo_and_a_title_query_its_titles_alone():

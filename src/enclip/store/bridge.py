@@ -16,7 +16,8 @@ query that looks for it, and the figures of ``enclip eval`` stay honest (docs/RE
 
 Attribute values are supports too (*label supports*, :func:`label_prototypes`). Each value of the catalogue's
 attribute columns ("Tshirts", "Navy Blue", "Women") that training items carry has a "title", the value's own text
-vector, and a "photo", the normalised mean photo vector of those training items, per member. A query also moves
+vector, and a "photo": per member, the value's direction in a linear probe of its column (a logistic regression
+over those training items' stored photo vectors), or their mean (``kind="mean"``). A query also moves
 towards each value's photo by ``label_weight`` times the value's share of a softmax over the query's nearest titles
 *and* the values: a query that names a value ("tshirts") finds it nearer than any title and borrows the class's mean
 photo; a query that names a product finds its titles nearer, and its move is the titles' alone. The titles' own
@@ -30,7 +31,7 @@ Files, inside the index directory's ``bridge/`` part::
     bridge.json    members, supports, distinct titles, the label supports' values (the last rows)
     titles.npy     (m, K*d) float16: each distinct support title's concatenated member text vectors
     title_of.npy   (n,) int32: the distinct title of each support
-    photos.npy     (n, K*d) float16: each support's photo vector (an item's stored one, or a value's mean)
+    photos.npy     (n, K*d) float16: each support's photo vector (an item's stored one, or a value's direction)
 """
 
 from __future__ import annotations
@@ -167,28 +168,57 @@ class TitleBridge:
                    np.load(directory / "photos.npy"), info["members"], info.get("values", ()))
 
 
+LABEL_KINDS = ("probe", "mean")  # how a label support's photo vector is made (see label_prototypes)
+
+
 def label_prototypes(vectors: np.ndarray, attributes: dict[str, list[str]], supports: np.ndarray, members: int,
-                     columns: tuple[str, ...] | None = None) -> tuple[list[str], np.ndarray]:
-    """The label supports' values and their (L, K*d) photo vectors: for each value of each attribute column
-    (``columns``, default all) that items at positions ``supports`` carry, the mean of those items' stored photo
-    ``vectors``, normalised per member. Empty and purely numeric values (a year) are left out; a value in two
-    columns ("Bags" as sub-category and article type) is one support over the items of both."""
-    supports = np.asarray(supports, np.int64)
+                     columns: tuple[str, ...] | None = None, kind: str = "probe") -> tuple[list[str], np.ndarray]:
+    """The label supports' values and their (L, K*d) photo vectors, one unit direction per member, for each value
+    of each attribute column (``columns``, default all) that the items at positions ``supports`` carry.
+
+    ``kind`` "probe" (the default): the value's weight vector in a multinomial logistic regression of its column
+    over those items' stored photo ``vectors`` (a linear probe, fitted per member), so a photo's cosine to it ranks
+    photos as the probe scores the value; "mean": the mean of those items' vectors. The probe points away from what
+    the column's values share, and on validation it gained over the mean at the same weight (docs/RESULTS.md,
+    twenty-ninth pass). A column with a single value gets its mean. Empty and purely numeric values (a year) are
+    left out; a value in two columns ("Bags" as sub-category and article type) gets the mean of its two
+    directions."""
+    if kind not in LABEL_KINDS:
+        raise EnclipError(f"unknown label support kind {kind!r}; choose one of {', '.join(LABEL_KINDS)}")
     unknown = sorted(set(columns or ()) - set(attributes))
     if unknown:
         raise EnclipError(f"no attribute column {', '.join(map(repr, unknown))} in the catalogue (it has "
                           f"{', '.join(attributes) or 'none'}); name its attribute columns")
-    rows: dict[str, set[int]] = {}
-    for name in columns or tuple(attributes):
-        values = attributes[name]
-        for position in supports:
-            value = values[position].strip()
-            if value and not value.replace(".", "").isdigit():
-                rows.setdefault(value, set()).add(int(position))
-    names = sorted(rows)
+    supports = np.asarray(supports, np.int64)
     dim = vectors.shape[1] // members
-    means = np.zeros((len(names), vectors.shape[1]), np.float32)
-    for j, value in enumerate(names):
-        mean = np.asarray(vectors[sorted(rows[value])], np.float32).mean(axis=0).reshape(members, dim)
-        means[j] = (mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)).reshape(-1)
-    return names, means
+    photos = np.asarray(vectors[supports], np.float32).reshape(len(supports), members, dim)
+    directions: dict[str, list[np.ndarray]] = {}
+    for name in columns or tuple(attributes):
+        labels = np.array([attributes[name][p].strip() for p in supports], dtype=object)
+        valid = np.array([bool(v) and not v.replace(".", "").isdigit() for v in labels], dtype=bool)
+        if not valid.any():
+            continue
+        for value, direction in _column_directions(photos[valid], labels[valid], kind).items():
+            directions.setdefault(value, []).append(direction)
+    names = sorted(directions)
+    out = np.stack([_unit(np.mean(directions[v], axis=0)) for v in names]) if names else np.zeros((0, members, dim))
+    return names, out.reshape(len(names), members * dim).astype(np.float32)
+
+
+def _column_directions(photos: np.ndarray, labels: np.ndarray, kind: str) -> dict[str, np.ndarray]:
+    """Each value of one column: its (K, d) unit direction over the (n, K, d) ``photos`` that carry ``labels``."""
+    classes = sorted(set(labels))
+    if kind == "mean" or len(classes) < 2:
+        return {c: _unit(photos[labels == c].mean(axis=0)) for c in classes}
+    from sklearn.linear_model import LogisticRegression  # index time only
+
+    weights = np.zeros((len(classes), photos.shape[1], photos.shape[2]), np.float32)
+    for m in range(photos.shape[1]):
+        probe = LogisticRegression(max_iter=300).fit(photos[:, m], labels)
+        coef = probe.coef_ if len(probe.classes_) > 2 else np.vstack([-probe.coef_[0], probe.coef_[0]])
+        weights[:, m] = coef[[list(probe.classes_).index(c) for c in classes]]
+    return {c: _unit(w) for c, w in zip(classes, weights)}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
