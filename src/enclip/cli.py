@@ -183,9 +183,10 @@ def _rescoring_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bridge", type=float, help="weight of the photos a text query borrows from the training "
                         "items whose titles are nearest to it, on the photo channel (default 0.2, fitted on "
                         "validation; 0 turns it off; see `index --no-bridge`)")
-    parser.add_argument("--bridge-labels", type=float, help="weight of the mean training photo a text query borrows "
-                        "from an attribute value it names, such as 'Tshirts' (the bridge's label supports; fitted on "
-                        "validation; 0 turns them off; see `index --no-bridge-labels`)")
+    parser.add_argument("--bridge-labels", type=float, help="weight of the direction among the training photos that "
+                        "a text query borrows from an attribute value it names, such as 'Tshirts' (the bridge's label "
+                        "supports; default 0.3, fitted on validation; 0 turns them off; see "
+                        "`index --no-bridge-labels`)")
 
 
 def _engine_args(parser: argparse.ArgumentParser, what: str) -> None:
@@ -469,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-bridge", action="store_true", help="build no title bridge (the training items' titles and "
                    "photo vectors that text queries borrow from; see `search --bridge`)")
     p.add_argument("--no-bridge-labels", action="store_true", help="give the title bridge no label supports (each "
-                   "attribute value's mean training photo, which a query naming the value borrows)")
+                   "attribute value's direction among the training photos, which a query naming the value borrows)")
     p.add_argument("--store", default="faiss", choices=["faiss", "milvus"],
                    help="where item vectors live: faiss in the index directory (default) or a Milvus collection")
     p.add_argument("--uri", help="store milvus: a .db file (embedded Milvus Lite) or http://host:19530 (a server; "

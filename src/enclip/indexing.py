@@ -70,7 +70,7 @@ class IndexBuildCfg:
     ray_address: str | None = None  # engine "ray": the cluster's HOST:PORT; None = a local cluster on 127.0.0.1
     hubness_k: int = DEFAULT_K  # title-bank neighbours of each item's hubness penalty (0: no penalty part)
     bridge: bool = True  # build the title bridge over the training items (enclip.store.bridge)
-    bridge_labels: bool = True  # and give it label supports: each attribute value's mean training photo
+    bridge_labels: bool = True  # and give it label supports: each attribute value's direction among training photos
 
     def __post_init__(self) -> None:
         if isinstance(self.hubness_k, bool) or not isinstance(self.hubness_k, int) or self.hubness_k < 0:

@@ -73,7 +73,7 @@ class SearchCfg:
     bridge: float = 0.2  # weight of the title bridge's borrowed photos in text queries (0: none); validation-fit
     bridge_depth: int = 10  # nearest training titles a text query borrows photos from
     bridge_temperature: float = 0.01  # softmax temperature over their title cosines (small: the nearest dominate)
-    bridge_labels: float = 0.3  # weight of a label support's photo (an attribute value's mean); validation-fit
+    bridge_labels: float = 0.3  # weight of a label support's photo (an attribute value's direction); validation-fit
     hybrid: HybridCfg = field(default_factory=HybridCfg)  # how channels are fused
 
     def __post_init__(self) -> None:
@@ -93,7 +93,7 @@ class SearchCfg:
         if not self.bridge_temperature > 0:
             raise EnclipError(f"bridge_temperature is a softmax temperature: above 0, got {self.bridge_temperature}")
         if not self.bridge_labels >= 0:
-            raise EnclipError(f"bridge_labels is the weight of the mean photo a text query borrows from an attribute "
+            raise EnclipError(f"bridge_labels is the weight of the direction a text query borrows from an attribute "
                               f"value it names: 0 or more, got {self.bridge_labels}")
 
     def rescoring(self) -> dict:

@@ -19,8 +19,8 @@ attribute columns ("Tshirts", "Navy Blue", "Women") that training items carry ha
 vector, and a "photo": per member, the value's direction in a linear probe of its column (a logistic regression
 over those training items' stored photo vectors), or their mean (``kind="mean"``). A query also moves
 towards each value's photo by ``label_weight`` times the value's share of a softmax over the query's nearest titles
-*and* the values: a query that names a value ("tshirts") finds it nearer than any title and borrows the class's mean
-photo; a query that names a product finds its titles nearer, and its move is the titles' alone. The titles' own
+*and* the values: a query that names a value ("tshirts") finds it nearer than any title and borrows the class's
+direction; a query that names a product finds its titles nearer, and its move is the titles' alone. The titles' own
 move does not depend on the values, so label supports change no query that names no value.
 
 The bridge is fixed when the index is built: items added live are not supports, and a support removed live still
@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from enclip.artifacts import read_json, write_json
+from enclip.embed.space import l2_normalise
 from enclip.errors import EnclipError
 
 
@@ -130,8 +131,8 @@ class TitleBridge:
     def expand(self, queries: np.ndarray, weight: float, depth: int, temperature: float,
                label_weight: float | None = None) -> np.ndarray:
         """(K, B, d) text queries moved towards the photos of their nearest support titles (module docstring), each
-        member in its own space, and normalised again; and towards the mean photos of the attribute values they
-        name, at ``label_weight`` (None: ``weight``)."""
+        member in its own space, and normalised again; and towards the photo vectors (directions) of the attribute
+        values they name, at ``label_weight`` (None: ``weight``)."""
         out = np.array(queries, dtype=np.float32, copy=True)
         items = len(self) - self.labels
         depth = min(depth, items)
@@ -145,7 +146,7 @@ class TitleBridge:
             shares = np.exp(logits - logits.max(axis=1, keepdims=True))
             out[m] += np.float32(weight) * np.einsum("bj,bjd->bd", shares / shares.sum(axis=1, keepdims=True),
                                                      self._photos[m][nearest].astype(np.float32))
-            if self.labels:  # a value's mean photo by its share of a softmax over those titles and the values
+            if self.labels:  # a value's direction by its share of a softmax over those titles and the values
                 top = np.maximum(logits.max(axis=1, keepdims=True), label_logits.max(axis=1, keepdims=True))
                 label_shares = np.exp(label_logits - top)
                 label_shares /= np.exp(logits - top).sum(axis=1, keepdims=True) + label_shares.sum(axis=1,
@@ -201,7 +202,8 @@ def label_prototypes(vectors: np.ndarray, attributes: dict[str, list[str]], supp
         for value, direction in _column_directions(photos[valid], labels[valid], kind).items():
             directions.setdefault(value, []).append(direction)
     names = sorted(directions)
-    out = np.stack([_unit(np.mean(directions[v], axis=0)) for v in names]) if names else np.zeros((0, members, dim))
+    out = (np.stack([l2_normalise(np.mean(directions[v], axis=0)) for v in names]) if names
+           else np.zeros((0, members, dim)))
     return names, out.reshape(len(names), members * dim).astype(np.float32)
 
 
@@ -209,7 +211,7 @@ def _column_directions(photos: np.ndarray, labels: np.ndarray, kind: str) -> dic
     """Each value of one column: its (K, d) unit direction over the (n, K, d) ``photos`` that carry ``labels``."""
     classes = sorted(set(labels))
     if kind == "mean" or len(classes) < 2:
-        return {c: _unit(photos[labels == c].mean(axis=0)) for c in classes}
+        return {c: l2_normalise(photos[labels == c].mean(axis=0)) for c in classes}
     from sklearn.linear_model import LogisticRegression  # index time only
 
     weights = np.zeros((len(classes), photos.shape[1], photos.shape[2]), np.float32)
@@ -217,8 +219,4 @@ def _column_directions(photos: np.ndarray, labels: np.ndarray, kind: str) -> dic
         probe = LogisticRegression(max_iter=300).fit(photos[:, m], labels)
         coef = probe.coef_ if len(probe.classes_) > 2 else np.vstack([-probe.coef_[0], probe.coef_[0]])
         weights[:, m] = coef[[list(probe.classes_).index(c) for c in classes]]
-    return {c: _unit(w) for c, w in zip(classes, weights)}
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return {c: l2_normalise(w) for c, w in zip(classes, weights)}
