@@ -6,18 +6,17 @@ against no bridge on the same queries.
     python bench/bridge.py --index runs/demo/index --split test --weights 0.2 --depths 10 --temperatures 0.01
 
 Every setting runs with the bridge's item supports only (``labels`` –) and with its label supports as well (each
-attribute value's mean training photo) at each of ``--label-weights``. ``attr2img``'s queries are the values
-themselves, with no split of their own, and its gallery holds the training items whose photos make the label
-supports; so it is also scored on the split's own items only ("split-only": the other items are dropped from each
-ranking and from the relevant items). That figure shows whether a value's mean training photo finds *unseen* items
-of that value, and on ``--split val`` it is where the label weight is chosen.
+attribute value's direction among the training photos, ``--label-kind``) at each of ``--label-weights``.
+``attr2img``'s queries are the values themselves, with no split of their own, and its gallery holds the training
+items whose photos make the label supports; so it is also scored on the split's own items only ("split-only": the
+other items are dropped from each ranking and from the relevant items). That figure shows whether a value's
+direction finds *unseen* items of that value, and on ``--split val`` it is where the label weight is chosen.
 
 Queries are encoded once and every setting moves the same encoded text queries, with the index's hubness penalty
 and pseudo-relevance feedback at their default weights, so the grid costs rankings only. Photo queries
 (``img2img_lq``) and photo + title queries (``both2img``) never cross the bridge; they are in the grid to show
 that. An index built before the bridge (or before its label supports) gets one here, from its hubness part's title
-bank. Choose on ``--split
-val``; report on ``--split test``.
+bank. Choose on ``--split val``; report on ``--split test``.
 
 With ``title2img`` among the tasks it also splits that task's paired differences by whether the query's exact
 title is also a training item's title (a sibling listed under the same name), to show whether the gain comes only

@@ -111,6 +111,8 @@ def test_bad_bridges_and_settings_are_refused_with_their_meaning(tiny_index_dir,
         TitleBridge(np.ones((2, 4)), np.array([0, 1, 1]), np.ones((2, 4)), 1)
     with pytest.raises(EnclipError, match="title rows within its 2 titles"):
         TitleBridge(np.ones((2, 4)), np.array([0, 2]), np.ones((2, 4)), 1)
+    with pytest.raises(EnclipError, match="at least one item support besides its 2 label supports"):
+        TitleBridge(np.ones((2, 4)), np.array([0, 1]), np.ones((2, 4)), 1, values=["Red", "Blue"])
     with pytest.raises(EnclipError, match="must both hold 3 members"):
         TitleBridge(np.ones((2, 4)), np.array([0, 1]), np.ones((2, 4)), 3)
     with pytest.raises(EnclipError, match="not in the title bank"):

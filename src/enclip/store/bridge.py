@@ -63,9 +63,9 @@ class TitleBridge:
         self.members, self.dim = int(members), titles.shape[1] // int(members)
         self.title_of = title_of
         self.values = list(values)  # the label supports' attribute values: the last rows
-        if len(self.values) > len(photos):
-            raise EnclipError(f"a title bridge cannot have more label supports ({len(self.values)}) than supports "
-                              f"({len(photos)})")
+        if len(self.values) >= len(photos):
+            raise EnclipError(f"a title bridge needs at least one item support besides its {len(self.values)} label "
+                              f"supports (it has {len(photos)} supports in all)")
         # each member's block, contiguous: titles in float32, which every query multiplies whole; photos in float16,
         # of which a query reads only its nearest supports' rows
         self._titles = [np.ascontiguousarray(titles[:, m * self.dim:(m + 1) * self.dim], np.float32)
