@@ -6,7 +6,8 @@ against no bridge on the same queries.
     python bench/bridge.py --index runs/demo/index --split test --weights 0.2 --depths 10 --temperatures 0.01
 
 Every setting runs with the bridge's item supports only (``labels`` –) and with its label supports as well (each
-attribute value's direction among the training photos, ``--label-kind``) at each of ``--label-weights``.
+attribute value's direction among the training photos, ``--label-kind``) at each of ``--label-weights`` and
+``--label-exactness`` (the power of the query's cosine to a value's text in that value's pull; 0: its share alone).
 ``attr2img``'s queries are the values themselves, with no split of their own, and its gallery holds the training
 items whose photos make the label supports; so it is also scored on the split's own items only ("split-only": the
 other items are dropped from each ranking and from the relevant items). That figure shows whether a value's
@@ -56,8 +57,8 @@ from enclip.indexing import title_bridge  # noqa: E402
 from enclip.search import load_searcher  # noqa: E402
 from enclip.store.bridge import LABEL_KINDS  # noqa: E402
 
-NAMES = ("weight", "depth", "temperature", "labels")
-NONE = (0.0, None, None, None)  # the grid's first row: no bridge
+NAMES = ("weight", "depth", "temperature", "labels", "exactness")
+NONE = (0.0, None, None, None, None)  # the grid's first row: no bridge
 SPLIT_DEPTH = 600  # ranks read per attr2img query to find ten of the split's items (val and test are 10% each)
 SPLIT_KEYS = tuple(f"attr2img/{name}/P@10 split-only" for name in ("articleType", "subCategory", "baseColour"))
 
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.01, 0.03])
     parser.add_argument("--label-weights", type=float, nargs="+", default=[0.3],
                         help="weights of the label supports' photos (each setting also runs without them)")
+    parser.add_argument("--label-exactness", type=float, nargs="+", default=[16.0],
+                        help="powers of a query's cosine to a value's text in the value's pull (0: the share alone)")
     parser.add_argument("--label-kind", choices=LABEL_KINDS, help="give the bridge label supports of this kind "
                         "(default: the index's own, or probe for an index built without them)")
     parser.add_argument("--latency", type=int, default=0, help="also time N one-query text searches (0: no timing)")
@@ -79,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                                    args.temperatures):
         raise SystemExit("--weights and --temperatures must be above 0 and --depths at least 1 (no bridge is the "
                          "grid's first row)")
-    if any(w < 0 for w in args.label_weights):
-        raise SystemExit("--label-weights must be 0 or more (each setting also runs without label supports)")
+    if any(w < 0 for w in args.label_weights) or any(e < 0 for e in args.label_exactness):
+        raise SystemExit("--label-weights and --label-exactness must be 0 or more (each setting also runs without "
+                         "label supports)")
 
     searcher = load_searcher(args.index)
     if args.label_kind or searcher.live.bridge is None or not searcher.live.bridge.labels:
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     searcher.cfg.bridge = 0.0
     grid = {NONE: scores()}
-    for setting in product(args.weights, args.depths, args.temperatures, [None, *args.label_weights]):
+    pulls = [(None, None), *product(args.label_weights, args.label_exactness)]  # (None, None): no label supports
+    for setting in (items + pull for items in product(args.weights, args.depths, args.temperatures) for pull in pulls):
         set_bridge(searcher, setting, bridges)
         grid[setting] = scores()
         print_progress(" ".join(f"{n}={v}" for n, v in zip(NAMES, setting)), grid[setting])
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     timing = None
     if args.latency:
         titles = [searcher.catalogue.titles[p] for p in split_indices(searcher.catalogue.ids)["val"][:args.latency]]
-        first = (args.weights[0], args.depths[0], args.temperatures[0], args.label_weights[0])
+        first = (args.weights[0], args.depths[0], args.temperatures[0], args.label_weights[0],
+                 args.label_exactness[0])
         none, bridged = latency(searcher, titles, first, bridges, args.repeats)
         timing = {"queries": len(titles), "repeats": args.repeats, "p50_ms_none": none, "p50_ms_bridge": bridged}
         print(f"\none-query text search, photo channel, {len(titles)} validation titles, median of {args.repeats} "
@@ -129,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def label_rows(grid: dict) -> list[dict]:
     """Each setting with label supports, paired against the same setting without them."""
-    return [paired_rows({setting[:3] + (None,): grid[setting[:3] + (None,)], setting: found},
-                        setting[:3] + (None,), NAMES)[1]
+    return [paired_rows({setting[:3] + (None, None): grid[setting[:3] + (None, None)], setting: found},
+                        setting[:3] + (None, None), NAMES)[1]
             for setting, found in grid.items() if setting != NONE and setting[3] is not None]
 
 
@@ -143,8 +149,7 @@ def seen_title_split(searcher, queries: Queries, grid: dict) -> list[dict]:
     base = grid[NONE]["title2img/R@10"]
     print(f"\ntitle2img R@10 by whether the query's exact title is a training title ({int(seen.sum())} of "
           f"{len(seen)} are); paired against no bridge\n")
-    print("| weight | depth | temperature | labels | title seen in training | title not seen |\n"
-          "|---|---|---|---|---|---|")
+    print("| " + " | ".join(NAMES) + " | title seen in training | title not seen |\n|" + "---|" * (len(NAMES) + 2))
     out = []
     for setting, found in list(grid.items())[1:]:
         row = dict(zip(NAMES, setting))
@@ -202,11 +207,12 @@ def attach_bridge(searcher, label_kind: str = "probe") -> None:
 
 
 def set_bridge(searcher, setting: tuple, bridges: dict) -> None:
-    """Apply a grid setting: weight, depth, temperature and the label weight (None: no label supports)."""
-    searcher.cfg.bridge, searcher.cfg.bridge_depth, searcher.cfg.bridge_temperature, labels = setting
+    """Apply a grid setting: weight, depth, temperature, and the label weight and exactness (None: no label
+    supports)."""
+    searcher.cfg.bridge, searcher.cfg.bridge_depth, searcher.cfg.bridge_temperature, labels, exactness = setting
     searcher.live.bridge = bridges[labels is not None]
     if labels is not None:
-        searcher.cfg.bridge_labels = labels
+        searcher.cfg.bridge_labels, searcher.cfg.bridge_label_exactness = labels, exactness
 
 
 def latency(searcher, titles: list[str], setting: tuple, bridges: dict, repeats: int) -> tuple[float, float]:

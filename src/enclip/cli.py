@@ -185,8 +185,9 @@ def _rescoring_args(parser: argparse.ArgumentParser) -> None:
                         "validation; 0 turns it off; see `index --no-bridge`)")
     parser.add_argument("--bridge-labels", type=float, help="weight of the direction among the training photos that "
                         "a text query borrows from an attribute value it names, such as 'Tshirts' (the bridge's label "
-                        "supports; default 0.3, fitted on validation; 0 turns them off; see "
-                        "`index --no-bridge-labels`)")
+                        "supports; default 10, fitted on validation, for a query that is the value itself: a query "
+                        "that only contains it, such as 'yellow deodorant', is pulled at its cosine to the value to "
+                        "the 16th power; 0 turns them off; see `index --no-bridge-labels`)")
 
 
 def _engine_args(parser: argparse.ArgumentParser, what: str) -> None:

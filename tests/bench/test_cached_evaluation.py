@@ -23,7 +23,7 @@ def test_an_evaluation_ranked_with_other_or_unstated_settings_is_run_again(tmp_p
     out = tmp_path / "test-metrics.json"
     today = SearchCfg().rescoring()
     assert today == {"hubness": 0.5, "feedback": 0.25, "feedback_depth": 10, "bridge": 0.2, "bridge_depth": 10,
-                     "bridge_temperature": 0.01, "bridge_labels": 0.3}
+                     "bridge_temperature": 0.01, "bridge_labels": 10.0, "bridge_label_exactness": 16.0}
     calls = []
 
     def counted(value, rescoring):

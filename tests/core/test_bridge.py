@@ -62,7 +62,8 @@ def test_text_queries_cross_the_bridge_on_the_photo_channel_only(tiny_index_dir,
     bridged = load_searcher(tiny_index_dir, bridge=1.0, bridge_depth=3, bridge_temperature=0.05)
     text = "Men Red Shirts"
     query = plain.encode_query(text=text)
-    moved = bridged.live.bridge.expand(query[:, None], 1.0, 3, 0.05, bridged.cfg.bridge_labels)[:, 0]
+    moved = bridged.live.bridge.expand(query[:, None], 1.0, 3, 0.05, bridged.cfg.bridge_labels,
+                                       bridged.cfg.bridge_label_exactness)[:, 0]
     assert not np.allclose(moved, query)
     got = bridged.search(text=text, k=10, channels=["image"]).hits
     want = plain.search_vectors(moved, k=10, text_share=1.0)
@@ -82,7 +83,8 @@ def test_text_queries_cross_the_bridge_on_the_photo_channel_only(tiny_index_dir,
     np.testing.assert_allclose(found.scores["text"], [text_scores[int(u)] for u in found.union], atol=1e-5)
     assert bridged.stats()["bridge"] == {"supports": len(bridged.live.bridge), "labels": bridged.live.bridge.labels,
                                          "weight": 1.0, "depth": 3, "temperature": 0.05,
-                                         "label_weight": bridged.cfg.bridge_labels}
+                                         "label_weight": bridged.cfg.bridge_labels,
+                                         "label_exactness": bridged.cfg.bridge_label_exactness}
 
 
 def test_an_index_built_without_the_bridge_searches_without_it(tmp_path, catalogue, tiny_ensemble_dir,
@@ -121,7 +123,8 @@ def test_bad_bridges_and_settings_are_refused_with_their_meaning(tiny_index_dir,
                               ({"bridge_depth": 0}, "bridge_depth is a number"),
                               ({"bridge_depth": 2.5}, "bridge_depth is a number"),
                               ({"bridge_temperature": 0.0}, "bridge_temperature is a softmax temperature"),
-                              ({"bridge_labels": -1.0}, "bridge_labels is the weight")]:
+                              ({"bridge_labels": -1.0}, "bridge_labels is the weight"),
+                              ({"bridge_label_exactness": -1.0}, "bridge_label_exactness is the power")]:
         with pytest.raises(EnclipError, match=meaning):
             load_searcher(tiny_index_dir, **settings)
     assert main(["search", "--index", str(tiny_index_dir), "--text", "x", "--bridge", "-1"]) == 2
@@ -215,3 +218,25 @@ def test_a_query_naming_a_value_borrows_its_mean_photo_and_a_title_query_its_tit
         TitleBridge.build(bank, ["a", "b", "c"], ["a", "b", "c"], np.arange(3), photos, 1,
                           labels=(["Shirts", "Jeans"], value_text, value_photo))
 
+
+
+def test_with_exactness_a_value_pulls_only_a_query_that_is_the_value_itself():
+    rng = np.random.default_rng(3)
+    dim = 32
+    bank = _unit(rng.normal(size=(3, dim))).astype(np.float16)
+    photos = _unit(rng.normal(size=(3, dim))).astype(np.float16)
+    value_text, value_photo = _unit(rng.normal(size=(1, dim))), _unit(rng.normal(size=(1, dim)))
+    bridge = TitleBridge.build(bank, ["a", "b", "c"], ["a", "b", "c"], np.arange(3), photos, 1,
+                               labels=(["Deodorant"], value_text, value_photo))
+    value = np.asarray(value_text[0], np.float16).astype(np.float32)
+    other = rng.normal(size=dim)
+    other = _unit((other - (other @ value) * value)[None])[0]
+    compound = 0.6 * value + 0.8 * other  # "yellow deodorant": nearer the value than any title, but not the value
+    for query, pull in [(value, 1.0), (compound, 0.6 ** 16)]:
+        assert (bank.astype(np.float32) @ query).max() < query @ value - 0.1  # so its share of the value is all
+        q = query[None, None]
+        nearest_title = photos[int(np.argmax(bank.astype(np.float32) @ query))].astype(np.float32)
+        for exactness, counts in [(0.0, 2.0), (16.0, 2.0 * pull)]:  # 0: the share alone, as before
+            moved = bridge.expand(q, 0.5, 2, 1e-3, 2.0, label_exactness=exactness)[0, 0]
+            np.testing.assert_allclose(moved, _unit(query + 0.5 * nearest_title + counts * value_photo[0]),
+                                       atol=2e-3)

@@ -126,7 +126,8 @@ def test_feedback_flag_searches_and_evaluates_with_a_chosen_weight(cli_run, tmp_
     assert meta["cfg"]["feedback"] == 0.4 and meta["rescoring"] == {"hubness": 0.5, "feedback": 0.4,
                                                                     "feedback_depth": 10, "bridge": 0.2,
                                                                     "bridge_depth": 10, "bridge_temperature": 0.01,
-                                                                    "bridge_labels": 0.3}
+                                                                    "bridge_labels": 10.0,
+                                                                    "bridge_label_exactness": 16.0}
     assert main(["search", "--index", index, "--text", "x", "--feedback", "-1"]) == 2
     assert "feedback is the weight of pseudo-relevance feedback" in capsys.readouterr().err
 

@@ -42,7 +42,7 @@ def _reference(searcher, text: str, k: int, hybrid: HybridCfg) -> tuple[list[str
     query = searcher.encode_query(text=text)  # (K, d)
     cfg = searcher.cfg
     bridged = searcher.live.bridge.expand(query[:, None], cfg.bridge, cfg.bridge_depth, cfg.bridge_temperature,
-                                          cfg.bridge_labels)[:, 0]
+                                          cfg.bridge_labels, cfg.bridge_label_exactness)[:, 0]
     photos = searcher.index.reconstruct(np.arange(n)).reshape(n, members, -1)
     texts = searcher.text_index.reconstruct(np.arange(n)).reshape(n, members, -1)
     member = np.einsum("nkd,kd->nk", photos, bridged) - searcher.cfg.hubness * searcher.live.hubness.penalty

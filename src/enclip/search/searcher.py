@@ -73,7 +73,8 @@ class SearchCfg:
     bridge: float = 0.2  # weight of the title bridge's borrowed photos in text queries (0: none); validation-fit
     bridge_depth: int = 10  # nearest training titles a text query borrows photos from
     bridge_temperature: float = 0.01  # softmax temperature over their title cosines (small: the nearest dominate)
-    bridge_labels: float = 0.3  # weight of a label support's photo (an attribute value's direction); validation-fit
+    bridge_labels: float = 10.0  # weight of a label support's photo (an attribute value's direction); validation-fit
+    bridge_label_exactness: float = 16.0  # power of a query's cosine to a value's text in its pull (see store.bridge)
     hybrid: HybridCfg = field(default_factory=HybridCfg)  # how channels are fused
 
     def __post_init__(self) -> None:
@@ -95,12 +96,16 @@ class SearchCfg:
         if not self.bridge_labels >= 0:
             raise EnclipError(f"bridge_labels is the weight of the direction a text query borrows from an attribute "
                               f"value it names: 0 or more, got {self.bridge_labels}")
+        if not self.bridge_label_exactness >= 0:
+            raise EnclipError(f"bridge_label_exactness is the power of a query's cosine to an attribute value's text "
+                              f"in that value's pull: 0 or more, got {self.bridge_label_exactness}")
 
     def rescoring(self) -> dict:
         """The settings that move or re-score a text query (what an evaluation's figures depend on)."""
         return {"hubness": self.hubness, "feedback": self.feedback, "feedback_depth": self.feedback_depth,
                 "bridge": self.bridge, "bridge_depth": self.bridge_depth,
-                "bridge_temperature": self.bridge_temperature, "bridge_labels": self.bridge_labels}
+                "bridge_temperature": self.bridge_temperature, "bridge_labels": self.bridge_labels,
+                "bridge_label_exactness": self.bridge_label_exactness}
 
 
 @dataclass
@@ -290,7 +295,8 @@ class Searcher:
         if bridge is None or not self.cfg.bridge or not texts:
             return list(queries)
         moved = bridge.expand(np.stack([queries[j] for j in texts], axis=1), self.cfg.bridge,
-                              self.cfg.bridge_depth, self.cfg.bridge_temperature, self.cfg.bridge_labels)
+                              self.cfg.bridge_depth, self.cfg.bridge_temperature, self.cfg.bridge_labels,
+                              self.cfg.bridge_label_exactness)
         out = list(queries)
         for column, j in enumerate(texts):
             out[j] = moved[:, column]
@@ -439,7 +445,7 @@ class Searcher:
                 "bridge": None if self.live.bridge is None else {
                     "supports": len(self.live.bridge), "labels": self.live.bridge.labels, "weight": self.cfg.bridge,
                     "depth": self.cfg.bridge_depth, "temperature": self.cfg.bridge_temperature,
-                    "label_weight": self.cfg.bridge_labels}}
+                    "label_weight": self.cfg.bridge_labels, "label_exactness": self.cfg.bridge_label_exactness}}
 
     # -- live changes ------------------------------------------------------------------------------------------
     def add_items(self, items: Sequence[dict], images: Sequence[bytes]) -> None:

@@ -17,11 +17,19 @@ query that looks for it, and the figures of ``enclip eval`` stay honest (docs/RE
 Attribute values are supports too (*label supports*, :func:`label_prototypes`). Each value of the catalogue's
 attribute columns ("Tshirts", "Navy Blue", "Women") that training items carry has a "title", the value's own text
 vector, and a "photo": per member, the value's direction in a linear probe of its column (a logistic regression
-over those training items' stored photo vectors), or their mean (``kind="mean"``). A query also moves
-towards each value's photo by ``label_weight`` times the value's share of a softmax over the query's nearest titles
-*and* the values: a query that names a value ("tshirts") finds it nearer than any title and borrows the class's
-direction; a query that names a product finds its titles nearer, and its move is the titles' alone. The titles' own
-move does not depend on the values, so label supports change no query that names no value.
+over those training items' stored photo vectors), or their mean (``kind="mean"``). A query also moves towards each
+value's photo by
+
+    label_weight * share * max(cos(q, v), 0) ** label_exactness
+
+where ``share`` is the value's share of a softmax over the query's nearest titles *and* the values, and ``v`` is the
+value's text vector. A query that *is* a value ("tshirts") finds it nearer than any title, at a cosine near 1, and
+borrows the class's direction; a query that names a product finds its titles nearer, and its move is the titles'
+alone. The exactness factor keeps a value's pull to queries that name it and nothing else: a shopper's "yellow
+deodorant" has its largest share on "Deodorant" (the text tower hears the product word loudest), but at a cosine
+near 0.6, so ``0.6 ** 16`` leaves it where the titles put it rather than among all deodorants, whatever their colour
+(docs/RESULTS.md, thirtieth pass). The titles' own move does not depend on the values, so label supports change no
+query that names no value.
 
 The bridge is fixed when the index is built: items added live are not supports, and a support removed live still
 lends its photo vector (never itself as a hit) until the index is rebuilt.
@@ -129,10 +137,11 @@ class TitleBridge:
         return np.concatenate(self._photos, axis=1)
 
     def expand(self, queries: np.ndarray, weight: float, depth: int, temperature: float,
-               label_weight: float | None = None) -> np.ndarray:
+               label_weight: float | None = None, label_exactness: float = 0.0) -> np.ndarray:
         """(K, B, d) text queries moved towards the photos of their nearest support titles (module docstring), each
         member in its own space, and normalised again; and towards the photo vectors (directions) of the attribute
-        values they name, at ``label_weight`` (None: ``weight``)."""
+        values they name, at ``label_weight`` (None: ``weight``) times their share, times their text cosine to the
+        query raised to ``label_exactness`` (0: the share alone)."""
         out = np.array(queries, dtype=np.float32, copy=True)
         items = len(self) - self.labels
         depth = min(depth, items)
@@ -151,6 +160,8 @@ class TitleBridge:
                 label_shares = np.exp(label_logits - top)
                 label_shares /= np.exp(logits - top).sum(axis=1, keepdims=True) + label_shares.sum(axis=1,
                                                                                                   keepdims=True)
+                if label_exactness:  # only a query that is the value itself keeps its whole share
+                    label_shares *= np.maximum(cosines[:, items:], 0.0) ** np.float32(label_exactness)
                 out[m] += np.float32(label_weight) * label_shares @ self._photos[m][items:].astype(np.float32)
         return out / np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-12)
 
