@@ -33,7 +33,7 @@ def test_settings_are_paired_against_no_bridge_and_photo_queries_are_left_alone(
     titles = written["rows"][0]["title2img/R@10"]
     titles_count = len(split_indices(catalogue.ids)["test"])
     assert [(row["weight"], sum(row[n]["n"] for n in ("seen", "unseen") if row[n])) for row in written["seen_titles"]
-            ] == [(w, titles_count) for w in (0.2,) * 3 + (2.0,) * 3]  # every test title, split by whether training has it
+            ] == [(w, titles_count) for w in (0.2,) * 3 + (2.0,) * 3]  # every test title, split by whether seen
     assert titles["mean"] >= 0 and "title seen in training" in out
     for row in written["rows"][1:]:  # photo queries never cross the bridge: every difference is exactly zero
         assert row["img2img_lq/R@10"]["diff"] == {"mean": 0.0, "low": 0.0, "high": 0.0}
