@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "indexes (default: the search default; 0 = none)")
     parser.add_argument("--bridge", type=float, help="weight of the title bridge in text queries, both indexes "
                         "(default: the search default; 0 = none)")
+    parser.add_argument("--bridge-labels", type=float, help="weight of the bridge's label supports in text queries, "
+                        "both indexes (default: the search default; 0 = none)")
     return parser.parse_args(argv)
 
 
@@ -76,7 +78,8 @@ def eval_cfg(args: argparse.Namespace) -> EvalCfg:
     """The evaluation both indexes get, from the command line."""
     severities = {"severities": tuple(args.severities)} if args.severities else {}
     return EvalCfg(tasks=tuple(args.tasks), split=args.split, hubness=args.hubness, feedback=args.feedback,
-                   bridge=args.bridge, both_severity=args.both_severity, **severities)
+                   bridge=args.bridge, bridge_labels=args.bridge_labels, both_severity=args.both_severity,
+                   **severities)
 
 
 def _searcher(index: Path, hubness_k: int | None, work_dir: Path, rescoring: dict):

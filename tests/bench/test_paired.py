@@ -31,3 +31,10 @@ def test_both_severity_sets_where_both2img_pools():
     assert paired.eval_cfg(paired.parse_args(argv)).both_severity == 3  # the headline's, by default
     cfg = paired.eval_cfg(paired.parse_args([*argv, "--both-severity", "5"]))
     assert (cfg.both_severity, cfg.severities) == (5, (5,))
+
+
+def test_bridge_labels_flag_reaches_the_evaluation():
+    argv = ["--baseline", "a", "--index", "b", "--tasks", "attr2img"]
+    assert "bridge_labels" not in paired.eval_cfg(paired.parse_args(argv)).rescoring()  # the search default
+    cfg = paired.eval_cfg(paired.parse_args([*argv, "--bridge-labels", "0"]))
+    assert cfg.rescoring()["bridge_labels"] == 0.0  # both searchers get it (test_rescoring_flags_reach_both_searchers)
